@@ -1,0 +1,237 @@
+"""ImageFolder trees (train/ + test/ or val/): tarball extraction, scanning, decoding, tensor cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from compress.data.locate import decoded_dir, extracted_dir, one_line, short_hash
+from compress.data.registry import RawData, StreamData, memory_limit
+from compress.io import save_torch
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+TEST_DIRS = ("test", "val")
+CACHE_FORMAT = 1
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def is_tarball(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(TARBALL_SUFFIXES)
+
+
+def _test_dir(folder: Path) -> Path | None:
+    return next((folder / name for name in TEST_DIRS if (folder / name).is_dir()), None)
+
+
+def find_tree(folder: Path) -> Path | None:
+    """``folder`` if it holds train/ and test/ (or val/), or its single sub-folder that does."""
+    if not folder.is_dir():
+        return None
+    if (folder / "train").is_dir() and _test_dir(folder):
+        return folder
+    subdirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(subdirs) == 1 and (subdirs[0] / "train").is_dir() and _test_dir(subdirs[0]):
+        return subdirs[0]
+    return None
+
+
+def extraction_target(tarball: Path, name: str) -> Path:
+    """The cache folder of one tarball version: a changed path, size or mtime gives a new folder."""
+    stat = tarball.stat()
+    return extracted_dir() / f"{name}-{short_hash(tarball.resolve(), stat.st_size, stat.st_mtime_ns)}"
+
+
+def extract_tarball(tarball: Path, name: str) -> Path:
+    """Extract once into the cache (temp folder beside it, then one rename); return the tree in it."""
+    target = extraction_target(tarball, name)
+    if target.is_dir():
+        tree = find_tree(target)
+        if tree is None:
+            raise ValueError(f"cache folder {target} holds no train/ and test/ folders; delete it and retry")
+        return tree
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    log.info("extracting %s into %s (once)", tarball, target)
+    try:
+        with tarfile.open(tarball) as archive:
+            if hasattr(tarfile, "data_filter"):
+                archive.extractall(tmp, filter="data")  # refuses absolute paths, '..' and device files
+            else:  # Python < 3.10.12 / 3.11.4
+                _check_members(archive, tarball)
+                archive.extractall(tmp)
+        if find_tree(tmp) is None:
+            raise ValueError(f"{tarball} holds no train/ and test/ (or val/) image folders")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if find_tree(target) is None:  # not a lost race with another process extracting the same file
+                raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise ValueError(f"cannot extract {tarball}: {one_line(exc)} (truncated or corrupt archive?); "
+                         f"replace the file or point data.root at an extracted folder") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return find_tree(target)  # type: ignore[return-value]
+
+
+def _check_members(archive: tarfile.TarFile, tarball: Path) -> None:
+    for member in archive.getmembers():
+        parts = Path(member.name).parts
+        if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
+            raise ValueError(f"{tarball} has an unsafe member {member.name!r}; refusing to extract it")
+
+
+@dataclass
+class FolderTree:
+    root: Path
+    classes: list[str]
+    train: list[tuple[str, int]]
+    test: list[tuple[str, int]]
+
+
+def _images(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(e.path for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def scan_tree(tree: Path) -> FolderTree:
+    """Class folders of train/ (sorted, like torchvision's ImageFolder) and the files in each."""
+    train_dir, test_dir = tree / "train", _test_dir(tree)
+    if not train_dir.is_dir() or test_dir is None:
+        raise ValueError(f"{tree} needs train/ and test/ (or val/) sub-folders with one folder per class")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{train_dir} has no class folders")
+    extra = sorted({p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")} - set(classes))
+    if extra:
+        raise ValueError(f"{test_dir} has classes missing from train/: {', '.join(extra)}")
+    train = [(path, label) for label, c in enumerate(classes) for path in _images(train_dir / c)]
+    test = [(path, label) for label, c in enumerate(classes) if (test_dir / c).is_dir()
+            for path in _images(test_dir / c)]
+    if not train:
+        raise ValueError(f"{train_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return FolderTree(tree, classes, train, test)
+
+
+def probe(path: str) -> tuple[int, int, int]:
+    """(channels, height, width) of one image from its header."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return (1 if image.mode in _GRAY_MODES else 3), image.height, image.width
+
+
+def decode_file(path: str, channels: int, size: int | None) -> Tensor:
+    """One image as uint8 C x H x W (resized to size x size when given)."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    try:  # torchvision's decoders are faster than PIL (read_file: older torchvision takes no path here)
+        image = decode_image(read_file(path), mode=mode)
+    except (RuntimeError, ValueError, TypeError):
+        image = None
+    if image is None or image.dtype != torch.uint8:  # formats torchvision does not decode (bmp, tiff, 16-bit)
+        from PIL import Image
+
+        with Image.open(path) as pil:
+            array = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
+        image = torch.from_numpy(array.copy()).view(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+    if size is not None and tuple(image.shape[1:]) != (size, size):
+        resized = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False,
+                                antialias=True)
+        image = resized.round_().clamp_(0, 255).to(torch.uint8)[0]
+    return image.contiguous()
+
+
+def decode_samples(samples: list[tuple[str, int]], channels: int, size: int | None,
+                   shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """All images of a list into one uint8 N x C x H x W tensor; sizes must agree unless resized."""
+    height, width = (size, size) if size is not None else shape
+    images = torch.empty((len(samples), channels, height, width), dtype=torch.uint8)
+    for i, (path, _) in enumerate(samples):
+        image = decode_file(path, channels, size)
+        if tuple(image.shape[1:]) != (height, width):
+            raise ValueError(f"images differ in size ({path} is {image.shape[2]}x{image.shape[1]}, others "
+                             f"{width}x{height}); set data.image_size to resize them")
+        images[i] = image
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return images, labels
+
+
+def tensor_cache_file(tree: Path, name: str, size: int | None) -> Path:
+    """Beside the extraction folder for a tarball; under the decoded cache for a user's folder.
+
+    A user's folder is keyed by its path and the mtimes of its class folders, which change when
+    files are added or removed (not when a file is rewritten in place: delete the cache then).
+    """
+    tag = f"u8-{size or 'native'}.pt"
+    try:
+        relative = tree.resolve().relative_to(extracted_dir().resolve())
+        return extracted_dir() / f"{relative.parts[0]}.{tag}"
+    except ValueError:
+        pass
+    dirs = [tree / "train", _test_dir(tree) or tree]
+    dirs += [p for d in list(dirs) for p in sorted(d.iterdir()) if p.is_dir()]
+    signature = [(str(p), p.stat().st_mtime_ns) for p in dirs]
+    return decoded_dir() / f"{name}-{short_hash(tree.resolve(), signature)}.{tag}"
+
+
+def _read_cache(path: Path) -> dict | None:
+    keys = {"format", "classes", "train_images", "train_labels", "test_images", "test_labels"}
+    try:
+        cached = torch.load(path, weights_only=True, mmap=True)
+    except Exception as exc:  # a damaged cache is rebuilt, never trusted
+        log.warning("ignoring unreadable data cache %s (%s)", path, one_line(exc))
+        return None
+    if not isinstance(cached, dict) or set(cached) != keys or cached["format"] != CACHE_FORMAT:
+        return None
+    return cached
+
+
+def load_tree(tree: Path, name: str, size: int | None, source: str) -> RawData | StreamData:
+    """Decode a tree once into a uint8 tensor cache (atomic write), or stream it when too large."""
+    cache = tensor_cache_file(tree, name, size)
+    cached = _read_cache(cache) if cache.is_file() else None
+    if cached is not None and cached["train_images"].numel() * 4 <= memory_limit():
+        return RawData(cached["train_images"], cached["train_labels"], cached["test_images"], cached["test_labels"],
+                       list(cached["classes"]), source)
+    scanned = scan_tree(tree)
+    channels, height, width = probe(scanned.train[0][0])
+    side_h, side_w = (size, size) if size is not None else (height, width)
+    if size is None and height != width:
+        raise ValueError(f"images in {tree} are not square ({width}x{height}); set data.image_size")
+    if len(scanned.train) * channels * side_h * side_w * 4 > memory_limit():
+        if size is None:
+            raise ValueError(f"{tree} is too large to hold in memory; set data.image_size so it can be streamed")
+        return StreamData(scanned.train, scanned.test, scanned.classes, source, channels, size)
+    log.info("decoding %d images from %s (once; cached at %s)", len(scanned.train) + len(scanned.test), tree, cache)
+    train_images, train_labels = decode_samples(scanned.train, channels, size, (height, width))
+    test_images, test_labels = decode_samples(scanned.test, channels, size, (height, width))
+    save_torch({"format": CACHE_FORMAT, "classes": scanned.classes, "train_images": train_images,
+                "train_labels": train_labels, "test_images": test_images, "test_labels": test_labels}, cache)
+    return RawData(train_images, train_labels, test_images, test_labels, scanned.classes, source)
+
+
+def resolve_folder_source(path: Path, name: str) -> Path:
+    """A tree folder, or a tarball extracted once into the cache; the tree either way."""
+    if is_tarball(path):
+        return extract_tarball(path, name)
+    tree = find_tree(path)
+    if tree is None:
+        raise ValueError(f"{path} is neither a .tar/.tar.gz nor a folder with train/ and test/ (or val/) sub-folders")
+    return tree

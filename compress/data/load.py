@@ -1,0 +1,113 @@
+"""``load_dataset``: raw data -> seeded train / val split -> normalised splits on the device."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from compress.data.registry import DATASETS, RawData, StreamData, memory_limit
+from compress.data.stream import FolderSplit
+from compress.data.tensors import DataSplits, TensorSplit, channel_stats, normalise, seeded_generator
+from compress.recipe.schema import DataConfig
+from compress.runtime import resolve_device
+
+log = logging.getLogger(__name__)
+
+_STATS_SAMPLE = 1000  # streamed folders: images decoded to estimate mean / std
+
+
+def _check_config(config: DataConfig) -> None:
+    if config.validation_size < 0:
+        raise ValueError(f"data.validation_size must be >= 0, got {config.validation_size}")
+    if config.train_subset is not None and config.train_subset < 1:
+        raise ValueError(f"data.train_subset must be >= 1 or null, got {config.train_subset}")
+    if config.image_size is not None and config.image_size < 1:
+        raise ValueError(f"data.image_size must be >= 1 or null, got {config.image_size}")
+
+
+def split_indices(n: int, validation_size: int, train_subset: int | None, seed: int,
+                  name: str = "dataset") -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, val rows) of the original training set; a pure function of the arguments.
+
+    Rows stay in the shuffled order, so ``train_subset`` takes a random (seeded) subset rather than
+    the first classes of a class-sorted folder.
+    """
+    if validation_size >= n:
+        raise ValueError(f"data.validation_size {validation_size} leaves no training examples: {name} has {n}")
+    order = torch.randperm(n, generator=seeded_generator("validation split", seed))
+    val, train = order[:validation_size], order[validation_size:]
+    if train_subset is not None:
+        if train_subset > len(train):
+            raise ValueError(f"data.train_subset {train_subset} exceeds the {len(train)} training examples of {name} "
+                             f"left after holding out validation_size {validation_size}")
+        train = train[:train_subset]
+    return train, val
+
+
+def load_dataset(config: DataConfig, seed: int, device: torch.device | str = "cpu") -> DataSplits:
+    """Load ``config.name`` and hold ``config.validation_size`` training examples out as ``val``.
+
+    ``device`` may be ``"auto"`` (CUDA when present); in-memory splits live there.
+    """
+    spec = DATASETS.get(config.name)
+    _check_config(config)
+    device = resolve_device(device) if isinstance(device, str) else device
+    started = time.perf_counter()
+    raw = spec.load(config)
+    train_rows, val_rows = split_indices(raw.num_train, config.validation_size, config.train_subset, seed, config.name)
+    if isinstance(raw, StreamData):
+        splits = _stream_splits(raw, train_rows, val_rows, device)
+    else:
+        splits = _tensor_splits(raw, train_rows, val_rows, config.image_size, device)
+    log.info("loaded %r in %.1fs", splits, time.perf_counter() - started)
+    return splits
+
+
+def _tensor_splits(raw: RawData, train_rows: torch.Tensor, val_rows: torch.Tensor, image_size: int | None,
+                   device: torch.device) -> DataSplits:
+    channels, height, width = raw.train_images.shape[1:]
+    if raw.mean is None or raw.std is None:
+        mean, std = channel_stats(raw.train_images[train_rows])
+    else:
+        mean, std = torch.tensor(raw.mean), torch.tensor(raw.std)
+    if len(mean) != channels:
+        raise ValueError(f"{raw.source}: {len(mean)} normalisation means for {channels} channels")
+    side = image_size or height
+    fill = -mean / std  # a black pixel after normalisation: what padding shows
+
+    def build(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None) -> TensorSplit:
+        # Store resized when it fits; otherwise keep native pixels and resize each batch.
+        resized_bytes = images.shape[0] * channels * side * side * 4
+        eager = image_size is None or resized_bytes <= memory_limit()
+        stored = normalise(images, mean, std, device, image_size if eager else None)
+        return TensorSplit(stored, labels.to(device), fill=fill, size=None if eager else image_size, indices=rows)
+
+    train = build(raw.train_images[train_rows], raw.train_labels[train_rows], train_rows)
+    val = build(raw.train_images[val_rows], raw.train_labels[val_rows], val_rows)
+    test = build(raw.test_images, raw.test_labels, None)
+    return DataSplits(train, val, test, num_classes=len(raw.classes), in_channels=channels, image_size=side,
+                      classes=list(raw.classes), source=raw.source, mean=tuple(mean.tolist()),
+                      std=tuple(std.tolist()))
+
+
+def _stream_splits(raw: StreamData, train_rows: torch.Tensor, val_rows: torch.Tensor,
+                   device: torch.device) -> DataSplits:
+    from compress.data.folder import decode_samples
+
+    train_samples = [raw.train[i] for i in train_rows.tolist()]
+    val_samples = [raw.train[i] for i in val_rows.tolist()]
+    if raw.mean is None or raw.std is None:
+        sample, _ = decode_samples(train_samples[:_STATS_SAMPLE], raw.in_channels, raw.image_size,
+                                   (raw.image_size, raw.image_size))
+        mean, std = channel_stats(sample)
+    else:
+        mean, std = torch.tensor(raw.mean), torch.tensor(raw.std)
+
+    def build(samples: list[tuple[str, int]]) -> FolderSplit:
+        return FolderSplit(samples, raw.in_channels, raw.image_size, mean, std, device)
+
+    return DataSplits(build(train_samples), build(val_samples), build(raw.test), num_classes=len(raw.classes),
+                      in_channels=raw.in_channels, image_size=raw.image_size, classes=list(raw.classes),
+                      source=raw.source, mean=tuple(mean.tolist()), std=tuple(std.tolist()))

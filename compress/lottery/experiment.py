@@ -1,0 +1,59 @@
+"""One training run of a lottery experiment (ticket or control), resumable, with its files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from compress import paths
+from compress.io import load_json, save_json, save_torch
+from compress.pruning import apply_masks, load_plain_state_dict, sparsity_report
+from compress.training import train
+
+RESULT_FIELDS = ("test_accuracy", "early_stop_iteration", "early_stop_test_accuracy", "wall_s")
+
+
+def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_state: dict, masks: dict,
+                   recipe, data, begin: int, desc: str, progress: bool,
+                   on_step: Callable[[int, nn.Module], None] | None = None) -> dict:
+    """Train ``masks`` from ``start_state`` at iteration ``begin``; skip when the result exists.
+
+    Leaves: mask.pt, metrics.jsonl, sparsity.json, final.pt (state dict with masks), result.json.
+    """
+    folder = Path(folder)
+    result_path = folder / paths.RESULT
+    if result_path.exists():
+        return load_json(result_path)
+    model = make_model()
+    apply_masks(model, masks)
+    load_plain_state_dict(model, start_state)
+    mask_path = folder / paths.MASK
+    if not mask_path.exists():
+        save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)
+    outcome = train(model, data, recipe.train, recipe.seed, metrics_path=folder / paths.METRICS,
+                    checkpoint_path=folder / paths.CHECKPOINT, begin=begin,
+                    on_step=(lambda iteration: on_step(iteration, model)) if on_step else None,
+                    augment=recipe.data.augment, progress=progress, desc=desc)
+    report = sparsity_report(model, list(masks))
+    _check_pruned_are_zero(model, masks)
+    save_json(report, folder / paths.SPARSITY)
+    save_torch({key: value.cpu() for key, value in model.state_dict().items()}, folder / paths.FINAL)
+    result = {key: getattr(outcome, key) for key in RESULT_FIELDS}
+    result["weights_remaining"] = report["weights_remaining"]
+    result["final_iteration"] = outcome.iterations
+    save_json(result, result_path)
+    (folder / paths.CHECKPOINT).unlink(missing_ok=True)
+    return result
+
+
+@torch.no_grad()
+def _check_pruned_are_zero(model: nn.Module, masks: dict) -> None:
+    """The invariant a ticket rests on; cheap enough to check after every run."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        weight = modules[name].weight_orig * modules[name].weight_mask
+        if bool((weight[mask.to(weight.device) == 0] != 0).any()):
+            raise RuntimeError(f"pruned weights of {name!r} are not zero after training")

@@ -1,0 +1,147 @@
+"""``report.md`` and its plots, rewritten after every round from ``summary.json`` and the round folders."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from compress import paths  # noqa: E402
+from compress.io import load_json, save_bytes, save_text  # noqa: E402
+
+ACCURACY_PLOT = "accuracy.png"
+EARLY_STOP_PLOT = "early_stop.png"
+STYLE = {"ticket": ("tab:blue", "o"), "reinit": ("tab:orange", "s"), "random_prune": ("tab:green", "^")}
+
+
+def _series(rounds: list[dict], experiment: str, key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for entry in rounds:
+        source = entry if experiment == "ticket" else entry.get("controls", {}).get(experiment)
+        if source is not None:
+            xs.append(source["weights_remaining"] * 100)
+            ys.append(source[key])
+    return xs, ys
+
+
+def _experiments(rounds: list[dict]) -> list[str]:
+    names = ["ticket"]
+    for entry in rounds:
+        names += [name for name in entry.get("controls", {}) if name not in names]
+    return names
+
+
+def _save_figure(figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    save_bytes(buffer.getvalue(), path)
+
+
+def plot_accuracy(rounds: list[dict], path: Path, title: str) -> None:
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for name in _experiments(rounds):
+        color, marker = STYLE.get(name, ("tab:gray", "x"))
+        xs, ys = _series(rounds, name, "early_stop_test_accuracy")
+        axis.plot(xs, [y * 100 for y in ys], color=color, marker=marker, label=f"{name} (early stop)")
+        xs, ys = _series(rounds, name, "test_accuracy")
+        axis.plot(xs, [y * 100 for y in ys], color=color, marker=marker, linestyle="--", alpha=0.5,
+                  label=f"{name} (end of training)")
+    axis.set_xscale("log")
+    axis.invert_xaxis()
+    axis.set_xlabel("% of weights remaining (log)")
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_title(title)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=7)
+    _save_figure(figure, path)
+
+
+def plot_early_stop(rounds: list[dict], path: Path, title: str) -> None:
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for name in _experiments(rounds):
+        color, marker = STYLE.get(name, ("tab:gray", "x"))
+        xs, ys = _series(rounds, name, "early_stop_iteration")
+        axis.plot(xs, ys, color=color, marker=marker, label=name)
+    axis.set_xscale("log")
+    axis.invert_xaxis()
+    axis.set_xlabel("% of weights remaining (log)")
+    axis.set_ylabel("early-stop iteration (min validation loss)")
+    axis.set_title(title)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    _save_figure(figure, path)
+
+
+def _round_table(rounds: list[dict]) -> list[str]:
+    controls = [name for name in _experiments(rounds) if name != "ticket"]
+    header = "| round | % remaining | ticket acc (early stop) | early-stop iter | ticket acc (end) |"
+    header += "".join(f" {name} acc (early stop) |" for name in controls)
+    lines = [header, "|" + "---|" * (5 + len(controls))]
+    for entry in rounds:
+        row = (f"| {entry['round']} | {entry['weights_remaining'] * 100:.2f} | "
+               f"{entry['early_stop_test_accuracy'] * 100:.2f} | {entry['early_stop_iteration']} | "
+               f"{entry['test_accuracy'] * 100:.2f} |")
+        for name in controls:
+            control = entry.get("controls", {}).get(name)
+            row += f" {control['early_stop_test_accuracy'] * 100:.2f} |" if control else " – |"
+        lines.append(row)
+    return lines
+
+
+def _layer_table(run_dir: Path, rounds: list[dict]) -> list[str]:
+    reports = {entry["round"]: load_json(paths.round_dir(run_dir, entry["round"]) / paths.SPARSITY)
+               for entry in rounds if (paths.round_dir(run_dir, entry["round"]) / paths.SPARSITY).exists()}
+    if not reports:
+        return []
+    shown = sorted(reports)
+    layers = reports[shown[0]]["layers"]
+    lines = ["| layer | shape | weights |" + "".join(f" r{r} |" for r in shown),
+             "|---|---|---|" + "---|" * len(shown)]
+    for i, layer in enumerate(layers):
+        cells = "".join(f" {reports[r]['layers'][i]['fraction_remaining'] * 100:.1f}% |" for r in shown)
+        lines.append(f"| {layer['name']} | {'×'.join(map(str, layer['shape']))} | {layer['total']:,} |{cells}")
+    return lines
+
+
+def write_report(run_dir: Path, summary: dict, recipe) -> None:
+    run_dir = Path(run_dir)
+    rounds = summary["rounds"]
+    title = f"{recipe.name}: {recipe.model.name} on {recipe.data.name}"
+    plot_accuracy(rounds, run_dir / ACCURACY_PLOT, title)
+    plot_early_stop(rounds, run_dir / EARLY_STOP_PLOT, title)
+    ticket = summary["ticket"]
+    lines = [
+        f"# Lottery-ticket report: {recipe.name}",
+        "",
+        f"Model `{recipe.model.name}`, data `{recipe.data.name}`, seed {recipe.seed}, "
+        f"{recipe.train.iterations:,} iterations per round (batch {recipe.train.batch_size}, "
+        f"{recipe.train.optimizer.name} lr {recipe.train.optimizer.lr}), prune {recipe.prune.scope} "
+        f"{recipe.prune.method} ({recipe.prune.granularity}), rewind to iteration {recipe.lottery.rewind_to}.",
+        "",
+        f"**Winning ticket**: round {ticket['round']}, {ticket['weights_remaining'] * 100:.2f}% of weights "
+        f"remaining, early-stop test accuracy {ticket['early_stop_test_accuracy'] * 100:.2f}%. "
+        f"Rule: {ticket['rule']}. Saved as `{paths.TICKET}`.",
+        "",
+        "Accuracy is test accuracy at the early-stop iteration (minimum validation loss) and at the end "
+        "of training. Controls: `reinit` keeps the mask with a fresh random init; `random_prune` keeps "
+        "the per-layer sparsity with a random mask, trained from the rewind point.",
+        "",
+        f"![accuracy]({ACCURACY_PLOT})",
+        "",
+        f"![early stop]({EARLY_STOP_PLOT})",
+        "",
+        "## Rounds",
+        "",
+        *_round_table(rounds),
+        "",
+        "## Per-layer weights remaining",
+        "",
+        *_layer_table(run_dir, rounds),
+        "",
+    ]
+    save_text("\n".join(lines), run_dir / paths.REPORT)

@@ -1,0 +1,48 @@
+"""``ticket.pt``: masks, rewound weights and trained weights, loadable into a fresh, unpruned model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from compress.io import save_torch
+from compress.models import build_model
+from compress.pruning import apply_masks, load_plain_state_dict
+
+FORMAT = "compress.ticket/1"
+
+
+def save_ticket(path: Path, *, model_config: dict, shape: dict, masks: dict, rewind_state: dict,
+                trained_state: dict, info: dict) -> None:
+    """``shape``: num_classes, in_channels, image_size the model was built for."""
+    save_torch({"format": FORMAT, "model": model_config, "shape": shape, "masks": masks,
+                "rewind_state": rewind_state, "trained_state": trained_state, "info": info}, path)
+
+
+def read_ticket(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no ticket here (a run writes ticket.pt after its first round)")
+    ticket = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ticket, dict) or ticket.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a compress ticket (expected format {FORMAT})")
+    return ticket
+
+
+def ticket_model(ticket: dict | Path, trained: bool = True) -> nn.Module:
+    """A fresh model with the ticket's masks installed (torch prune) and its trained or rewound weights."""
+    from compress.recipe.schema import ModelConfig
+
+    ticket = read_ticket(ticket) if not isinstance(ticket, dict) else ticket
+    config = ModelConfig(**{**ticket["model"], "kwargs": dict(ticket["model"].get("kwargs", {}))})
+    shape = ticket["shape"]
+    model = build_model(config, shape["num_classes"], shape["in_channels"], shape["image_size"])
+    apply_masks(model, ticket["masks"])
+    load_plain_state_dict(model, ticket["trained_state"] if trained else ticket["rewind_state"])
+    return model.eval()
+
+
+def load_ticket(path: Path, trained: bool = True) -> nn.Module:
+    return ticket_model(Path(path), trained)

@@ -1,0 +1,32 @@
+"""Pruning on torch.nn.utils.prune: selectors, plans, pure mask computation, module surgery, reports."""
+
+from compress.pruning.apply import (
+    apply_masks,
+    effective_weights,
+    fold_masks,
+    get_masks,
+    is_pruned,
+    load_plain_state_dict,
+    ones_masks,
+    plain_state_dict,
+    refresh_weights,
+)
+from compress.pruning.masks import (
+    Masks,
+    check_shrinks,
+    count_to_prune,
+    magnitude_masks,
+    prune_lowest,
+    random_masks_like,
+    random_step_masks,
+)
+from compress.pruning.plan import Target, build_plan, expected_remaining
+from compress.pruning.report import sparsity_report
+from compress.pruning.selectors import PRUNABLE_TYPES, Selector, prunable_modules
+
+__all__ = [
+    "Masks", "PRUNABLE_TYPES", "Selector", "Target", "apply_masks", "build_plan", "check_shrinks",
+    "count_to_prune", "effective_weights", "expected_remaining", "fold_masks", "get_masks", "is_pruned",
+    "load_plain_state_dict", "magnitude_masks", "ones_masks", "plain_state_dict", "prunable_modules",
+    "prune_lowest", "random_masks_like", "refresh_weights", "random_step_masks", "sparsity_report",
+]

@@ -1,0 +1,106 @@
+"""Module surgery through torch.nn.utils.prune (weight_orig / weight_mask), and nothing of our own.
+
+Masks are keyed by module name; the pruned tensor is always the module's ``weight``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as prune
+
+from compress.pruning.masks import Masks
+
+PARAM = "weight"
+
+
+def is_pruned(module: nn.Module) -> bool:
+    return prune.is_pruned(module) and hasattr(module, f"{PARAM}_mask")
+
+
+def get_masks(model: nn.Module) -> Masks:
+    """The current masks (copies) of every pruned module."""
+    return {name: module.weight_mask.detach().clone() for name, module in model.named_modules() if is_pruned(module)}
+
+
+def effective_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The weights the forward pass uses (orig * mask once pruned)."""
+    modules = dict(model.named_modules())
+    weights = {}
+    for name in names:
+        module = modules[name]
+        weight = module.weight_orig * module.weight_mask if is_pruned(module) else module.weight
+        weights[name] = weight.detach()
+    return weights
+
+
+def ones_masks(model: nn.Module, names: list[str]) -> Masks:
+    modules = dict(model.named_modules())
+    return {name: getattr(modules[name], f"{PARAM}_mask", torch.ones_like(modules[name].weight)).detach().clone()
+            for name in names}
+
+
+def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
+    """Install ``masks`` with ``prune.custom_from_mask``; on an already pruned module the new mask
+    replaces the old buffer in place, so the reparametrisation (and any DDP wrapper) stays valid."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        if name not in modules:
+            raise ValueError(f"mask for {name!r} but the model has no such module")
+        module = modules[name]
+        if tuple(mask.shape) != tuple(module.weight.shape if not is_pruned(module) else module.weight_orig.shape):
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, weight is {tuple(module.weight.shape)}")
+        if is_pruned(module):
+            module.weight_mask.copy_(mask)
+        else:
+            prune.custom_from_mask(module, PARAM, mask.to(module.weight.device, module.weight.dtype))
+    refresh_weights(model)
+    return model
+
+
+@torch.no_grad()
+def refresh_weights(model: nn.Module) -> None:
+    """Recompute ``weight = weight_orig * weight_mask`` outside autograd.
+
+    The prune hook only does this on the next forward; until then ``weight`` may be stale or a
+    non-leaf tensor from the last training step, which readers and ``copy.deepcopy`` cannot use.
+    """
+    for module in model.modules():
+        if is_pruned(module):
+            setattr(module, PARAM, module.weight_orig * module.weight_mask)
+
+
+def fold_masks(model: nn.Module) -> nn.Module:
+    """A copy with masks folded into plain weights (``prune.remove``); ``model`` keeps its masks."""
+    refresh_weights(model)
+    folded = copy.deepcopy(model)
+    for module in folded.modules():
+        if is_pruned(module):
+            prune.remove(module, PARAM)
+    return folded
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict in unpruned naming (``weight`` = weight_orig, no masks) -- loadable into a fresh model."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith(f"{PARAM}_mask"):
+            continue
+        state[key.replace(f"{PARAM}_orig", PARAM)] = value.detach().clone()
+    return state
+
+
+def load_plain_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a plain state dict into a possibly pruned model (``weight`` goes to weight_orig); masks kept."""
+    own = model.state_dict()
+    translated = {}
+    for key, value in state.items():
+        orig_key = key[: -len(PARAM)] + f"{PARAM}_orig" if key.endswith(PARAM) else key
+        translated[orig_key if orig_key in own else key] = value
+    for key in own:
+        if key.endswith(f"{PARAM}_mask"):
+            translated[key] = own[key]
+    model.load_state_dict(translated, strict=True)
+    refresh_weights(model)

@@ -1,0 +1,109 @@
+"""Pure mask computation: scores and current masks in, new masks out. No module is touched here.
+
+``amount`` follows torch.nn.utils.prune: an int is a count, a float a fraction -- here always of the
+weights (or channels) that still survive, so every round prunes only survivors and masks only shrink.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.utils.prune as prune
+
+Masks = dict[str, torch.Tensor]
+
+
+def count_to_prune(amount: int | float, surviving: int) -> int:
+    """torch's convention: int = count, float = fraction (rounded) of ``surviving``."""
+    if isinstance(amount, bool) or amount < 0:
+        raise ValueError(f"amount must be a non-negative int or a float in [0, 1], got {amount!r}")
+    if isinstance(amount, float):
+        if amount > 1:
+            raise ValueError(f"fractional amount must be in [0, 1], got {amount}")
+        return round(amount * surviving)
+    if amount > surviving:
+        raise ValueError(f"cannot prune {amount} of {surviving} surviving entries")
+    return amount
+
+
+def prune_lowest(scores: torch.Tensor, mask: torch.Tensor, amount: int | float) -> torch.Tensor:
+    """Zero the ``amount`` lowest-scoring surviving entries of ``mask`` (any shape; flattened)."""
+    alive = mask.flatten().bool()
+    k = count_to_prune(amount, int(alive.sum()))
+    new_mask = mask.flatten().clone()
+    if k:
+        alive_index = alive.nonzero().squeeze(1)
+        # torch's own L1Unstructured picks what to prune among the survivors, so ties break as torch does.
+        partial = prune.L1Unstructured(amount=k).compute_mask(scores.flatten()[alive_index],
+                                                              torch.ones(len(alive_index), device=mask.device))
+        new_mask[alive_index] = partial
+    return new_mask.view_as(mask)
+
+
+def channel_scores(weight: torch.Tensor, norm: int = 2) -> torch.Tensor:
+    """L-norm of each output channel (dim 0), as ``prune.ln_structured`` ranks them."""
+    return torch.linalg.vector_norm(weight.flatten(1), ord=norm, dim=1)
+
+
+def prune_channels(weight: torch.Tensor, mask: torch.Tensor, amount: int | float) -> torch.Tensor:
+    """Prune whole output channels: the lowest-norm surviving channels lose all their weights."""
+    channel_alive = mask.flatten(1).any(dim=1).to(mask.dtype)
+    channel_mask = prune_lowest(channel_scores(weight * mask), channel_alive, amount)
+    return mask * channel_mask.view(-1, *([1] * (mask.dim() - 1)))
+
+
+def magnitude_masks(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[str, float],
+                    groups: dict[str, str], granularity: str = "weight") -> Masks:
+    """One IMP step: prune ``rates[name]`` of each target's survivors by |w|.
+
+    Targets sharing a group are ranked together (global scope): the group's survivors are pooled
+    and ``rate`` of them pruned wherever they are smallest.
+    """
+    new_masks: Masks = {}
+    by_group: dict[str, list[str]] = {}
+    for name in rates:
+        by_group.setdefault(groups[name], []).append(name)
+    for names in by_group.values():
+        rate = rates[names[0]]
+        if granularity == "channel":
+            if len(names) == 1:
+                new_masks[names[0]] = prune_channels(weights[names[0]], masks[names[0]], rate)
+                continue
+            scores = [channel_scores(weights[n] * masks[n]) for n in names]
+            alive = [masks[n].flatten(1).any(dim=1).to(masks[n].dtype) for n in names]
+            pooled = prune_lowest(torch.cat(scores), torch.cat(alive), rate)
+            for name, channel_mask in zip(names, pooled.split([len(a) for a in alive]), strict=True):
+                new_masks[name] = masks[name] * channel_mask.view(-1, *([1] * (masks[name].dim() - 1)))
+            continue
+        scores = torch.cat([(weights[n] * masks[n]).abs().flatten() for n in names])
+        pooled = prune_lowest(scores, torch.cat([masks[n].flatten() for n in names]), rate)
+        for name, part in zip(names, pooled.split([masks[n].numel() for n in names]), strict=True):
+            new_masks[name] = part.view_as(masks[name])
+    return new_masks
+
+
+def random_masks_like(masks: Masks, generator: torch.Generator) -> Masks:
+    """A random mask per layer with exactly the same number of survivors (the random-pruning control)."""
+    result: Masks = {}
+    for name, mask in masks.items():
+        keep = int(mask.sum())
+        order = torch.randperm(mask.numel(), generator=generator)
+        flat = torch.zeros(mask.numel(), dtype=mask.dtype)
+        flat[order[:keep]] = 1
+        result[name] = flat.view_as(mask).to(mask.device)
+    return result
+
+
+def random_step_masks(masks: Masks, rates: dict[str, float], generator: torch.Generator) -> Masks:
+    """``prune.method: random``: prune ``rate`` of each layer's survivors uniformly at random."""
+    result: Masks = {}
+    for name, rate in rates.items():
+        scores = torch.rand(masks[name].shape, generator=generator).to(masks[name].device)
+        result[name] = prune_lowest(scores, masks[name], rate)
+    return result
+
+
+def check_shrinks(old: Masks, new: Masks) -> None:
+    """Masks only shrink: every weight pruned before stays pruned."""
+    for name, mask in new.items():
+        if name in old and bool((mask > old[name]).any()):
+            raise ValueError(f"mask of {name!r} revives pruned weights; masks may only shrink")

@@ -1,0 +1,94 @@
+"""Value rules beyond types: ranges and choices per key path, shown by ``describe_schema`` too.
+
+Patterns use ``[]`` for any list item and ``*`` for any key of a mapping-typed field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+
+from compress.recipe.schema import (
+    CONTROLS,
+    DEVICES,
+    GRANULARITIES,
+    METHODS,
+    OPTIMIZERS,
+    SCHEDULES,
+    SCOPES,
+)
+
+Rule = tuple[Callable[[float], bool], str]
+
+POSITIVE: Rule = (lambda v: v > 0, "must be > 0")
+NON_NEGATIVE: Rule = (lambda v: v >= 0, "must be >= 0")
+FRACTION: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+
+RANGES: dict[str, Rule] = {
+    "seed": NON_NEGATIVE,
+    "model.num_classes": POSITIVE,
+    "data.validation_size": NON_NEGATIVE,
+    "data.image_size": POSITIVE,
+    "data.train_subset": POSITIVE,
+    "train.iterations": POSITIVE,
+    "train.batch_size": POSITIVE,
+    "train.eval_every": POSITIVE,
+    "train.eval_batch_size": POSITIVE,
+    "train.checkpoint_every": POSITIVE,
+    "train.optimizer.lr": POSITIVE,
+    "train.optimizer.momentum": FRACTION,
+    "train.optimizer.weight_decay": NON_NEGATIVE,
+    "train.schedule.warmup": NON_NEGATIVE,
+    "train.schedule.milestones[]": POSITIVE,
+    "train.schedule.gamma": POSITIVE,
+    "prune.rates.*": FRACTION,
+    "lottery.rounds": NON_NEGATIVE,
+    "lottery.rewind_to": NON_NEGATIVE,
+    "lottery.ticket_tolerance": NON_NEGATIVE,
+    "export.opset": POSITIVE,
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.optimizer.name": OPTIMIZERS,
+    "train.schedule.name": SCHEDULES,
+    "train.device": DEVICES,
+    "prune.method": METHODS,
+    "prune.scope": SCOPES,
+    "prune.granularity": GRANULARITIES,
+    "lottery.controls[]": CONTROLS,
+}
+
+# Shown by describe_schema next to ranges; enforced in validate (they need other keys' values).
+CROSS_RULES: dict[str, str] = {
+    "lottery.rewind_to": "must be < train.iterations",
+    "train.schedule.milestones": "strictly increasing; needed by the step schedule",
+    "train.optimizer.nesterov": "needs sgd with momentum > 0",
+}
+
+
+def check_value(pattern: str, value: object) -> str | None:
+    """The problem with ``value`` at ``pattern`` (one line), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    choices = CHOICES.get(pattern)
+    if choices is not None and value not in choices:
+        close = difflib.get_close_matches(str(value).lower(), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{value!r} is not one of {', '.join(choices)}{hint}"
+    rule = RANGES.get(pattern)
+    if rule is not None and isinstance(value, (int, float)) and not rule[0](value):
+        return f"{value!r} {rule[1]}"
+    return None
+
+
+def rule_text(pattern: str, help_text: str = "") -> str:
+    """The rules at ``pattern`` in words; choices already spelled out in ``help_text`` are left out."""
+    parts = []
+    if pattern in RANGES:
+        parts.append(RANGES[pattern][1].removeprefix("must be "))
+    if pattern in CHOICES and not all(choice in help_text for choice in CHOICES[pattern]):
+        parts.append("one of " + ", ".join(CHOICES[pattern]))
+    if pattern in CROSS_RULES:
+        parts.append(CROSS_RULES[pattern])
+    return "; ".join(parts)

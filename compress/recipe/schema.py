@@ -1,0 +1,124 @@
+"""The recipe schema: frozen dataclasses whose field metadata carries the help text.
+
+Key paths (``train.optimizer.lr``) are a contract shared by the YAML files, ``--set`` overrides,
+tools and users' code. The loader (``compress.recipe.loader``) validates types and ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+LAYER_KINDS = ("conv", "linear", "output")
+SCOPES = ("layerwise", "global")
+METHODS = ("magnitude", "random")
+GRANULARITIES = ("weight", "channel")
+CONTROLS = ("reinit", "random_prune")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "step", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field with help text (``field(metadata={"help": ...})``)."""
+    return field(metadata={"help": text, **kwargs.pop("metadata", {})}, **kwargs)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = doc("registered model name (compress.list_models()) or timm/<name>", default="lenet300_100")
+    num_classes: int | None = doc("output classes; null = taken from the dataset", default=None)
+    pretrained: bool = doc("timm only: load pretrained weights (must already be cached locally)", default=False)
+    kwargs: dict[str, Any] = doc("extra keyword arguments for the model factory", default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = doc("dataset name (compress.list_datasets())", default="fashion_mnist")
+    root: str | None = doc("data folder or tarball; null = $COMPRESS_DATA, then the user cache", default=None)
+    validation_size: int = doc("examples held out of the training set for early stopping", default=5000)
+    augment: bool = doc("CIFAR-style random crop (pad 4) + horizontal flip during training", default=False)
+    image_size: int | None = doc("resize images to this side (e.g. for timm models); null = native", default=None)
+    train_subset: int | None = doc("use only the first N training examples (after the split); null = all",
+                                   default=None)
+    download: bool = doc("let torchvision download missing files when the network allows", default=True)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = doc(f"one of {', '.join(OPTIMIZERS)}", default="adam")
+    lr: float = doc("learning rate", default=1.2e-3)
+    momentum: float = doc("SGD momentum", default=0.0)
+    nesterov: bool = doc("SGD Nesterov momentum", default=False)
+    weight_decay: float = doc("L2 weight decay", default=0.0)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = doc(f"learning-rate schedule: one of {', '.join(SCHEDULES)}", default="constant")
+    warmup: int = doc("linear warm-up iterations", default=0)
+    milestones: tuple[int, ...] = doc("step schedule: iterations at which lr is multiplied by gamma",
+                                      default=())
+    gamma: float = doc("step schedule factor", default=0.1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iterations: int = doc("training budget per round, in iterations (optimizer steps)", default=3000)
+    batch_size: int = doc("examples per iteration", default=60)
+    optimizer: OptimizerConfig = doc("optimizer settings", default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = doc("learning-rate schedule", default_factory=ScheduleConfig)
+    eval_every: int = doc("evaluate validation and test sets every N iterations", default=100)
+    eval_batch_size: int = doc("batch size for evaluation", default=1000)
+    checkpoint_every: int = doc("write a resumable checkpoint every N iterations", default=500)
+    device: str = doc(f"one of {', '.join(DEVICES)} (auto = CUDA when present)", default="auto")
+    bf16: bool = doc("CUDA only: bf16 autocast", default=False)
+    channels_last: bool = doc("CUDA only: channels_last memory format", default=False)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str = doc(f"one of {', '.join(METHODS)}", default="magnitude")
+    scope: str = doc(f"one of {', '.join(SCOPES)}; global pools all parameters that share a rate", default="layerwise")
+    granularity: str = doc(f"one of {', '.join(GRANULARITIES)}", default="weight")
+    rates: dict[str, float] = doc(
+        "fraction of surviving weights pruned per round, by layer kind (conv / linear / output) "
+        "or by selector; a selector key wins over a kind",
+        default_factory=lambda: {"conv": 0.1, "linear": 0.2, "output": 0.1},
+    )
+    exclude: tuple[str, ...] = doc(
+        "selectors of modules never pruned: glob on the module name, 're:<regex>' or 'type:<ClassName>'",
+        default=(),
+    )
+
+
+@dataclass(frozen=True)
+class LotteryConfig:
+    rounds: int = doc("pruning rounds after the dense round (round 0)", default=5)
+    rewind_to: int = doc("iteration whose weights survivors are rewound to; 0 = the original init", default=0)
+    controls: tuple[str, ...] = doc(f"control experiments per round: {', '.join(CONTROLS)}", default=())
+    one_shot: bool = doc("prune to the final sparsity in one step after the dense round", default=False)
+    ticket_tolerance: float = doc(
+        "winning ticket = sparsest round whose early-stop test accuracy is within this many "
+        "accuracy points (fraction) of the dense round",
+        default=0.005,
+    )
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    onnx: bool = doc("export the winning ticket to ONNX and verify it with onnxruntime", default=True)
+    compact: bool = doc("also export an exactly compacted model (dead units removed)", default=False)
+    opset: int = doc("ONNX opset version", default=17)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = doc("experiment name; the default run dir is runs/<name>-<hash>", default="experiment")
+    seed: int = doc("seed for init, data split and order", default=0)
+    model: ModelConfig = doc("the network", default_factory=ModelConfig)
+    data: DataConfig = doc("the dataset", default_factory=DataConfig)
+    train: TrainConfig = doc("the training loop", default_factory=TrainConfig)
+    prune: PruneConfig = doc("what is pruned each round and how", default_factory=PruneConfig)
+    lottery: LotteryConfig = doc("iterative magnitude pruning with rewinding", default_factory=LotteryConfig)
+    export: ExportConfig = doc("export of the winning ticket", default_factory=ExportConfig)

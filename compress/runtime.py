@@ -1,0 +1,35 @@
+"""The one place that decides device, seeding and thread count; everything else asks it."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a dedicated CPU generator for data order."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Pin torch's intra-op threads (default: env ``COMPRESS_THREADS`` or all cores)."""
+    threads = threads or int(os.environ.get("COMPRESS_THREADS", "0")) or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads

@@ -1,0 +1,154 @@
+"""The training loop: a budget in iterations, periodic evaluation, early-stop tracking, resumable.
+
+Batches are a pure function of (seed, iteration) -- see ``TensorSplit.batches`` -- so a run restarted
+from a checkpoint at iteration k sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from compress.io import append_jsonl, save_text, save_torch
+from compress.recipe.schema import TrainConfig
+from compress.training.evaluate import evaluate
+from compress.training.optim import build_optimizer, build_schedule
+
+StepCallback = Callable[[int], None]
+
+
+@dataclass
+class TrainResult:
+    iterations: int
+    test_accuracy: float
+    test_loss: float
+    early_stop_iteration: int
+    early_stop_test_accuracy: float
+    early_stop_val_loss: float
+    wall_s: float
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self, with_history: bool = False) -> dict:
+        data = asdict(self)
+        if not with_history:
+            data.pop("history")
+        return data
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _evaluate_point(model: nn.Module, data, config: TrainConfig, iteration: int, train_loss: float,
+                    autocast: bool) -> dict:
+    val_loss, val_accuracy = evaluate(model, data.val, config.eval_batch_size, autocast)
+    test_loss, test_accuracy = evaluate(model, data.test, config.eval_batch_size, autocast)
+    return {"iteration": iteration, "train_loss": train_loss, "val_loss": val_loss,
+            "val_accuracy": val_accuracy, "test_loss": test_loss, "test_accuracy": test_accuracy}
+
+
+def _early_stop(history: list[dict]) -> dict:
+    """The evaluation with the lowest validation loss (test loss when there is no validation split)."""
+    key = "val_loss" if not math.isnan(history[0]["val_loss"]) else "test_loss"
+    return min(history, key=lambda point: point[key])
+
+
+def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
+          metrics_path: Path | None = None, checkpoint_path: Path | None = None,
+          on_step: StepCallback | None = None, optimizer: torch.optim.Optimizer | None = None, begin: int = 0,
+          augment: bool = False, progress: bool = True, desc: str = "train") -> TrainResult:
+    """Train ``model`` in place for ``config.iterations`` steps on ``data.train``.
+
+    Evaluates every ``config.eval_every`` steps and at the end; appends each evaluation to
+    ``metrics_path``; writes a resumable checkpoint to ``checkpoint_path`` every
+    ``config.checkpoint_every`` steps and resumes from it when it exists. ``on_step(k)`` runs after
+    the k-th step (the lottery uses it to snapshot the rewind point). ``begin`` > 0 continues a
+    rewound run at that iteration: the schedule and the batch stream pick up where they were.
+    """
+    if not 0 <= begin < config.iterations:
+        raise ValueError(f"begin={begin} must lie in [0, train.iterations={config.iterations})")
+    device = next(model.parameters()).device
+    autocast = config.bf16 and device.type == "cuda"
+    if config.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = optimizer or build_optimizer(model.parameters(), config.optimizer)
+    schedule = build_schedule(optimizer, config.schedule, config.iterations, offset=begin)
+    history: list[dict] = []
+    start = begin
+    elapsed = 0.0
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        _set_rng_state(state["rng"])
+        start, history, elapsed = state["iteration"], state["history"], state["wall_s"]
+        if metrics_path is not None:  # drop lines written after the checkpoint; they will be redone
+            save_text("".join(json.dumps(point) + "\n" for point in history), metrics_path)
+
+    def checkpoint(iteration: int) -> None:
+        if checkpoint_path is not None:
+            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "rng": _rng_state(), "iteration": iteration,
+                        "history": history, "wall_s": elapsed + time.perf_counter() - began}, checkpoint_path)
+
+    began = time.perf_counter()
+    model.train()
+    batches = data.train.batches(config.batch_size, seed, start=start, augment=augment)
+    loss_sum = torch.zeros((), device=device)
+    steps_since_eval = 0
+    bar = tqdm(total=config.iterations, initial=start, desc=desc, disable=not progress, leave=False,
+               mininterval=0.5, unit="it", dynamic_ncols=True)
+    for iteration in range(start + 1, config.iterations + 1):
+        x, y = next(batches)
+        if config.channels_last and x.dim() == 4 and device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += loss.detach()
+        steps_since_eval += 1
+        if on_step is not None:
+            on_step(iteration)
+        if iteration % config.eval_every == 0 or iteration == config.iterations:
+            point = _evaluate_point(model, data, config, iteration, float(loss_sum) / steps_since_eval, autocast)
+            loss_sum.zero_()
+            steps_since_eval = 0
+            history.append(point)
+            if metrics_path is not None:
+                append_jsonl(point, metrics_path)
+            bar.set_postfix(loss=f"{point['train_loss']:.3f}", test_acc=f"{point['test_accuracy']:.4f}",
+                            refresh=False)
+        if iteration % config.checkpoint_every == 0 and iteration < config.iterations:
+            checkpoint(iteration)
+        bar.update(1)
+    bar.close()
+    if not history:  # resumed at the very end: nothing left to run, evaluate once
+        history.append(_evaluate_point(model, data, config, config.iterations, float("nan"), autocast))
+    best = _early_stop(history)
+    final = history[-1]
+    return TrainResult(iterations=config.iterations, test_accuracy=final["test_accuracy"],
+                       test_loss=final["test_loss"], early_stop_iteration=best["iteration"],
+                       early_stop_test_accuracy=best["test_accuracy"], early_stop_val_loss=best["val_loss"],
+                       wall_s=elapsed + time.perf_counter() - began, history=history)

@@ -1,0 +1,39 @@
+"""Optimizer and learning-rate schedule from the recipe (schedules counted in iterations)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from compress.recipe.schema import OPTIMIZERS, SCHEDULES, OptimizerConfig, ScheduleConfig
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
+    if config.name == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                               weight_decay=config.weight_decay)
+    raise ValueError(f"train.optimizer.name: {config.name!r} is not one of {', '.join(OPTIMIZERS)}")
+
+
+def lr_factor(config: ScheduleConfig, iterations: int, step: int) -> float:
+    """Multiplier of the base lr at ``step`` (0-based): linear warm-up, then the schedule."""
+    if config.name not in SCHEDULES:
+        raise ValueError(f"train.schedule.name: {config.name!r} is not one of {', '.join(SCHEDULES)}")
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    if config.name == "step":
+        return config.gamma ** sum(step >= milestone for milestone in config.milestones)
+    if config.name == "cosine":
+        span = max(1, iterations - config.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup) / span)))
+    return 1.0
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, config: ScheduleConfig, iterations: int,
+                   offset: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """``offset``: the first step is iteration ``offset`` of the schedule (training rewound to it)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, iterations, step + offset))

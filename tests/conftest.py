@@ -1,0 +1,49 @@
+"""Shared fixtures: where the local dataset copies are, and an isolated data environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                       "t10k-labels-idx1-ubyte")
+
+
+def _missing(what: str, how: str) -> None:
+    """Skip with the reason, or fail when COMPRESS_REQUIRE_DATA=1 (CI that must run everything)."""
+    message = f"{what} not found; {how}"
+    if os.environ.get("COMPRESS_REQUIRE_DATA") == "1":
+        pytest.fail(f"{message} (COMPRESS_REQUIRE_DATA=1)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def cifar10_tar() -> Path:
+    """The CIFAR-10 JPEG ImageFolder tarball: $COMPRESS_CIFAR10_TAR or ../shared/data/cifar10-jpg.tar.gz."""
+    path = Path(os.environ.get("COMPRESS_CIFAR10_TAR") or REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz")
+    if not path.is_file():
+        _missing(f"CIFAR-10 JPEG tarball {path}", "set COMPRESS_CIFAR10_TAR to a copy")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_root() -> Path:
+    """A folder with the four Fashion-MNIST IDX files: $COMPRESS_FASHION_MNIST or Debian's package."""
+    path = Path(os.environ.get("COMPRESS_FASHION_MNIST") or "/usr/share/datasets/fashion-mnist")
+    if not all((path / name).is_file() or (path / f"{name}.gz").is_file() for name in FASHION_MNIST_FILES):
+        _missing(f"Fashion-MNIST IDX files in {path}",
+                 "`apt-get install dataset-fashion-mnist` or set COMPRESS_FASHION_MNIST")
+    return path
+
+
+@pytest.fixture
+def data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No $COMPRESS_DATA / $COMPRESS_CIFAR10, and a fresh user cache under tmp_path (returned)."""
+    for name in ("COMPRESS_DATA", "COMPRESS_CIFAR10", "COMPRESS_DATA_MEMORY_LIMIT"):
+        monkeypatch.delenv(name, raising=False)
+    cache = tmp_path / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache

@@ -1,0 +1,92 @@
+import pytest
+import torch
+import torch.nn.utils.prune as prune
+
+from compress.models import create_model
+from compress.pruning import (
+    apply_masks,
+    build_plan,
+    effective_weights,
+    fold_masks,
+    get_masks,
+    magnitude_masks,
+    ones_masks,
+    plain_state_dict,
+    sparsity_report,
+)
+from compress.recipe.schema import PruneConfig
+
+
+def _pruned_lenet(rounds: int = 3):
+    torch.manual_seed(0)
+    model = create_model("lenet300_100")
+    targets = build_plan(model, PruneConfig(rates={"linear": 0.5, "output": 0.5}))
+    names = [t.name for t in targets]
+    masks = ones_masks(model, names)
+    for _ in range(rounds):
+        masks = magnitude_masks(effective_weights(model, names), masks, {n: 0.5 for n in names},
+                                {n: n for n in names})
+        apply_masks(model, masks)
+    return model, names
+
+
+def test_masks_use_torch_prune_reparametrisation():
+    model, names = _pruned_lenet()
+    layer = model[1]
+    assert prune.is_pruned(model)
+    assert hasattr(layer, "weight_orig") and hasattr(layer, "weight_mask")
+    assert "weight" not in dict(layer.named_parameters())
+
+
+def test_fold_keeps_user_masks_and_zeros():
+    model, names = _pruned_lenet()
+    folded = fold_masks(model)
+    assert not prune.is_pruned(folded)
+    assert prune.is_pruned(model)
+    for name in names:
+        mask = dict(model.named_modules())[name].weight_mask
+        weight = dict(folded.named_modules())[name].weight
+        assert torch.equal(weight == 0, mask == 0) or bool((weight[mask == 0] == 0).all())
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(folded(x), model(x))
+
+
+def test_ticket_loads_into_a_fresh_unpruned_model():
+    model, _ = _pruned_lenet()
+    fresh = create_model("lenet300_100")
+    fresh.load_state_dict(plain_state_dict(model))
+    apply_masks(fresh, get_masks(model))
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_sparsity_report_counts():
+    model, names = _pruned_lenet(rounds=2)
+    report = sparsity_report(model, names)
+    assert report["total"] == 266_200
+    assert abs(report["weights_remaining"] - 0.25) < 1e-3
+    assert [layer["name"] for layer in report["layers"]] == names
+
+
+def test_selectors_and_exclusions():
+    model = create_model("conv4")
+    targets = build_plan(model, PruneConfig(rates={"conv": 0.1, "linear": 0.2, "output": 0.1, "re:1[13]": 0.3},
+                                            exclude=("0",)))
+    rates = {t.name: t.rate for t in targets}
+    assert "0" not in rates
+    assert rates["2"] == 0.1 and rates["11"] == 0.3 and rates["13"] == 0.3 and rates["15"] == 0.1
+    types = build_plan(model, PruneConfig(rates={"conv": 0.1, "linear": 0.0, "output": 0.0},
+                                          exclude=("type:Linear",)))
+    assert all(t.kind == "conv" for t in types)
+
+
+def test_selector_matching_nothing_is_an_error_with_location():
+    model = create_model("lenet300_100")
+    with pytest.raises(ValueError, match=r"r\.yaml:7: prune.exclude\[0\]: selector 'fc9' matches no"):
+        build_plan(model, PruneConfig(exclude=("fc9",)), where=lambda path: "r.yaml:7")
+
+
+def test_apply_mask_shape_mismatch_is_an_error():
+    model = create_model("lenet300_100")
+    with pytest.raises(ValueError, match="shape"):
+        apply_masks(model, {"1": torch.ones(3, 3)})

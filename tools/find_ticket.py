@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Find a lottery ticket: python tools/find_ticket.py --recipe recipes/lth_conv4.yaml [--set k=v ...]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from compress.cli import run_cli
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--recipe", help="YAML recipe (see recipes/)")
+    parser.add_argument("--out", help="run directory (default: runs/<name>-<hash of the resolved recipe>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a recipe value, typed by the schema (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and pruning plan")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--help-recipe", action="store_true", help="list every recipe key with its help text")
+    args = parser.parse_args()
+
+    from compress.recipe import describe_schema, load_recipe, where
+
+    if args.help_recipe:
+        print(describe_schema())
+        return 0
+    if not args.recipe:
+        parser.error("--recipe is required")
+    recipe = load_recipe(args.recipe, overrides=args.overrides)
+    locate = lambda key_path: where(recipe, key_path)  # noqa: E731
+    if args.dry_run:
+        from compress.lottery import dry_run
+
+        print(dry_run(recipe, locate))
+        return 0
+    from compress.pipeline import run_recipe
+
+    summary = run_recipe(recipe, args.out, progress=not args.no_progress, where=locate)
+    print(json.dumps({"run_dir": summary["run_dir"], "ticket": summary["ticket"],
+                      "export": summary.get("export")}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
