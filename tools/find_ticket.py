@@ -37,6 +37,8 @@ def main() -> int:
     from compress.pipeline import run_recipe
 
     summary = run_recipe(recipe, args.out, progress=not args.no_progress, where=locate)
+    if "ticket" not in summary:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     print(json.dumps({"run_dir": summary["run_dir"], "ticket": summary["ticket"],
                       "export": summary.get("export")}, indent=2, default=str))
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from compress import paths
+from compress import distributed, paths
 from compress.io import load_json, save_json, save_torch
 from compress.pruning import apply_masks, load_plain_state_dict, sparsity_report
 from compress.training import train
@@ -25,13 +25,14 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
     """
     folder = Path(folder)
     result_path = folder / paths.RESULT
+    distributed.barrier()  # every rank sees the same files before deciding to skip
     if result_path.exists():
         return load_json(result_path)
     model = make_model()
     apply_masks(model, masks)
     load_plain_state_dict(model, start_state)
     mask_path = folder / paths.MASK
-    if not mask_path.exists():
+    if not mask_path.exists() and distributed.is_main():
         save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)
     outcome = train(model, data, recipe.train, recipe.seed, metrics_path=folder / paths.METRICS,
                     checkpoint_path=folder / paths.CHECKPOINT, begin=begin,
@@ -39,6 +40,9 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
                     augment=recipe.data.augment, progress=progress, desc=desc)
     report = sparsity_report(model, list(masks))
     _check_pruned_are_zero(model, masks)
+    if not distributed.is_main():
+        distributed.barrier()  # rank 0 writes the result; read it back so every rank returns the same
+        return load_json(result_path)
     save_json(report, folder / paths.SPARSITY)
     save_torch({key: value.cpu() for key, value in model.state_dict().items()}, folder / paths.FINAL)
     result = {key: getattr(outcome, key) for key in RESULT_FIELDS}
@@ -46,6 +50,7 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
     result["final_iteration"] = outcome.iterations
     save_json(result, result_path)
     (folder / paths.CHECKPOINT).unlink(missing_ok=True)
+    distributed.barrier()
     return result
 
 

@@ -7,12 +7,13 @@ continues from its last checkpoint, and masks come out identical to an uninterru
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from compress import paths
+from compress import distributed, paths
 from compress.data import load_dataset
 from compress.io import load_json, save_json, save_text, save_torch
 from compress.lottery.experiment import RESULT_FIELDS, run_experiment
@@ -41,8 +42,9 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path) -> Path:
         if recorded.read_text() != text:
             raise ValueError(f"{run_dir} holds a run of a different recipe ({recorded}); pass another --out "
                              "or delete that folder")
-    else:
+    elif distributed.is_main():
         save_text(text, recorded)
+    distributed.barrier()
     return run_dir
 
 
@@ -89,6 +91,15 @@ class LotteryRun:
         return torch.load(self.run_dir / paths.REWIND, map_location=self.device, weights_only=False)
 
     def masks_for_round(self, round_index: int) -> dict:
+        """Computed (or read) on rank 0 only, then broadcast and verified identical on every rank."""
+        masks = self._masks_for_round(round_index) if distributed.is_main() else self.search.masks
+        masks = distributed.broadcast_masks(masks)
+        if distributed.active():
+            print(f"[rank {distributed.rank()}/{distributed.world_size()}] round {round_index} masks verified "
+                  f"identical, checksum {distributed.mask_checksum(masks).item():.1f}", file=sys.stderr)
+        return masks
+
+    def _masks_for_round(self, round_index: int) -> dict:
         mask_path = paths.round_dir(self.run_dir, round_index) / paths.MASK
         if mask_path.exists():
             return {k: v.to(self.device) for k, v in torch.load(mask_path, weights_only=False).items()}
@@ -117,7 +128,7 @@ class LotteryRun:
     def _save_rewind_point(self, iteration: int, model: torch.nn.Module) -> None:
         """During the dense round, keep the weights at iteration ``rewind_to`` (atomic, once)."""
         target = self.run_dir / paths.REWIND
-        if iteration == self.begin and not target.exists():
+        if iteration == self.begin and not target.exists() and distributed.is_main():
             save_torch(plain_state_dict(model), target)
 
     def run_control(self, name: str, round_index: int, masks: dict, start: dict) -> dict:
@@ -127,6 +138,7 @@ class LotteryRun:
             start = plain_state_dict(self.make_model(seed))
         elif name == "random_prune":
             masks = random_masks_like({k: v.cpu() for k, v in masks.items()}, torch.Generator().manual_seed(seed))
+            masks = distributed.broadcast_masks({k: v.to(self.device) for k, v in masks.items()})
         result = run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
                                 recipe=self.recipe, data=self.data, begin=self.begin,
                                 desc=f"round {round_index} {name}", progress=self.progress)
@@ -136,15 +148,19 @@ class LotteryRun:
     def run(self) -> dict:
         rounds: list[dict] = []
         total = self.search.rounds + 1
-        bar = tqdm(range(total), desc=self.recipe.name, disable=not self.progress, unit="round")
+        main = distributed.is_main()
+        bar = tqdm(range(total), desc=self.recipe.name, disable=not self.progress or not main, unit="round")
+        summary: dict = {}
         for round_index in bar:
             entry = self.run_round(round_index)
             rounds.append(entry)
-            summary = self.write_summary(rounds)
-            tqdm.write(self._round_line(entry))
+            if main:
+                summary = self.write_summary(rounds)
+                tqdm.write(self._round_line(entry))
             bar.set_postfix(remaining=f"{entry['weights_remaining']:.3f}", refresh=False)
         bar.close()
-        return summary
+        distributed.barrier()
+        return summary if main else {"rounds": rounds}
 
     def _round_line(self, entry: dict) -> str:
         line = (f"round {entry['round']:2d}  remaining {entry['weights_remaining'] * 100:6.2f}%  "
@@ -179,6 +195,7 @@ class LotteryRun:
 
 def find_ticket(recipe: Recipe, out: Path | None = None, progress: bool = True, where=None) -> dict:
     """Run (or resume) the lottery-ticket search of ``recipe``; returns the summary."""
+    distributed.init_from_env()
     run = LotteryRun(recipe, out, progress, where)
     summary = run.run()
     summary["run_dir"] = str(run.run_dir)

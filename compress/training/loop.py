@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from compress import distributed
 from compress.io import append_jsonl, save_text, save_torch
 from compress.recipe.schema import TrainConfig
 from compress.training.evaluate import evaluate
@@ -101,28 +102,31 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
         schedule.load_state_dict(state["schedule"])
         _set_rng_state(state["rng"])
         start, history, elapsed = state["iteration"], state["history"], state["wall_s"]
-        if metrics_path is not None:  # drop lines written after the checkpoint; they will be redone
+        if metrics_path is not None and distributed.is_main():  # drop lines after the checkpoint: redone
             save_text("".join(json.dumps(point) + "\n" for point in history), metrics_path)
 
     def checkpoint(iteration: int) -> None:
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and distributed.is_main():
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "rng": _rng_state(), "iteration": iteration,
                         "history": history, "wall_s": elapsed + time.perf_counter() - began}, checkpoint_path)
 
     began = time.perf_counter()
+    # DDP wraps the model as it is now: the prune reparametrisation must already be installed.
+    net = nn.parallel.DistributedDataParallel(model) if distributed.active() else model
     model.train()
     batches = data.train.batches(config.batch_size, seed, start=start, augment=augment)
     loss_sum = torch.zeros((), device=device)
     steps_since_eval = 0
-    bar = tqdm(total=config.iterations, initial=start, desc=desc, disable=not progress, leave=False,
+    bar = tqdm(total=config.iterations, initial=start, desc=desc, leave=False,
+               disable=not progress or not distributed.is_main(),
                mininterval=0.5, unit="it", dynamic_ncols=True)
     for iteration in range(start + 1, config.iterations + 1):
-        x, y = next(batches)
+        x, y = distributed.shard(*next(batches))
         if config.channels_last and x.dim() == 4 and device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -136,7 +140,7 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
             loss_sum.zero_()
             steps_since_eval = 0
             history.append(point)
-            if metrics_path is not None:
+            if metrics_path is not None and distributed.is_main():
                 append_jsonl(point, metrics_path)
             bar.set_postfix(loss=f"{point['train_loss']:.3f}", test_acc=f"{point['test_accuracy']:.4f}",
                             refresh=False)

@@ -1,0 +1,143 @@
+"""What gets benchmarked: a pruned model, a ticket (dict, ticket.pt or run dir) or an ONNX file.
+
+Also the facts recorded next to each timing: fraction of weights and of MACs that remain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from compress import paths
+from compress.pruning import PRUNABLE_TYPES, apply_masks, fold_masks, magnitude_masks, prunable_modules
+
+SourceLike = nn.Module | dict | str | Path
+
+
+@dataclass
+class Source:
+    """``model`` (masks installed or folded; None for an ONNX file) or ``onnx_path``, and one example."""
+
+    label: str
+    model: nn.Module | None = None
+    onnx_path: Path | None = None
+    example_input: torch.Tensor | None = None  # a batch of one
+
+    def require_example(self, what: str) -> torch.Tensor:
+        if self.example_input is None:
+            raise ValueError(f"{what} needs example_input (a batch of one input) for a plain nn.Module")
+        return self.example_input
+
+
+def _ticket_example(ticket: dict) -> torch.Tensor:
+    shape = ticket["shape"]
+    side = shape["image_size"]
+    return torch.randn(1, shape["in_channels"], side, side, generator=torch.Generator().manual_seed(0))
+
+
+def resolve_source(source: SourceLike, example_input: torch.Tensor | None = None,
+                   label: str | None = None) -> Source:
+    """Accept a module, a ticket dict, a ``ticket.pt``, a run directory holding one, or a ``.onnx`` file."""
+    example = example_input[:1].detach().cpu().float() if example_input is not None else None
+    if isinstance(source, nn.Module):
+        return Source(label or type(source).__name__.lower(), model=source, example_input=example)
+    if isinstance(source, dict):
+        from compress.lottery.ticket import ticket_model
+
+        return Source(label or source["model"]["name"], model=ticket_model(source),
+                      example_input=example if example is not None else _ticket_example(source))
+    if not isinstance(source, (str, Path)):
+        raise ValueError(f"expected an nn.Module, a ticket dict or a path, got {type(source).__name__}")
+    path = Path(source)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise ValueError(f"{path}: no such ONNX file")
+        return Source(label or path.stem, onnx_path=path,
+                      example_input=example if example is not None else onnx_example(path))
+    if path.is_dir():
+        if not (path / paths.TICKET).is_file():
+            raise ValueError(f"{path}: no {paths.TICKET} in this directory (a run writes it after its first round)")
+        label = label or path.name
+        path = path / paths.TICKET
+    from compress.lottery.ticket import read_ticket, ticket_model
+
+    ticket = read_ticket(path)
+    return Source(label or ticket["model"]["name"], model=ticket_model(ticket),
+                  example_input=example if example is not None else _ticket_example(ticket))
+
+
+def onnx_example(path: Path) -> torch.Tensor:
+    """A random batch of one for the ONNX file's first input (its non-batch dims must be fixed)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims][1:]
+    if any(d is None or d <= 0 for d in shape):
+        raise ValueError(f"{path}: input {graph.input[0].name!r} has symbolic non-batch dims; pass an example input")
+    return torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def weights_remaining(model: nn.Module) -> float:
+    """Nonzero fraction of all Conv2d/Linear weights (the effective ones: masks folded)."""
+    folded = fold_masks(model)
+    total = nonzero = 0
+    for _, module in prunable_modules(folded):
+        total += module.weight.numel()
+        nonzero += int(torch.count_nonzero(module.weight.detach()))
+    if not total:
+        raise ValueError("the model has no Conv2d or Linear layer")
+    return nonzero / total
+
+
+def onnx_weights_remaining(path: Path) -> float:
+    """Nonzero fraction of the weight initializers of Conv, Gemm and MatMul nodes."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    initializers = {init.name: init for init in graph.initializer}
+    names = {node.input[1] for node in graph.node
+             if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in initializers}
+    total = nonzero = 0
+    for name in names:
+        array = numpy_helper.to_array(initializers[name])
+        total += array.size
+        nonzero += int((array != 0).sum())
+    if not total:
+        raise ValueError(f"{path}: no Conv/Gemm/MatMul weight initializers")
+    return nonzero / total
+
+
+def macs_remaining(model: nn.Module, example_input: torch.Tensor) -> float:
+    """MACs of Conv2d/Linear counting only nonzero weights, over the dense count (``count_macs``)."""
+    from compress.export import count_macs
+
+    folded = fold_masks(model).cpu().float().eval()
+    dense = count_macs(folded, example_input)
+    return count_macs(folded, example_input, nonzero=True) / dense if dense else 1.0
+
+
+def batch_of(example: torch.Tensor, batch_size: int, seed: int = 0) -> torch.Tensor:
+    """A contiguous random batch shaped like ``example`` (values do not change dense or CSR timings)."""
+    if batch_size < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batch_size}")
+    return torch.randn(batch_size, *example.shape[1:], generator=torch.Generator().manual_seed(seed))
+
+
+def magnitude_ticket(model: nn.Module, remaining: float) -> nn.Module:
+    """Install torch-prune masks keeping the ``remaining`` largest-|w| fraction of every Conv2d/Linear.
+
+    Layer-wise (each layer keeps the same fraction), one shot; for benchmarks on random weights, where
+    only the sparsity pattern's density matters, not what the weights learned.
+    """
+    if not 0.0 < remaining <= 1.0:
+        raise ValueError(f"remaining must be in (0, 1], got {remaining}")
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    weights = {name: m.weight.detach() for name, m in layers}
+    masks = magnitude_masks(weights, {name: torch.ones_like(w) for name, w in weights.items()},
+                            {name: 1.0 - remaining for name in weights}, {name: name for name in weights})
+    return apply_masks(model, masks).eval()

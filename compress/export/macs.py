@@ -1,0 +1,63 @@
+"""Parameter and multiply-accumulate counts of a model, for the before/after of compaction."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def count_params(model: nn.Module, nonzero: bool = False) -> int:
+    """Entries of all parameters (of ``weight_orig``, not the mask, on a pruned model); ``nonzero``: only those != 0.
+
+    On a pruned model the nonzero count uses the effective ``weight`` (orig * mask), so it is what the
+    forward pass actually multiplies by.
+    """
+    if not nonzero:
+        return sum(p.numel() for p in model.parameters())
+    total = 0
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if name.endswith("_orig") and hasattr(module, name[: -len("_orig")]):
+                param = getattr(module, name[: -len("_orig")])
+            total += int(torch.count_nonzero(param.detach()))
+    return total
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example_input: torch.Tensor, nonzero: bool = False) -> int:
+    """Multiply-accumulates of Conv2d and Linear layers for ONE example (batch size divided out).
+
+    Dense MACs count every weight at every output position (what a dense kernel does); ``nonzero``
+    counts only weights != 0 (an ideal sparse kernel; borders of padded convs are not discounted).
+    Other layers (BatchNorm, pooling, activations) are ignored: they are a rounding error next to these.
+    The model runs once in eval mode, so BatchNorm statistics are untouched; modes are restored afterwards.
+    """
+    if example_input.dim() < 2:
+        raise ValueError(f"count_macs needs a batched input (N x ...), got shape {tuple(example_input.shape)}")
+    x = example_input[:1]
+    total = 0
+
+    def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        weight = module.weight
+        if isinstance(module, nn.Conv2d):
+            positions = output[0, 0].numel()
+            per_position = int(torch.count_nonzero(weight)) if nonzero else weight.numel()
+            total += positions * per_position
+        else:
+            rows = output[0].numel() // module.out_features  # leading dims beyond the batch (e.g. tokens)
+            per_row = int(torch.count_nonzero(weight)) if nonzero else weight.numel()
+            total += rows * per_row
+
+    modes = {module: module.training for module in model.modules()}
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        model.eval()
+        device = next((p.device for p in model.parameters()), x.device)
+        model(x.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    return total

@@ -1,0 +1,190 @@
+"""``export_run``: export a run's ticket (or one round) to ONNX, verified on real test inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from compress import paths
+from compress.export.onnx_export import compact_path, export_onnx
+from compress.io import save_json
+
+EXPORT_JSON = "export.json"
+VERIFY_BATCH = 32  # test examples run through torch and onnxruntime
+
+
+def _finished_rounds(run_dir: Path) -> list[int]:
+    rounds = []
+    for folder in sorted(run_dir.glob("round_*")):
+        suffix = folder.name[len("round_"):]
+        if suffix.isdigit() and (folder / paths.FINAL).exists() and (folder / paths.MASK).exists():
+            rounds.append(int(suffix))
+    return rounds
+
+
+def _load_recipe(run_dir: Path):
+    """The run's recipe, or None and why not (a ticket alone still exports, on random inputs)."""
+    path = run_dir / paths.RECIPE
+    if not path.exists():
+        return None, f"no {paths.RECIPE} in the run dir"
+    from compress.recipe import load_recipe
+
+    try:
+        return load_recipe(path), ""
+    except ValueError as error:  # RecipeError is a ValueError
+        return None, f"{paths.RECIPE} does not load ({str(error).strip().splitlines()[0]})"
+
+
+def _test_batch(recipe, shape: tuple[int, ...] | None, batch: int):
+    """The first ``batch`` test examples of the run's dataset, the loaded data, and a note on failure."""
+    if recipe is None:
+        return None, None, "no recipe"
+    from compress.data import load_dataset
+
+    config = recipe.data
+    if hasattr(config, "download"):
+        config = dataclasses.replace(config, download=False)  # an export never fetches a dataset
+    try:
+        data = load_dataset(config, recipe.seed, torch.device("cpu"))
+        x, _ = next(iter(data.test.eval_batches(batch)))
+    except Exception as error:  # missing files, no network, corrupt cache: many types, all mean "no data"
+        text = str(error).strip()
+        return None, None, f"{config.name} not loaded: {text.splitlines()[0] if text else type(error).__name__}"
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        return None, data, f"test inputs are {tuple(x.shape[1:])}, the model takes {tuple(shape)}"
+    return x.float(), data, ""
+
+
+def _round_model(run_dir: Path, round_index: int, recipe, ticket: dict | None, data) -> nn.Module:
+    """A fresh model of the recipe with the round's masks and trained (final) weights."""
+    from compress.models import build_model
+    from compress.pruning import apply_masks
+
+    folder = paths.round_dir(run_dir, round_index)
+    if recipe is None and ticket is None:
+        raise ValueError(f"{run_dir}: exporting round {round_index} needs the run's {paths.RECIPE} or {paths.TICKET}")
+    if ticket is not None:
+        from compress.recipe.schema import ModelConfig
+
+        config = ModelConfig(**{**ticket["model"], "kwargs": dict(ticket["model"].get("kwargs", {}))})
+        shape = ticket["shape"]
+        classes, channels, side = shape["num_classes"], shape["in_channels"], shape["image_size"]
+    elif data is not None:
+        config = recipe.model
+        classes, channels = data.num_classes, data.in_channels
+        side = recipe.data.image_size or data.image_size
+    else:
+        raise ValueError(f"{run_dir}: no {paths.TICKET} and the dataset does not load, so the model's input "
+                         f"shape is unknown; cannot rebuild round {round_index}")
+    model = build_model(config, classes, channels, side)
+    masks = torch.load(folder / paths.MASK, map_location="cpu", weights_only=False)
+    state = torch.load(folder / paths.FINAL, map_location="cpu", weights_only=False)
+    try:
+        apply_masks(model, masks)
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"{folder}: {paths.FINAL} / {paths.MASK} do not fit the run's model "
+                         f"({str(error).strip().splitlines()[0]})") from error
+    return model.eval()
+
+
+def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path | None = None,
+               compact: bool = False, opset: int = 17) -> dict:
+    """Export a run's ticket (``ticket.pt``) or round ``round`` (final.pt + mask.pt) to ONNX, verified.
+
+    Writes ``ticket.onnx`` (+ ``ticket.compact.onnx`` with ``compact``) and ``export.json`` (the report)
+    into the run dir -- into ``round_NN/`` for a round -- or ``out`` (a file; the report goes next to
+    it as ``<stem>.export.json``). Verification uses the first test examples of the run's dataset
+    (never downloaded here); when they cannot be loaded, seeded random inputs, and ``inputs`` says why.
+    """
+    from compress.lottery.ticket import read_ticket, ticket_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: no such run dir")
+    ticket_path = run_dir / paths.TICKET
+    ticket = read_ticket(ticket_path) if ticket_path.exists() else None
+    if round is None and ticket is None:
+        raise ValueError(f"{run_dir}: no {paths.TICKET} (not a run dir, or no round finished yet); "
+                         "pass --round N to export a finished round")
+    if round is not None:
+        done = _finished_rounds(run_dir)
+        if isinstance(round, bool) or not isinstance(round, int) or round not in done:
+            listed = ", ".join(map(str, done)) or "none"
+            raise ValueError(f"{run_dir}: round {round} has no {paths.FINAL} + {paths.MASK} (finished rounds: {listed})")
+    recipe, recipe_note = _load_recipe(run_dir)
+
+    shape = None
+    if ticket is not None:
+        side = ticket["shape"]["image_size"]
+        shape = (ticket["shape"]["in_channels"], side, side)
+    inputs, data, data_note = _test_batch(recipe, shape, VERIFY_BATCH)
+    if round is None:
+        model, source = ticket_model(ticket), f"{paths.TICKET} (round {ticket['info'].get('round', '?')})"
+        default_dir = run_dir
+    else:
+        model, source = _round_model(run_dir, round, recipe, ticket, data), f"round {round}"
+        default_dir = paths.round_dir(run_dir, round)
+    if shape is None and data is not None:
+        side = recipe.data.image_size or data.image_size
+        shape = (data.in_channels, side, side)
+
+    target = Path(out) if out is not None else default_dir / paths.TICKET_ONNX
+    report_path = target.with_name(f"{target.stem}.{EXPORT_JSON}") if out is not None else default_dir / EXPORT_JSON
+    if inputs is not None:
+        report = export_onnx(model, target, inputs[:2], opset=opset, verify_inputs=inputs, compact=compact)
+        report_dict = report.to_dict()
+        report_dict["inputs"] = f"{len(inputs)} test examples of {recipe.data.name}"
+    else:
+        example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+        report = export_onnx(model, target, example, opset=opset, compact=compact)
+        report_dict = report.to_dict()
+        report_dict["inputs"] = f"{report.inputs} -- test data unavailable: {data_note or recipe_note}"
+    result = {"run_dir": str(run_dir), "source": source, "round": round, "report": str(report_path), **report_dict}
+    if compact:
+        result["compact_path"] = str(compact_path(target))
+    save_json(result, report_path)
+    return result
+
+
+def format_report(result: dict) -> str:
+    """The lines ``tools/export_onnx.py`` prints."""
+    sizes = result["sizes"]
+    zeros = result["zeros"]
+    pruned = sum(entry["pruned"] for entry in zeros.values())
+    lines = [
+        f"exported {result.get('source', 'model')} -> {result['path']} (opset {result['opset']})",
+        f"verified on {result['inputs']}",
+        f"max |ORT - torch| = {result['max_abs_diff']:.3g} (<= {result['tolerance']:g}) OK",
+        f"zero counts OK: {len(zeros)} pruned parameters, {pruned:,} pruned weights, all exact zeros in ONNX",
+        "size: raw {} | gzip {} | sparse initializers {} | bitmask limit {}".format(
+            *(_size(sizes[key]) for key in ("raw", "gzip", "sparse", "bitmask"))),
+        f"params {result['params']:,} ({result['nonzero_params']:,} nonzero), MACs {result['macs']:,} "
+        f"({result['nonzero_macs']:,} nonzero) per example",
+    ]
+    compact = result.get("compact")
+    if compact:
+        lines += [
+            f"compacted -> {compact['path']}: max |ORT - torch| = {compact['max_abs_diff']:.3g}, "
+            f"torch compacted vs original {compact['torch_max_abs_diff']:.3g}",
+            f"  params {compact['params_before']:,} -> {compact['params_after']:,}, "
+            f"MACs {compact['macs_before']:,} -> {compact['macs_after']:,}, "
+            f"file {_size(compact['size_before'])} -> {_size(compact['size_after'])}",
+            "  units: " + ", ".join(f"{u['layer']}:{u['before']}->{u['after']}" for u in compact["units"]),
+        ]
+        if compact["kept_constant_units"]:
+            lines.append(f"  kept {compact['kept_constant_units']} constant units (their value reaches a "
+                         "zero-padded conv, where folding would not be exact)")
+    if "report" in result:
+        lines.append(f"report: {result['report']}")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"

@@ -1,0 +1,130 @@
+"""Checks of an exported file: the ONNX checker, onnxruntime against torch, and pruned zeros per parameter.
+
+Zero-count rule. For each pruned parameter the exported initializer must hold exactly as many
+exact zeros as the folded torch weight (``weight_orig * weight_mask``): that is the number of pruned
+weights PLUS any surviving weight that is itself exactly 0.0 (a zero-initialised or underflowed
+weight), so the count is >= the pruned count and equal only when no survivor is exactly zero. The
+initializer must also equal the folded weight value for value, which pins the zeros to the pruned
+positions, not just their number.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import numpy_helper
+
+# onnxruntime vs torch: float32 kernels differ in summation order, far below this
+ORT_TOLERANCE = 1e-4
+
+
+def check_onnx(proto: onnx.ModelProto, what: str) -> None:
+    """The ONNX checker (with strict shape inference) and a dynamic batch dimension on every input."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as error:  # ValidationError, InferenceError, ...
+        raise ValueError(f"{what}: onnx.checker rejected the model: {_first_line(error)}") from error
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].dim_param:
+            raise ValueError(f"{what}: input {value.name!r} has a fixed batch dimension "
+                             f"({dims[0].dim_value}); expected a dynamic one")
+
+
+def session(model_bytes: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # warnings about unused initializers etc. are not ours to act on
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def ort_outputs(model_bytes: bytes, batches: list[torch.Tensor], what: str) -> list[list[np.ndarray]]:
+    """onnxruntime's outputs for each batch (one session for all)."""
+    try:
+        runner = session(model_bytes)
+        name = runner.get_inputs()[0].name
+        return [runner.run(None, {name: batch.detach().cpu().numpy()}) for batch in batches]
+    except Exception as error:  # onnxruntime's own exception types (Fail, InvalidGraph, ...)
+        raise ValueError(f"{what}: onnxruntime cannot run it: {_first_line(error)}") from error
+
+
+def max_abs_diff(actual: list[np.ndarray], expected: list[torch.Tensor]) -> float:
+    if len(actual) != len(expected):
+        raise ValueError(f"onnxruntime gave {len(actual)} outputs, torch {len(expected)}")
+    diff = 0.0
+    for got, want in zip(actual, expected, strict=True):
+        want_np = want.detach().cpu().numpy()
+        if got.shape != want_np.shape:
+            raise ValueError(f"onnxruntime output shape {got.shape} != torch {want_np.shape}")
+        diff = max(diff, float(np.abs(got.astype(np.float64) - want_np.astype(np.float64)).max(initial=0.0)))
+    return diff
+
+
+def check_close(diff: float, what: str, tolerance: float = ORT_TOLERANCE, label: str = "|ORT - torch|") -> None:
+    if not diff <= tolerance:  # also catches NaN
+        raise ValueError(f"{what}: max {label} = {diff:.3g} exceeds {tolerance:g}")
+
+
+def _match(array: np.ndarray, weight: np.ndarray) -> str | None:
+    """How ``array`` (an initializer) holds ``weight``: 'values', 'transposed' or None."""
+    if array.shape == weight.shape and np.array_equal(array, weight):
+        return "values"
+    if weight.ndim == 2 and array.shape == weight.shape[::-1] and np.array_equal(array, weight.T):
+        return "transposed"  # a Linear applied as MatMul gets its weight pre-transposed by constant folding
+    return None
+
+
+def _same_zeros(array: np.ndarray, weight: np.ndarray) -> bool:
+    if array.shape == weight.shape:
+        return np.array_equal(array == 0, weight == 0)
+    return weight.ndim == 2 and array.shape == weight.shape[::-1] and np.array_equal(array == 0, weight.T == 0)
+
+
+def check_zero_counts(proto: onnx.ModelProto, weights: dict[str, torch.Tensor],
+                      pruned: dict[str, int], what: str) -> dict[str, dict]:
+    """Find each parameter of ``weights`` among the initializers and check its zeros (module docstring).
+
+    Mapping: by name when the exporter kept it, else by value (also transposed), else -- for a weight
+    the exporter rescaled -- by shape and identical zero pattern. A parameter found nowhere, or one
+    whose zeros differ, is an error naming it.
+    """
+    arrays = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    for sparse in proto.graph.sparse_initializer:
+        arrays[sparse.values.name] = numpy_helper.to_array(sparse)
+    result: dict[str, dict] = {}
+    for name, tensor in weights.items():
+        weight = tensor.detach().cpu().numpy()
+        found, how = None, None
+        if name in arrays:
+            found, how = name, _match(arrays[name], weight)
+            if how is None:
+                raise ValueError(f"{what}: zero-count check: initializer {name!r} differs from the folded "
+                                 f"torch weight of parameter {name!r}")
+        else:
+            found, how = next(((key, kind) for key, array in arrays.items()
+                               if (kind := _match(array, weight)) is not None), (None, None))
+            if found is None:
+                found = next((key for key, array in arrays.items() if _same_zeros(array, weight)), None)
+                how = "zero pattern"
+        if found is None:
+            raise ValueError(f"{what}: zero-count check: parameter {name!r} {tuple(weight.shape)} is not among "
+                             "the ONNX initializers (the exporter transformed it), so its pruned zeros "
+                             "cannot be verified")
+        zeros_onnx = int(arrays[found].size - np.count_nonzero(arrays[found]))
+        zeros_torch = int(weight.size - np.count_nonzero(weight))
+        n_pruned = int(pruned.get(name, 0))
+        if zeros_onnx != zeros_torch or zeros_torch < n_pruned:
+            raise ValueError(f"{what}: zero-count check failed for parameter {name!r}: {zeros_onnx} exact zeros "
+                             f"in initializer {found!r}, expected {zeros_torch} ({n_pruned} pruned + "
+                             f"{zeros_torch - n_pruned} surviving weights that are exactly 0)")
+        result[name] = {"initializer": found, "matched_by": "name" if found == name else how,
+                        "total": int(weight.size), "pruned": n_pruned, "zeros": zeros_onnx}
+    return result
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
