@@ -5,7 +5,7 @@ Also the facts recorded next to each timing: fraction of weights and of MACs tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,8 +13,6 @@ import torch.nn as nn
 
 from compress import paths
 from compress.pruning import PRUNABLE_TYPES, apply_masks, fold_masks, magnitude_masks, prunable_modules
-
-SourceLike = nn.Module | dict | str | Path
 
 
 @dataclass
@@ -25,11 +23,28 @@ class Source:
     model: nn.Module | None = None
     onnx_path: Path | None = None
     example_input: torch.Tensor | None = None  # a batch of one
+    _compact: nn.Module | str | None = field(default=None, repr=False)  # the module, or why not
+
+    def compacted(self) -> nn.Module:
+        """``compress.export.compact_model`` of the model, computed once; ValueError when unsupported."""
+        if self._compact is None:
+            from compress.export import compact_model
+
+            try:
+                self._compact = compact_model(self.model).cpu().float().eval()
+            except ValueError as error:
+                self._compact = str(error).splitlines()[0]
+        if isinstance(self._compact, str):
+            raise ValueError(self._compact)
+        return self._compact
 
     def require_example(self, what: str) -> torch.Tensor:
         if self.example_input is None:
             raise ValueError(f"{what} needs example_input (a batch of one input) for a plain nn.Module")
         return self.example_input
+
+
+SourceLike = nn.Module | dict | str | Path | Source
 
 
 def _ticket_example(ticket: dict) -> torch.Tensor:
@@ -42,6 +57,10 @@ def resolve_source(source: SourceLike, example_input: torch.Tensor | None = None
                    label: str | None = None) -> Source:
     """Accept a module, a ticket dict, a ``ticket.pt``, a run directory holding one, or a ``.onnx`` file."""
     example = example_input[:1].detach().cpu().float() if example_input is not None else None
+    if isinstance(source, Source):
+        if example is None:
+            return source
+        return Source(label or source.label, source.model, source.onnx_path, example)
     if isinstance(source, nn.Module):
         return Source(label or type(source).__name__.lower(), model=source, example_input=example)
     if isinstance(source, dict):

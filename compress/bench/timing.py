@@ -71,47 +71,60 @@ def _check(warmup: int, min_repeats: int, max_repeats: int, budget_s: float) -> 
                          f"warmup={warmup}, min_repeats={min_repeats}, max_repeats={max_repeats}, budget_s={budget_s}")
 
 
-def _calls_for(fn: Callable[[], object], warmup: int, min_repeats: int, max_repeats: int, budget_s: float) -> int:
-    """Warm ``fn`` up and return how many timed calls fit the budget."""
-    start = time.perf_counter()
+def _warm(fn: Callable[[], object], warmup: int, budget_s: float) -> None:
+    """``warmup`` calls, cut short after ``budget_s`` (at least one call)."""
+    deadline = time.perf_counter() + budget_s
     for _ in range(max(warmup, 1)):
         fn()
-    per_call = (time.perf_counter() - start) / max(warmup, 1)
-    return int(min(max_repeats, max(min_repeats, budget_s / max(per_call, 1e-7))))
+        if time.perf_counter() > deadline:
+            break
+
+
+def _burst(fn: Callable[[], object], min_calls: int, max_calls: int, budget_s: float, into: list[float]) -> None:
+    """Timed calls until ``budget_s`` is spent (but at least ``min_calls``, at most ``max_calls``).
+
+    The budget is checked as we go, not estimated up front: under load a call can get 100x slower
+    between warm-up and measurement.
+    """
+    clock = time.perf_counter
+    first = clock()
+    count = 0
+    while count < max_calls and (count < min_calls or clock() - first < budget_s):
+        start = clock()
+        fn()
+        into.append(clock() - start)
+        count += 1
 
 
 def measure(fn: Callable[[], object], *, warmup: int = 10, min_repeats: int = 10, max_repeats: int = 2000,
             budget_s: float = 0.5) -> Timing:
-    """Median per-call time of ``fn()`` after ``warmup`` calls; as many calls as fit ``budget_s``."""
+    """Median per-call time of ``fn()`` after ``warmup`` calls; timed calls until ``budget_s`` is spent."""
     _check(warmup, min_repeats, max_repeats, budget_s)
-    calls = _calls_for(fn, warmup, min_repeats, max_repeats, budget_s)
-    samples = []
-    clock = time.perf_counter
+    samples: list[float] = []
     with _no_gc():
-        for _ in range(calls):
-            start = clock()
-            fn()
-            samples.append(clock() - start)
+        _warm(fn, warmup, budget_s / 2)
+        _burst(fn, min_repeats, max_repeats, budget_s, samples)
     return _summary(samples)
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]], *, rounds: int = 5, warmup: int = 10,
                         min_repeats: int = 10, max_repeats: int = 2000, budget_s: float = 0.5) -> dict[str, Timing]:
-    """``measure`` for several candidates at once: ``rounds`` bursts each, in turn; medians over all calls."""
+    """``measure`` for several candidates at once: ``rounds`` bursts each, in turn; medians over all calls.
+
+    ``budget_s`` is per candidate (split over the rounds).
+    """
     _check(warmup, min_repeats, max_repeats, budget_s)
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    calls = {name: _calls_for(fn, warmup, min_repeats, max_repeats, budget_s) for name, fn in fns.items()}
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    clock = time.perf_counter
+    per_round = (-(-min_repeats // rounds), max(1, max_repeats // rounds), budget_s / rounds)
     with _no_gc():
+        for fn in fns.values():
+            _warm(fn, warmup, budget_s / 2)
         for _ in range(rounds):
             for name, fn in fns.items():
-                fn()  # one untimed call: the previous candidate may have left caches and threads cold
-                for _ in range(max(1, calls[name] // rounds)):
-                    start = clock()
-                    fn()
-                    samples[name].append(clock() - start)
+                fn()  # untimed: the previous candidate may have left caches and threads cold
+                _burst(fn, *per_round, into=samples[name])
     return {name: _summary(values) for name, values in samples.items()}
 
 

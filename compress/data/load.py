@@ -23,6 +23,8 @@ def _check_config(config: DataConfig) -> None:
         raise ValueError(f"data.validation_size must be >= 0, got {config.validation_size}")
     if config.train_subset is not None and config.train_subset < 1:
         raise ValueError(f"data.train_subset must be >= 1 or null, got {config.train_subset}")
+    if config.test_subset is not None and config.test_subset < 1:
+        raise ValueError(f"data.test_subset must be >= 1 or null, got {config.test_subset}")
     if config.image_size is not None and config.image_size < 1:
         raise ValueError(f"data.image_size must be >= 1 or null, got {config.image_size}")
 
@@ -46,6 +48,13 @@ def split_indices(n: int, validation_size: int, train_subset: int | None, seed: 
     return train, val
 
 
+def test_indices(n: int, test_subset: int | None, seed: int) -> torch.Tensor | None:
+    """None = the whole test set; else a seeded random subset (sorted, so evaluation order is stable)."""
+    if test_subset is None or test_subset >= n:
+        return None
+    return torch.randperm(n, generator=seeded_generator("test subset", seed))[:test_subset].sort().values
+
+
 def load_dataset(config: DataConfig, seed: int, device: torch.device | str = "cpu") -> DataSplits:
     """Load ``config.name`` and hold ``config.validation_size`` training examples out as ``val``.
 
@@ -57,16 +66,18 @@ def load_dataset(config: DataConfig, seed: int, device: torch.device | str = "cp
     started = time.perf_counter()
     raw = spec.load(config)
     train_rows, val_rows = split_indices(raw.num_train, config.validation_size, config.train_subset, seed, config.name)
+    test_rows = test_indices(len(raw.test) if isinstance(raw, StreamData) else raw.test_images.shape[0],
+                             config.test_subset, seed)
     if isinstance(raw, StreamData):
-        splits = _stream_splits(raw, train_rows, val_rows, device)
+        splits = _stream_splits(raw, train_rows, val_rows, test_rows, device)
     else:
-        splits = _tensor_splits(raw, train_rows, val_rows, config.image_size, device)
+        splits = _tensor_splits(raw, train_rows, val_rows, test_rows, config.image_size, device)
     log.info("loaded %r in %.1fs", splits, time.perf_counter() - started)
     return splits
 
 
-def _tensor_splits(raw: RawData, train_rows: torch.Tensor, val_rows: torch.Tensor, image_size: int | None,
-                   device: torch.device) -> DataSplits:
+def _tensor_splits(raw: RawData, train_rows: torch.Tensor, val_rows: torch.Tensor, test_rows: torch.Tensor | None,
+                   image_size: int | None, device: torch.device) -> DataSplits:
     channels, height, width = raw.train_images.shape[1:]
     if raw.mean is None or raw.std is None:
         mean, std = channel_stats(raw.train_images[train_rows])
@@ -86,14 +97,17 @@ def _tensor_splits(raw: RawData, train_rows: torch.Tensor, val_rows: torch.Tenso
 
     train = build(raw.train_images[train_rows], raw.train_labels[train_rows], train_rows)
     val = build(raw.train_images[val_rows], raw.train_labels[val_rows], val_rows)
-    test = build(raw.test_images, raw.test_labels, None)
+    if test_rows is None:
+        test = build(raw.test_images, raw.test_labels, None)
+    else:
+        test = build(raw.test_images[test_rows], raw.test_labels[test_rows], None)
     return DataSplits(train, val, test, num_classes=len(raw.classes), in_channels=channels, image_size=side,
                       classes=list(raw.classes), source=raw.source, mean=tuple(mean.tolist()),
                       std=tuple(std.tolist()))
 
 
 def _stream_splits(raw: StreamData, train_rows: torch.Tensor, val_rows: torch.Tensor,
-                   device: torch.device) -> DataSplits:
+                   test_rows: torch.Tensor | None, device: torch.device) -> DataSplits:
     from compress.data.folder import decode_samples
 
     train_samples = [raw.train[i] for i in train_rows.tolist()]
@@ -108,6 +122,7 @@ def _stream_splits(raw: StreamData, train_rows: torch.Tensor, val_rows: torch.Te
     def build(samples: list[tuple[str, int]]) -> FolderSplit:
         return FolderSplit(samples, raw.in_channels, raw.image_size, mean, std, device)
 
-    return DataSplits(build(train_samples), build(val_samples), build(raw.test), num_classes=len(raw.classes),
+    test_samples = raw.test if test_rows is None else [raw.test[i] for i in test_rows.tolist()]
+    return DataSplits(build(train_samples), build(val_samples), build(test_samples), num_classes=len(raw.classes),
                       in_channels=raw.in_channels, image_size=raw.image_size, classes=list(raw.classes),
                       source=raw.source, mean=tuple(mean.tolist()), std=tuple(std.tolist()))

@@ -9,8 +9,12 @@ through per-unit modules (BatchNorm, ReLU, pooling, Flatten). It is removed when
   ``c``; its contribution ``c * sum(outgoing weights)`` is folded into ``B``'s bias. That is exact
   only when the contribution is the same at every output position: always for Linear (after
   Flatten each channel is a block of equal features), for Conv2d without zero padding, or when
-  ``c == 0`` (e.g. ReLU of a negative bias). A constant channel into a zero-padded conv is NOT
-  constant at the borders, so such units are kept (``Compaction.kept_constant`` counts them).
+  ``c == 0`` (e.g. ReLU of a negative bias).
+* merged -- a constant channel into a zero-padded conv is NOT constant at the borders, so it cannot
+  become a bias. But a convolution is linear in its kernel: channels ``j`` of constants ``c_j`` give
+  ``conv(1, sum_j c_j W[:, j])`` with the same zero padding, so all of them are replaced by ONE
+  carrier channel (the largest ``|c|``) whose outgoing kernel becomes ``sum_j c_j W[:, j] / c_carrier``.
+  At most one constant unit per layer is kept (``Compaction.kept_constant`` counts them).
 
 Removing units can make units of neighbouring layers dead, so passes repeat until nothing changes.
 Input features of the first layer and output units of the last are never removed (they are the
@@ -154,7 +158,7 @@ class _Compactor:
     # -- one pass over one link ---------------------------------------------------------------
     @torch.no_grad()
     def _shrink(self, link: _Link) -> tuple[int, int]:
-        """Remove dead units of ``a``; returns (removed, dead-in units kept because not foldable)."""
+        """Remove dead units of ``a``; returns (removed, dead-in units kept: carriers and unfoldable ones)."""
         first, second = self.layers[link.a], self.layers[link.b]
         n = _units(first)
         dead_in = first.weight.flatten(1).eq(0).all(1)
@@ -164,7 +168,7 @@ class _Compactor:
             dead_out = outgoing.eq(0).all(2).all(0)
         else:
             dead_out = outgoing.eq(0).all(1)
-        foldable = torch.zeros_like(dead_in)
+        foldable, uniform = torch.zeros_like(dead_in), torch.zeros_like(dead_in)
         values = torch.zeros(n, dtype=torch.float64, device=dead_in.device)
         if bool(dead_in.any()):
             constant, uniform = self._constants(link)
@@ -173,6 +177,14 @@ class _Compactor:
             if isinstance(second, nn.Conv2d) and _pads_with_zeros(second):
                 foldable &= values == 0
         remove = dead_out | foldable
+        merge = dead_in & uniform & ~remove  # constant channels into a zero-padded conv: one carrier
+        if isinstance(second, nn.Conv2d) and int(merge.sum()) >= 2:
+            index = merge.nonzero().flatten()
+            carrier = index[values[index].abs().argmax()]
+            kernel = (second.weight.double()[:, index] * values[index].view(1, -1, 1, 1)).sum(1)
+            second.weight[:, carrier] = (kernel / values[carrier]).to(second.weight.dtype)
+            remove |= merge
+            remove[carrier] = False
         kept_constant = int((dead_in & ~remove).sum())
         if bool(remove.all()):
             remove[0] = False  # keep one unit so no tensor becomes empty; unchanged, so still exact

@@ -23,7 +23,6 @@ def count_params(model: nn.Module, nonzero: bool = False) -> int:
     return total
 
 
-@torch.no_grad()
 def count_macs(model: nn.Module, example_input: torch.Tensor, nonzero: bool = False) -> int:
     """Multiply-accumulates of Conv2d and Linear layers for ONE example (batch size divided out).
 
@@ -32,22 +31,26 @@ def count_macs(model: nn.Module, example_input: torch.Tensor, nonzero: bool = Fa
     Other layers (BatchNorm, pooling, activations) are ignored: they are a rounding error next to these.
     The model runs once in eval mode, so BatchNorm statistics are untouched; modes are restored afterwards.
     """
+    dense, sparse = mac_counts(model, example_input)
+    return sparse if nonzero else dense
+
+
+@torch.no_grad()
+def mac_counts(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """(dense, nonzero) MACs per example from one forward pass; see ``count_macs``."""
     if example_input.dim() < 2:
         raise ValueError(f"count_macs needs a batched input (N x ...), got shape {tuple(example_input.shape)}")
     x = example_input[:1]
-    total = 0
+    totals = [0, 0]
 
     def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
         weight = module.weight
         if isinstance(module, nn.Conv2d):
             positions = output[0, 0].numel()
-            per_position = int(torch.count_nonzero(weight)) if nonzero else weight.numel()
-            total += positions * per_position
         else:
-            rows = output[0].numel() // module.out_features  # leading dims beyond the batch (e.g. tokens)
-            per_row = int(torch.count_nonzero(weight)) if nonzero else weight.numel()
-            total += rows * per_row
+            positions = output[0].numel() // module.out_features  # leading dims beyond the batch (e.g. tokens)
+        totals[0] += positions * weight.numel()
+        totals[1] += positions * int(torch.count_nonzero(weight))
 
     modes = {module: module.training for module in model.modules()}
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -60,4 +63,4 @@ def count_macs(model: nn.Module, example_input: torch.Tensor, nonzero: bool = Fa
             handle.remove()
         for module, mode in modes.items():
             module.training = mode
-    return total
+    return totals[0], totals[1]

@@ -10,9 +10,10 @@ import onnx
 import torch
 import torch.nn as nn
 
-from compress.export.compact import compact
+from compress.export.compact import Compaction
+from compress.export.compact import compact as run_compaction
 from compress.export.exporter import EXPORTER, to_onnx
-from compress.export.macs import count_macs, count_params
+from compress.export.macs import count_params, mac_counts
 from compress.export.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
 from compress.export.verify import (
     ORT_TOLERANCE,
@@ -143,8 +144,8 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     """
     path = Path(path)
     model, ticket_shape = _resolve(model_or_ticket)
-    if isinstance(opset, bool) or not isinstance(opset, int) or not 9 <= opset <= 20:
-        raise ValueError(f"opset must be an int from 9 to 20 (the TorchScript exporter's range), got {opset!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= 20:
+        raise ValueError(f"opset must be an int from 7 to 20 (the TorchScript exporter's range), got {opset!r}")
     masks = get_masks(model)
     folded = _plain_zeros(fold_masks(model).cpu().float().eval())
     compaction = _compact_first(model) if compact else None  # fail on an unsupported model before any work
@@ -169,24 +170,25 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     pruned = {f"{name}.weight": int((mask == 0).sum()) for name, mask in masks.items()}
     dense = _export_checked(folded, example, inputs, reference, opset, weights, pruned, path.name)
 
+    params, (macs, nonzero_macs) = count_params(folded), mac_counts(folded, example)
     compact_report, compact_bytes = None, None
     if compaction is not None:
-        compact_report, compact_bytes = _compact_export(compaction, folded, example, inputs, reference, opset,
-                                                        path, dense["sizes"]["raw"])
+        compact_report, compact_bytes = _compact_export(compaction, example, inputs, reference, opset, path,
+                                                        before=(params, macs, dense["sizes"]["raw"]))
     save_bytes(dense["bytes"], path)
     if compact_report is not None:
         save_bytes(compact_bytes, Path(compact_report.path))
     return ExportReport(
         path=str(path), opset=opset, exporter=EXPORTER, inputs=source, input_shape=list(inputs.shape[1:]),
         verify_batch=int(inputs.shape[0]), max_abs_diff=dense["diff"], tolerance=ORT_TOLERANCE,
-        params=count_params(folded), nonzero_params=count_params(folded, nonzero=True),
-        macs=count_macs(folded, example), nonzero_macs=count_macs(folded, example, nonzero=True),
+        params=params, nonzero_params=count_params(folded, nonzero=True),
+        macs=macs, nonzero_macs=nonzero_macs,
         zeros=dense["zeros"], sizes=dense["sizes"], sparse_max_abs_diff=dense["sparse_diff"],
         compact=compact_report)
 
 
-def _compact_first(model: nn.Module):
-    compaction = compact(model)
+def _compact_first(model: nn.Module) -> Compaction:
+    compaction = run_compaction(model)
     compaction.module = _plain_zeros(compaction.module.cpu().float().eval())
     return compaction
 
@@ -200,9 +202,12 @@ def _plain_zeros(model: nn.Module) -> nn.Module:
     return model
 
 
-def _compact_export(compaction, folded: nn.Module, example: torch.Tensor, inputs: torch.Tensor,
-                    reference: list[torch.Tensor], opset: int, path: Path, size_before: int
-                    ) -> tuple[CompactReport, bytes]:
+def _compact_export(compaction: Compaction, example: torch.Tensor, inputs: torch.Tensor,
+                    reference: list[torch.Tensor], opset: int, path: Path,
+                    before: tuple[int, int, int]) -> tuple[CompactReport, bytes]:
+    """Check the compacted torch model against the original outputs, then export and check it.
+
+    ``before``: params, MACs and raw file size of the uncompacted export."""
     target = compact_path(path)
     small = compaction.module
     outputs = _outputs(small, inputs, target.name)
@@ -217,8 +222,8 @@ def _compact_export(compaction, folded: nn.Module, example: torch.Tensor, inputs
     result = _export_checked(small, example, inputs, reference, opset, weights, {}, target.name)
     report = CompactReport(
         path=str(target), max_abs_diff=result["diff"], torch_max_abs_diff=torch_diff,
-        params_before=count_params(folded), params_after=count_params(small),
-        macs_before=count_macs(folded, example), macs_after=count_macs(small, example),
-        size_before=size_before, size_after=result["sizes"]["raw"], sizes=result["sizes"],
+        params_before=before[0], params_after=count_params(small),
+        macs_before=before[1], macs_after=mac_counts(small, example)[0],
+        size_before=before[2], size_after=result["sizes"]["raw"], sizes=result["sizes"],
         units=compaction.units, kept_constant_units=compaction.kept_constant, zeros=result["zeros"])
     return report, result["bytes"]

@@ -38,10 +38,10 @@ def _load_recipe(run_dir: Path):
         return None, f"{paths.RECIPE} does not load ({str(error).strip().splitlines()[0]})"
 
 
-def _test_batch(recipe, shape: tuple[int, ...] | None, batch: int):
+def _test_batch(recipe, recipe_note: str, shape: tuple[int, ...] | None, batch: int):
     """The first ``batch`` test examples of the run's dataset, the loaded data, and a note on failure."""
     if recipe is None:
-        return None, None, "no recipe"
+        return None, None, recipe_note
     from compress.data import load_dataset
 
     config = recipe.data
@@ -121,7 +121,7 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
     if ticket is not None:
         side = ticket["shape"]["image_size"]
         shape = (ticket["shape"]["in_channels"], side, side)
-    inputs, data, data_note = _test_batch(recipe, shape, VERIFY_BATCH)
+    inputs, data, data_note = _test_batch(recipe, recipe_note, shape, VERIFY_BATCH)
     if round is None:
         model, source = ticket_model(ticket), f"{paths.TICKET} (round {ticket['info'].get('round', '?')})"
         default_dir = run_dir
@@ -142,8 +142,10 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
         example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
         report = export_onnx(model, target, example, opset=opset, compact=compact)
         report_dict = report.to_dict()
-        report_dict["inputs"] = f"{report.inputs} -- test data unavailable: {data_note or recipe_note}"
-    result = {"run_dir": str(run_dir), "source": source, "round": round, "report": str(report_path), **report_dict}
+        report_dict["inputs"] = f"{report.inputs} -- test data unavailable: {data_note}"
+    exported_round = round if round is not None else ticket["info"].get("round")
+    result = {"run_dir": str(run_dir), "source": source, "round": exported_round, "report": str(report_path),
+              **report_dict}
     if compact:
         result["compact_path"] = str(compact_path(target))
     save_json(result, report_path)
@@ -176,8 +178,8 @@ def format_report(result: dict) -> str:
             "  units: " + ", ".join(f"{u['layer']}:{u['before']}->{u['after']}" for u in compact["units"]),
         ]
         if compact["kept_constant_units"]:
-            lines.append(f"  kept {compact['kept_constant_units']} constant units (their value reaches a "
-                         "zero-padded conv, where folding would not be exact)")
+            lines.append(f"  kept {compact['kept_constant_units']} constant unit(s): constant channels into a "
+                         "zero-padded conv cannot become a bias, so each layer's merge into one carrier")
     if "report" in result:
         lines.append(f"report: {result['report']}")
     return "\n".join(lines)

@@ -31,6 +31,7 @@ RANGES: dict[str, Rule] = {
     "data.validation_size": NON_NEGATIVE,
     "data.image_size": POSITIVE,
     "data.train_subset": POSITIVE,
+    "data.test_subset": POSITIVE,
     "train.iterations": POSITIVE,
     "train.batch_size": POSITIVE,
     "train.eval_every": POSITIVE,

@@ -41,6 +41,8 @@ class DataConfig:
     image_size: int | None = doc("resize images to this side (e.g. for timm models); null = native", default=None)
     train_subset: int | None = doc("use only the first N training examples (after the split); null = all",
                                    default=None)
+    test_subset: int | None = doc("evaluate on a seeded random N of the test set (quick smoke runs); "
+                                  "null = all", default=None)
     download: bool = doc("let torchvision download missing files when the network allows", default=True)
 
 

@@ -103,3 +103,19 @@ def test_one_shot_prunes_to_the_target_in_one_step(tmp_path, make_recipe):
     assert len(summary["rounds"]) == 2
     masks = _masks(tmp_path / "run", 1)
     assert abs(int(masks["1"].sum()) - masks["1"].numel() * 0.8**3) <= 1
+
+
+def test_conv4_on_the_cifar10_jpeg_copy_end_to_end(tmp_path, cifar10_tar):
+    """The Conv-4 recipe itself, at a tiny budget, on real data (the issue's smoke command)."""
+    from compress.recipe import load_recipe
+    from tests_paths import RECIPES
+
+    recipe = load_recipe(RECIPES / "lth_conv4.yaml", overrides=[
+        f"data.root={cifar10_tar}", "train.iterations=40", "train.eval_every=20", "lottery.rounds=1",
+        "lottery.controls=[reinit]", "data.validation_size=500", "data.test_subset=1000",
+        "train.eval_batch_size=500"])
+    summary = find_ticket(recipe, tmp_path / "conv4", progress=False)
+    assert [entry["round"] for entry in summary["rounds"]] == [0, 1]
+    assert summary["rounds"][0]["test_accuracy"] > 0.15  # chance is 0.10; 40 steps of Adam already learn
+    # conv 10%, fc 20%, output 10%: the 2.1M-weight first FC layer dominates
+    assert 0.80 < summary["rounds"][1]["weights_remaining"] < 0.82

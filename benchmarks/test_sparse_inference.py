@@ -1,0 +1,50 @@
+"""Latency (batch 1) and throughput (batch 64) of every backend on every benchmark ticket.
+
+Grouped by (model, batch) so pytest-benchmark prints ratios to the fastest in each group; the conftest
+writes benchmarks/results/ (JSON records, README.md with the table, PNG chart) when the session ends.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from bench_cases import BACKEND_ORDER, BATCH_SIZES, BUDGET_S, CASES, MAX_ROUNDS, MIN_ROUNDS
+
+from compress.bench.suite import record
+from compress.bench.timing import Timing
+
+PARAMS = [pytest.param(case, batch, backend, id=f"{case.slug}-b{batch}-{backend}")
+          for case in CASES for batch in BATCH_SIZES for backend in BACKEND_ORDER]
+
+
+def _rounds(fn, x) -> tuple[int, int]:
+    """(warm-up rounds, timed rounds) so one benchmark takes about BUDGET_S."""
+    start = time.perf_counter()
+    for _ in range(3):
+        fn(x)
+    per_call = (time.perf_counter() - start) / 3
+    return min(20, max(2, int(0.1 / per_call))), min(MAX_ROUNDS, max(MIN_ROUNDS, int(BUDGET_S / per_call)))
+
+
+@pytest.mark.parametrize(("case", "batch", "backend"), PARAMS)
+def test_sparse_inference(benchmark, bench_session, case, batch, backend):
+    built = bench_session.case(case)
+    if backend not in built.backends:
+        pytest.skip(f"{backend} on {case.label}: {built.unavailable.get(backend, 'not built')}")
+    fn = built.backends[backend]
+    x = built.inputs[batch]
+    benchmark.group = f"{case.label} batch={batch}"
+    benchmark.extra_info.update({"model": case.label, "batch_size": batch, "backend": backend,
+                                 "threads": bench_session.threads})
+    warmup, rounds = _rounds(fn, x)
+    benchmark.pedantic(fn, args=(x,), rounds=rounds, iterations=1, warmup_rounds=warmup)
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is None:  # --benchmark-disable: the function ran once, nothing was timed
+        return
+    timing = Timing(median_ms=stats.median * 1e3, iqr_ms=stats.iqr * 1e3, min_ms=stats.min * 1e3,
+                    repeats=stats.rounds)
+    row = record(built.facts, backend, batch, timing, bench_session.threads)
+    if backend == "auto":
+        row["auto_ran"] = fn.backend_for(batch).name
+    bench_session.records.append(row)

@@ -1,0 +1,40 @@
+"""Honest sparse-inference benchmarks of tickets: backends, an ``auto`` picker, a timing harness, reports.
+
+    from compress.bench import make_backend, benchmark
+    backend = make_backend("torch_sparse", "runs/lth_lenet300-1a2b3c")   # a run dir, ticket.pt or module
+    y = backend(x)
+    result = benchmark("runs/lth_lenet300-1a2b3c", batch_sizes=(1, 64))  # -> records, machine
+"""
+
+from compress.bench.auto import AutoBackend, calibrate_layers
+from compress.bench.backends import (
+    BACKENDS,
+    BASELINE,
+    Backend,
+    OrtBackend,
+    TorchBackend,
+    make_backend,
+    make_backends,
+    ort_session,
+)
+from compress.bench.report import add_speedups, machine_info, markdown_table, plot_speedups, write_results
+from compress.bench.source import (
+    Source,
+    batch_of,
+    macs_remaining,
+    magnitude_ticket,
+    onnx_weights_remaining,
+    resolve_source,
+    weights_remaining,
+)
+from compress.bench.sparse import LinearChain, linear_chains, to_csr
+from compress.bench.suite import BenchResult, benchmark, describe
+from compress.bench.timing import Timing, load_average, measure, measure_interleaved, pinned_threads
+
+__all__ = [
+    "BACKENDS", "BASELINE", "AutoBackend", "Backend", "BenchResult", "LinearChain", "OrtBackend", "Source",
+    "Timing", "TorchBackend", "add_speedups", "batch_of", "benchmark", "calibrate_layers", "describe",
+    "linear_chains", "load_average", "machine_info", "macs_remaining", "magnitude_ticket", "make_backend",
+    "make_backends", "markdown_table", "measure", "measure_interleaved", "onnx_weights_remaining", "ort_session",
+    "pinned_threads", "plot_speedups", "resolve_source", "to_csr", "weights_remaining", "write_results",
+]

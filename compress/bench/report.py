@@ -1,0 +1,187 @@
+"""Benchmark records -> JSON, a markdown table with the machine described, and a PNG speedup chart."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from compress.bench.backends import BASELINE
+from compress.io import save_json, save_text
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(threads: int) -> dict:
+    """CPU, cores, library versions and the thread count the timings ran with."""
+    import numpy as np
+
+    try:
+        import onnxruntime as ort
+
+        ort_version = ort.__version__
+    except ImportError:
+        ort_version = "not installed"
+    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "threads": threads,
+            "torch": torch.__version__, "onnxruntime": ort_version, "numpy": np.__version__,
+            "python": platform.python_version(), "mkl": torch.backends.mkl.is_available(),
+            "platform": platform.platform()}
+
+
+def add_speedups(records: list[dict]) -> list[dict]:
+    """``speedup_vs_dense_ort`` = dense ORT median / this median, same model and batch size, same run.
+
+    None where dense ORT was not measured for that model and batch size: no ratio without a baseline.
+    """
+    baseline = {(r["model"], r["batch_size"]): r["median_ms"] for r in records if r["backend"] == BASELINE}
+    for record in records:
+        base = baseline.get((record["model"], record["batch_size"]))
+        record["speedup_vs_dense_ort"] = round(base / record["median_ms"], 3) if base else None
+    return records
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def markdown_table(records: list[dict]) -> str:
+    lines = ["| model | weights remaining | MACs remaining | batch | backend | median ms | IQR ms | "
+             "samples/s | × dense ORT | auto ran |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+    for r in records:
+        speedup = "n/a" if r.get("speedup_vs_dense_ort") is None else f"{r['speedup_vs_dense_ort']:.2f}×"
+        lines.append(f"| {r['model']} | {r['weights_remaining']:.1%} | "
+                     f"{'n/a' if r.get('macs_remaining') is None else format(r['macs_remaining'], '.1%')} | "
+                     f"{r['batch_size']} | {r['backend']} | {_fmt(r['median_ms'], 4)} | {_fmt(r.get('iqr_ms'), 2)} | "
+                     f"{r['batch_size'] / r['median_ms'] * 1e3:,.0f} | {speedup} | {r.get('auto_ran', '')} |")
+    return "\n".join(lines)
+
+
+def summary_table(records: list[dict]) -> str:
+    """Per model and batch size: the fastest backend, its ratio to dense ORT, auto's, and the FLOP limit."""
+    lines = ["| model | batch | fastest backend | × dense ORT | auto × dense ORT | 1/(1−s) |",
+             "|---|---:|---|---:|---:|---:|"]
+    groups = dict.fromkeys((r["model"], r["batch_size"]) for r in records)
+    for model, batch in groups:
+        rows = [r for r in records if r["model"] == model and r["batch_size"] == batch]
+        best = min(rows, key=lambda r: r["median_ms"])
+        auto = next((r for r in rows if r["backend"] == "auto"), None)
+
+        def ratio(row: dict | None) -> str:
+            value = None if row is None else row.get("speedup_vs_dense_ort")
+            return "n/a" if value is None else f"{value:.2f}×"
+
+        limit = f"{1 / best['weights_remaining']:.0f}×" if best["weights_remaining"] > 0 else "n/a"
+        lines.append(f"| {model} | {batch} | {best['backend']} | {ratio(best)} | {ratio(auto)} | {limit} |")
+    return "\n".join(lines)
+
+
+def machine_markdown(machine: dict) -> str:
+    load = machine.get("load_before"), machine.get("load_after")
+    lines = [f"- CPU: {machine['cpu']}, {machine['logical_cores']} logical cores "
+             f"(MKL {'available' if machine.get('mkl') else 'not available'})",
+             f"- torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, numpy {machine['numpy']}, "
+             f"Python {machine['python']}",
+             f"- threads: {machine['threads']} (torch intra-op via compress.runtime.set_threads; ORT "
+             "intra_op_num_threads, inter-op 1, spinning off)"]
+    if all(v is not None for v in load):
+        lines.append(f"- load average (1/5/15 min) before: {' / '.join(f'{v:.2f}' for v in load[0])}, "
+                     f"after: {' / '.join(f'{v:.2f}' for v in load[1])}")
+    return "\n".join(lines)
+
+
+def plot_speedups(records: list[dict], path: Path, title: str = "Speedup over dense ONNX Runtime") -> Path | None:
+    """Bars: measured speedup per backend and batch size, one panel per model; dashed: 1/(1−s) limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in records if r.get("speedup_vs_dense_ort") is not None]
+    if not measured:
+        return None
+    models = list(dict.fromkeys(r["model"] for r in measured))
+    backends = list(dict.fromkeys(r["backend"] for r in measured))
+    fig_width = 3.6 * len(models) + 1
+    fig, axes = plt.subplots(1, len(models), figsize=(fig_width, 4.2), squeeze=False, sharey=True)
+    width = 0.8 / len(backends)
+    colors = plt.get_cmap("tab10")
+    for ax, model in zip(axes[0], models, strict=True):
+        rows = [r for r in measured if r["model"] == model]
+        batches = sorted({r["batch_size"] for r in rows})
+        for j, backend in enumerate(backends):
+            for i, batch in enumerate(batches):
+                hit = [r for r in rows if r["backend"] == backend and r["batch_size"] == batch]
+                if not hit:
+                    continue  # not measured: no bar
+                value = hit[0]["speedup_vs_dense_ort"]
+                ax.bar(i + (j - (len(backends) - 1) / 2) * width, value, width, color=colors(j),
+                       label=backend if i == 0 else None)
+                ax.text(i + (j - (len(backends) - 1) / 2) * width, value, f"{value:.2f}", ha="center",
+                        va="bottom", fontsize=6, rotation=90)
+        limit = 1.0 / rows[0]["weights_remaining"] if rows[0]["weights_remaining"] > 0 else None
+        if limit:
+            ax.axhline(limit, color="gray", linestyle="--", linewidth=1)
+            ax.text(len(batches) - 0.5, limit, f"1/(1−s) = {limit:.0f}×", ha="right", va="bottom", fontsize=7,
+                    color="gray")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+        ax.set_title(f"{model}\n{rows[0]['weights_remaining']:.1%} weights remaining", fontsize=9)
+        ax.set_yscale("log")
+    axes[0][0].set_ylabel("× dense ORT (median latency ratio)")
+    handles, labels = [], []
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    columns = max(1, min(len(labels), int(fig_width / 1.5)))  # legend entries that fit one row
+    legend_rows = -(-len(labels) // columns)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 * legend_rows + 0.01, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)  # atomic, like compress.io
+    return path
+
+
+def write_results(records: list[dict], out_dir: str | Path, machine: dict, *, stem: str = "sparse_inference",
+                  report_name: str = "report.md", title: str = "Sparse inference benchmark",
+                  method: str = "", notes: list[str] | None = None) -> dict[str, Path]:
+    """``<stem>.json`` (the records), ``<stem>.machine.json``, ``<report_name>`` and ``<stem>.png`` in ``out_dir``.
+
+    Every file name carries ``stem`` except the report's, so other benchmarks can share the folder.
+    """
+    out = Path(out_dir)
+    records = add_speedups(records)
+    paths = {"json": out / f"{stem}.json", "machine": out / f"{stem}.machine.json", "report": out / report_name}
+    save_json(records, paths["json"])
+    save_json(machine, paths["machine"])
+    chart = plot_speedups(records, out / f"{stem}.png")
+    sections = [f"# {title}", "", "## Machine", "", machine_markdown(machine), ""]
+    if method:
+        sections += ["## What was measured and how", "", method.strip(), ""]
+    sections += ["## Summary", "", summary_table(records), "", "## All results", "", markdown_table(records), ""]
+    if chart is not None:
+        paths["chart"] = chart
+        sections += [f"![speedup over dense ORT]({chart.name})", "",
+                     "Bars: measured median-latency ratio to dense ORT (same model, batch size and run); "
+                     "dashed: the 1/(1−s) FLOP limit of weight sparsity s; no bar where nothing was measured.", ""]
+    if notes:
+        sections += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+    save_text("\n".join(sections), paths["report"])
+    return paths

@@ -1,0 +1,164 @@
+"""Mean ± std over seeds, per round, read from the run dirs' ``summary.json`` (never typed in by hand).
+
+One JSON per experiment. Each round holds ``weights_remaining`` and, per experiment kind that ran
+(``dense`` for round 0; ``ticket`` / ``reinit`` / ``random_prune`` for the pruned rounds)::
+
+    {"mean": <early-stop test accuracy>, "std": ..., "values": [per seed],
+     "early_stop_iteration": {"mean", "std", "values"}, "test_accuracy": {"mean", "std", "values"},
+     "weights_remaining": {"mean", "std", "values"}}
+
+``std`` is the sample standard deviation (n - 1); null with a single seed.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from compress import paths
+from compress.io import load_json
+from compress.reproduce.suite import Experiment, run_dir
+
+KINDS = ("dense", "ticket", "reinit", "random_prune")
+METRICS = ("early_stop_test_accuracy", "early_stop_iteration", "test_accuracy", "weights_remaining")
+SPARSE = 0.07  # the done-when bar looks at every round with <= 7% of the weights remaining
+
+
+def stats(values: list[float]) -> dict:
+    """``{"mean", "std", "values"}``; std is the sample std, None for a single value."""
+    if not values:
+        raise ValueError("stats of no values")
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std, "values": list(values)}
+
+
+def load_summaries(runs_root: Path, experiment: Experiment) -> dict[int, dict]:
+    """``{seed: summary}`` for every seed whose run dir has a summary (a partial run counts its rounds)."""
+    found = {}
+    for seed in experiment.seeds:
+        path = run_dir(runs_root, experiment.name, seed) / paths.SUMMARY
+        if path.exists():
+            found[seed] = load_json(path)
+    return found
+
+
+def _source(entry: dict, kind: str) -> dict | None:
+    if kind == "dense":
+        return entry if entry["round"] == 0 else None
+    if kind == "ticket":
+        return entry if entry["round"] > 0 else None
+    return entry.get("controls", {}).get(kind)
+
+
+def _kind_stats(entries: list[dict]) -> dict:
+    accuracy = stats([e["early_stop_test_accuracy"] for e in entries])
+    row = {"mean": accuracy["mean"], "std": accuracy["std"], "values": accuracy["values"]}
+    for key in METRICS[1:]:
+        row[key] = stats([float(e[key]) for e in entries])
+    return row
+
+
+def aggregate_rounds(summaries: list[dict]) -> list[dict]:
+    """Per round completed by every seed: the stats of each kind across seeds."""
+    if not summaries:
+        return []
+    complete = min(len(s["rounds"]) for s in summaries)
+    rounds = []
+    for index in range(complete):
+        entries = [s["rounds"][index] for s in summaries]
+        row: dict = {"round": index,
+                     "weights_remaining": statistics.fmean(e["weights_remaining"] for e in entries)}
+        for kind in KINDS:
+            sources = [_source(e, kind) for e in entries]
+            if all(source is not None for source in sources):
+                row[kind] = _kind_stats(sources)
+        rounds.append(row)
+    return rounds
+
+
+def paired_gap(rounds: list[dict], a: str, b: str) -> list[dict]:
+    """``a − b`` early-stop accuracy per round, seed by seed (paired: same seed, same mask budget)."""
+    gaps = []
+    dense = rounds[0]["dense"]["values"] if rounds and "dense" in rounds[0] else None
+    for row in rounds:
+        left = row.get(a)
+        right = dense if b == "dense" else (row.get(b) or {}).get("values")
+        if left is None or right is None:
+            continue
+        diffs = [x - y for x, y in zip(left["values"], right, strict=True)]
+        gaps.append({"round": row["round"], "weights_remaining": row["weights_remaining"], **stats(diffs)})
+    return gaps
+
+
+def bar_check(rounds: list[dict], sparse: float = SPARSE, min_gap: float = 0.02,
+              max_below_dense: float = 0.01) -> dict | None:
+    """The issue's done-when bar, evaluated on means of seeds at every round with <= ``sparse`` remaining."""
+    sparse_rounds = [row for row in rounds if row["weights_remaining"] <= sparse and "reinit" in row]
+    if not sparse_rounds or "dense" not in rounds[0]:
+        return None
+    dense = rounds[0]["dense"]["mean"]
+    checks = [{"round": row["round"], "weights_remaining": row["weights_remaining"],
+               "ticket_minus_reinit": row["ticket"]["mean"] - row["reinit"]["mean"],
+               "ticket_minus_dense": row["ticket"]["mean"] - dense} for row in sparse_rounds]
+    for check in checks:
+        check["gap_ok"] = check["ticket_minus_reinit"] >= min_gap - 1e-12
+        check["dense_ok"] = check["ticket_minus_dense"] >= -max_below_dense - 1e-12
+    return {"rule": f"at every round with <= {sparse * 100:g}% remaining: mean ticket - reinit >= "
+                    f"{min_gap * 100:g} points and mean ticket >= dense - {max_below_dense * 100:g} point",
+            "met": all(c["gap_ok"] and c["dense_ok"] for c in checks), "rounds": checks}
+
+
+def _speedup(rounds: list[dict]) -> dict | None:
+    """Dense early-stop iteration over the ticket's, at the round where the ticket stops soonest."""
+    if not rounds or "dense" not in rounds[0]:
+        return None
+    pruned = [row for row in rounds if "ticket" in row]
+    if not pruned:
+        return None
+    best = min(pruned, key=lambda row: row["ticket"]["early_stop_iteration"]["mean"])
+    dense = rounds[0]["dense"]["early_stop_iteration"]["mean"]
+    ticket = best["ticket"]["early_stop_iteration"]["mean"]
+    return {"round": best["round"], "weights_remaining": best["weights_remaining"], "dense_iteration": dense,
+            "ticket_iteration": ticket, "speedup": dense / ticket if ticket else math.inf}
+
+
+def _best_over_dense(rounds: list[dict]) -> dict | None:
+    """The paper's headline per network: the largest mean ticket gain over dense, and where."""
+    pruned = [row for row in rounds if "ticket" in row]
+    if not pruned or "dense" not in rounds[0]:
+        return None
+    best = max(pruned, key=lambda row: row["ticket"]["mean"])
+    return {"round": best["round"], "weights_remaining": best["weights_remaining"],
+            "ticket_minus_dense": best["ticket"]["mean"] - rounds[0]["dense"]["mean"]}
+
+
+def aggregate_experiment(experiment: Experiment, runs_root: Path) -> dict:
+    """The machine-readable result of one experiment (written as ``<experiment>.json``)."""
+    summaries = load_summaries(runs_root, experiment)
+    seeds = sorted(summaries)
+    rounds = aggregate_rounds([summaries[seed] for seed in seeds])
+    wall = {str(seed): _wall_s(summaries[seed]) for seed in seeds}
+    return {
+        "experiment": experiment.name, "title": experiment.title, "recipe": f"recipes/{experiment.recipe}",
+        "overrides": list(experiment.overrides), "budget": experiment.budget, "paper": experiment.paper,
+        "seeds": seeds, "seeds_planned": list(experiment.seeds),
+        "rounds_complete": len(rounds),
+        "rounds_per_seed": {str(seed): len(summaries[seed]["rounds"]) for seed in seeds},
+        "training_wall_s_per_seed": wall,
+        "rounds": rounds,
+        "gaps": {"ticket_minus_reinit": paired_gap(rounds, "ticket", "reinit"),
+                 "ticket_minus_dense": paired_gap(rounds, "ticket", "dense")},
+        "best_ticket_over_dense": _best_over_dense(rounds),
+        "early_stop_speedup": _speedup(rounds),
+        "bar": bar_check(rounds),
+    }
+
+
+def _wall_s(summary: dict) -> float:
+    """Sum of the trainings' own wall times (ticket and controls): unaffected by kills and resumes."""
+    total = 0.0
+    for entry in summary["rounds"]:
+        total += entry["wall_s"]
+        total += sum(control["wall_s"] for control in entry.get("controls", {}).values())
+    return total

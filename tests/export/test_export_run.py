@@ -1,0 +1,120 @@
+"""export_run on a run dir (ticket.pt or a round), its fallbacks and errors, and tools/export_onnx.py."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import paths
+from compress.export import export_run
+from compress.io import save_text, save_torch
+from compress.lottery.ticket import save_ticket
+from compress.models import build_model
+from compress.pruning import (
+    apply_masks,
+    effective_weights,
+    magnitude_masks,
+    ones_masks,
+    plain_state_dict,
+    prunable_modules,
+)
+from compress.recipe import DataConfig, ModelConfig, Recipe, dump_recipe, recipe_to_dict
+
+torch.set_num_threads(1)
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "export_onnx.py"
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    """A run dir as LotteryRun leaves it after round 2 (untrained weights: export does not care)."""
+    recipe = Recipe(name="export-test", model=ModelConfig(name="lenet300_100"),
+                    data=DataConfig(name="synthetic", validation_size=100))
+    torch.manual_seed(0)
+    model = build_model(recipe.model, 10, 1, 28)
+    names = [name for name, _ in prunable_modules(model)]
+    start = plain_state_dict(model)
+    masks = magnitude_masks(effective_weights(model, names), ones_masks(model, names),
+                            {n: 0.9 for n in names}, {n: n for n in names})
+    apply_masks(model, masks)
+    folder = tmp_path / "run"
+    save_text(dump_recipe(recipe), folder / paths.RECIPE)
+    save_torch(masks, paths.round_dir(folder, 2) / paths.MASK)
+    save_torch(model.state_dict(), paths.round_dir(folder, 2) / paths.FINAL)
+    save_ticket(folder / paths.TICKET, model_config=recipe_to_dict(recipe)["model"],
+                shape={"num_classes": 10, "in_channels": 1, "image_size": 28}, masks=masks,
+                rewind_state=start, trained_state=plain_state_dict(model), info={"round": 2})
+    return folder
+
+
+def test_export_run_ticket_on_test_data(run_dir):
+    result = export_run(run_dir, compact=True)
+    assert (run_dir / "ticket.onnx").exists() and (run_dir / "ticket.compact.onnx").exists()
+    assert json.loads((run_dir / "export.json").read_text()) == json.loads(json.dumps(result))
+    assert result["inputs"] == "32 test examples of synthetic" and result["verify_batch"] == 32
+    assert result["max_abs_diff"] <= 1e-4 and result["compact"]["max_abs_diff"] <= 1e-4
+    assert result["source"] == "ticket.pt (round 2)"
+    assert set(result["sizes"]) == {"raw", "gzip", "sparse", "bitmask"}
+    assert sum(entry["pruned"] for entry in result["zeros"].values()) == round(0.9 * 784 * 300) \
+        + round(0.9 * 300 * 100) + round(0.9 * 100 * 10)
+
+
+def test_export_run_round_and_out(run_dir, tmp_path):
+    result = export_run(run_dir, round=2)
+    assert result["path"] == str(paths.round_dir(run_dir, 2) / "ticket.onnx")
+    assert (paths.round_dir(run_dir, 2) / "export.json").exists()
+    out = tmp_path / "elsewhere" / "lenet.onnx"
+    result = export_run(run_dir, out=out)
+    assert out.exists() and (out.parent / "lenet.export.json").exists()
+    assert not (run_dir / "ticket.onnx").exists()
+
+
+def test_export_run_falls_back_to_random_inputs(run_dir):
+    (run_dir / paths.RECIPE).unlink()
+    result = export_run(run_dir)
+    assert result["inputs"].startswith("random normal") and "recipe.yaml" in result["inputs"]
+    assert result["max_abs_diff"] <= 1e-4
+
+
+def test_export_run_bad_dirs(run_dir, tmp_path):
+    with pytest.raises(ValueError, match="no such run dir"):
+        export_run(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no ticket.pt"):
+        export_run(tmp_path / "empty")
+    with pytest.raises(ValueError, match=r"round 7 .*finished rounds: 2\)"):
+        export_run(run_dir, round=7)
+
+
+def run_tool(monkeypatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", [str(TOOL), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(TOOL), run_name="__main__")
+    return exit_info.value.code
+
+
+def test_tool_prints_the_verification(run_dir, monkeypatch, capsys):
+    assert run_tool(monkeypatch, "--run", str(run_dir), "--compact") == 0
+    out = capsys.readouterr().out
+    for expected in ("max |ORT - torch|", "zero counts OK", "gzip", "sparse initializers", "bitmask limit",
+                     "params 266,610 ->", "MACs 266,200 ->"):
+        assert expected in out
+
+
+def test_tool_reports_a_bad_run_dir_in_one_line(tmp_path, monkeypatch, capsys):
+    assert run_tool(monkeypatch, "--run", str(tmp_path / "nope")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_export_onnx_takes_a_ticket_path(run_dir, tmp_path):
+    from compress.export import export_onnx
+
+    report = export_onnx(run_dir / paths.TICKET, tmp_path / "t.onnx")
+    assert report.input_shape == [1, 28, 28] and report.inputs.startswith("random normal")
+    assert len(report.zeros) == 3 and report.max_abs_diff <= 1e-4

@@ -1,0 +1,104 @@
+"""CI smoke of tools/reproduce.py: 2 seeds x 2 rounds on the synthetic set, aggregated from the run dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from compress import paths
+from compress.reproduce import suite
+from compress.reproduce.aggregate import aggregate_rounds, bar_check, paired_gap, stats
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    out, runs = root / "out", root / "runs"
+    env = {**os.environ, "COMPRESS_THREADS": "1", "PYTHONPATH": REPO}
+    command = [sys.executable, os.path.join(REPO, "tools", "reproduce.py"), "--suite", "smoke", "--jobs", "1",
+               "--out", str(out), "--runs", str(runs)]
+    subprocess.run(command, check=True, env=env, capture_output=True, cwd=root)
+    return out, runs
+
+
+def test_smoke_writes_json_plots_and_readme(smoke):
+    out, _ = smoke
+    result = json.loads((out / "smoke_lenet300.json").read_text())
+    assert result["seeds"] == [0, 1]
+    assert [row["round"] for row in result["rounds"]] == [0, 1, 2]
+    assert set(result["rounds"][0]) >= {"weights_remaining", "dense"}
+    for row in result["rounds"][1:]:
+        for kind in ("ticket", "reinit", "random_prune"):
+            assert set(row[kind]) >= {"mean", "std", "early_stop_iteration", "test_accuracy"}
+    assert result["rounds"][2]["weights_remaining"] < result["rounds"][1]["weights_remaining"] < 1.0
+    for name in ("README.md", "smoke_lenet300_accuracy.png", "smoke_lenet300_early_stop.png",
+                 "summaries/smoke_lenet300-seed1.json"):
+        assert (out / name).exists(), name
+    readme = (out / "README.md").read_text()
+    assert "| round |" in readme and "tools/reproduce.py" in readme
+
+
+def test_smoke_numbers_come_from_the_run_dirs(smoke):
+    out, runs = smoke
+    result = json.loads((out / "smoke_lenet300.json").read_text())
+    summaries = [json.loads((runs / "smoke_lenet300" / f"seed{seed}" / paths.SUMMARY).read_text()) for seed in (0, 1)]
+    for index, row in enumerate(result["rounds"]):
+        entries = [s["rounds"][index] for s in summaries]
+        if index == 0:
+            values = [e["early_stop_test_accuracy"] for e in entries]
+            assert row["dense"]["mean"] == pytest.approx(statistics.fmean(values))
+            continue
+        for kind in ("ticket", "reinit", "random_prune"):
+            sources = entries if kind == "ticket" else [e["controls"][kind] for e in entries]
+            accuracies = [s["early_stop_test_accuracy"] for s in sources]
+            assert row[kind]["values"] == accuracies
+            assert row[kind]["mean"] == pytest.approx(statistics.fmean(accuracies))
+            assert row[kind]["std"] == pytest.approx(statistics.stdev(accuracies))
+            iterations = [s["early_stop_iteration"] for s in sources]
+            assert row[kind]["early_stop_iteration"]["mean"] == pytest.approx(statistics.fmean(iterations))
+            ends = [s["test_accuracy"] for s in sources]
+            assert row[kind]["test_accuracy"]["mean"] == pytest.approx(statistics.fmean(ends))
+
+
+def test_rerun_resumes_without_training(smoke, tmp_path):
+    out, runs = smoke
+    before = (runs / "smoke_lenet300" / "seed0" / paths.SUMMARY).read_text()
+    env = {**os.environ, "COMPRESS_THREADS": "1", "PYTHONPATH": REPO}
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "reproduce.py"), "--suite", "smoke",
+                    "--out", str(tmp_path / "again"), "--runs", str(runs)], check=True, env=env, capture_output=True)
+    assert (runs / "smoke_lenet300" / "seed0" / paths.SUMMARY).read_text() == before
+    assert json.loads((tmp_path / "again" / "smoke_lenet300.json").read_text())["rounds"] == \
+        json.loads((out / "smoke_lenet300.json").read_text())["rounds"]
+
+
+def _entry(round_index, accuracy, reinit=None):
+    entry = {"round": round_index, "weights_remaining": 0.8 ** round_index, "test_accuracy": accuracy,
+             "early_stop_iteration": 100, "early_stop_test_accuracy": accuracy, "wall_s": 1.0}
+    if reinit is not None:
+        entry["controls"] = {"reinit": {**entry, "early_stop_test_accuracy": reinit}}
+    return entry
+
+
+def test_gap_and_bar_are_paired_by_seed():
+    seeds = [[_entry(0, 0.80), *[_entry(r, 0.81, 0.78) for r in range(1, 14)]],
+             [_entry(0, 0.82), *[_entry(r, 0.81, 0.80) for r in range(1, 14)]]]
+    rounds = aggregate_rounds([{"rounds": s} for s in seeds])
+    gap = paired_gap(rounds, "ticket", "reinit")[-1]
+    assert gap["mean"] == pytest.approx(0.02) and gap["std"] == pytest.approx(statistics.stdev([0.03, 0.01]))
+    bar = bar_check(rounds)
+    assert [c["round"] for c in bar["rounds"]] == [12, 13]  # 0.8**12 = 6.9% <= 7%
+    assert bar["met"]
+
+
+def test_user_errors_are_one_line_value_errors():
+    with pytest.raises(ValueError, match="unknown suite"):
+        suite("everything")
+    with pytest.raises(ValueError, match="no values"):
+        stats([])

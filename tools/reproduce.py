@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Reproduce the lottery-ticket paper on CPU: python tools/reproduce.py [--suite full|smoke] [--out DIR] [--jobs N]
+
+Runs (or resumes) every experiment of the suite as ordinary run dirs, then writes the tables, plots,
+one JSON per experiment and README.md to --out, all computed from the run dirs' summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from compress.cli import run_cli
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="full", help="full (about 45 min on 2 cores) or smoke (seconds)")
+    parser.add_argument("--out", help="results folder (default: benchmarks/results/reproduction for full, "
+                                      "runs/reproduction-smoke/results for smoke)")
+    parser.add_argument("--runs", help="where the run dirs live (default: runs/reproduction-<suite>)")
+    parser.add_argument("--jobs", type=int, default=1, help="(experiment, seed) runs in parallel processes")
+    parser.add_argument("--only", action="append", metavar="EXPERIMENT", help="run only this experiment "
+                        "(repeatable); the report still covers every experiment with run dirs")
+    parser.add_argument("--cifar10", help="CIFAR-10 JPEG tarball for Conv-2 (default: the shared copy)")
+    parser.add_argument("--aggregate-only", action="store_true", help="train nothing: rebuild the results "
+                        "from the run dirs as they are")
+    args = parser.parse_args()
+
+    from compress.reproduce import run_suite, suite
+    from compress.reproduce.report import default_paths, write_results
+    from compress.reproduce.suite import CIFAR10_TARBALL, select
+
+    experiments = suite(args.suite, args.cifar10 or CIFAR10_TARBALL)
+    out, runs = default_paths(args.suite, args.out, args.runs)
+    if not args.aggregate_only:
+        run_suite(select(experiments, args.only), runs, args.jobs, argv=["python", "tools/reproduce.py", *sys.argv[1:]])
+    written = write_results(experiments, runs, out, args.suite)
+    print(f"results in {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
