@@ -36,7 +36,8 @@ def ticket_model(ticket: dict | Path, trained: bool = True) -> nn.Module:
     from compress.recipe.schema import ModelConfig
 
     ticket = read_ticket(ticket) if not isinstance(ticket, dict) else ticket
-    config = ModelConfig(**{**ticket["model"], "kwargs": dict(ticket["model"].get("kwargs", {}))})
+    # pretrained=False: the trained weights overwrite whatever a hub would send
+    config = ModelConfig(**{**ticket["model"], "kwargs": dict(ticket["model"].get("kwargs", {})), "pretrained": False})
     shape = ticket["shape"]
     model = build_model(config, shape["num_classes"], shape["in_channels"], shape["image_size"])
     apply_masks(model, ticket["masks"])

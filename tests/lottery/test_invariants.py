@@ -107,8 +107,9 @@ def test_one_shot_prunes_to_the_target_in_one_step(tmp_path, make_recipe):
 
 def test_conv4_on_the_cifar10_jpeg_copy_end_to_end(tmp_path, cifar10_tar):
     """The Conv-4 recipe itself, at a tiny budget, on real data (the issue's smoke command)."""
-    from compress.recipe import load_recipe
     from tests_paths import RECIPES
+
+    from compress.recipe import load_recipe
 
     recipe = load_recipe(RECIPES / "lth_conv4.yaml", overrides=[
         f"data.root={cifar10_tar}", "train.iterations=40", "train.eval_every=20", "lottery.rounds=1",
