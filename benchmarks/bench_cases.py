@@ -96,11 +96,16 @@ Command: `COMPRESS_THREADS={threads} pytest benchmarks/test_sparse_inference.py 
   chains; convolutions dense), `torch_sparse_compact` (the same on compact_model), `auto` (when built, times all of these plus a per-layer dense/CSR mix, and
   with more than one thread pinned also the torch CSR variants on one thread, per batch size, and runs the
   fastest; the notes list what it measured and picked).
-- Timing: pytest-benchmark `pedantic`, one call per round, warm-up rounds first, about 1 s of rounds per
-  benchmark (at least 15, at most 5000); the table reports the median. Each (model, batch) group runs dense ORT first and
-  then the others, one backend at a time. Threads pinned for torch (compress.runtime.set_threads) and ORT
+- Timing: pytest-benchmark `pedantic`, one call per round, warm-up rounds first, about 1 s of timed calls
+  per benchmark (at least 15, at most 5000 rounds); the table reports the median. One backend is timed at
+  a time; before every round, pytest-benchmark's `setup` hook runs dense ORT twice, timing the second call
+  (`dense_ort_paired_ms`, median), then the backend once untimed: each timed call directly follows an
+  untimed call of itself, so neither starts with the other's weights in cache. Threads pinned for torch (compress.runtime.set_threads) and ORT
   (intra_op_num_threads, inter_op 1, `session.intra_op.allow_spinning=0`, so idle sessions do not spin).
-- `speedup_vs_dense_ort` = dense ORT median / backend median, same model and batch size, same run.
+- `speedup_vs_dense_ort` = `dense_ort_paired_ms` / backend median: the baseline is timed interleaved with
+  each backend, call by call, so load drift on this shared machine cannot fake a ratio (timing dense ORT
+  once per group and dividing would: the same ORT session measured minutes apart differed by up to 50 %
+  while other jobs started and stopped). 1.00 for dense ORT itself by definition.
   `macs_remaining` = MACs with nonzero weights / dense MACs (compress.export.count_macs).
 - Inputs: random normal, batch 1 (latency) and batch 64 (throughput = 64 / median).
 """

@@ -40,7 +40,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 notes.append(f"{label} batch {batch}: auto picked {choice['backend']} ({choice['rule']}; "
                              "build-time medians ms: "
                              + ", ".join(f"{n} {ms:.4g}" for n, ms in choice["median_ms"].items())
-                             + (f"; per-layer picks: {layers}" if layers else "") + ")")
+                             + (f"; per-layer picks: {layers}" if layers else "") + ")"
+                             + (f"; then at run time: {choice['demoted']}" if "demoted" in choice else ""))
     write_results(sorted(_SESSION.records, key=_order), RESULTS, machine, report_name="README.md",
                   title="Sparse inference on CPU: lottery tickets, dense vs CSR vs ONNX Runtime",
                   method=METHOD.format(threads=_SESSION.threads), notes=notes)

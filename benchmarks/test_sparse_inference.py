@@ -6,11 +6,13 @@ writes benchmarks/results/ (JSON records, README.md with the table, PNG chart) w
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import pytest
 from bench_cases import BACKEND_ORDER, BATCH_SIZES, BUDGET_S, CASES, MAX_ROUNDS, MIN_ROUNDS
 
+from compress.bench import BASELINE
 from compress.bench.suite import record
 from compress.bench.timing import Timing
 
@@ -19,7 +21,7 @@ PARAMS = [pytest.param(case, batch, backend, id=f"{case.slug}-b{batch}-{backend}
 
 
 def _rounds(fn, x) -> tuple[int, int]:
-    """(warm-up rounds, timed rounds) so one benchmark takes about BUDGET_S."""
+    """(warm-up rounds, timed rounds) so the timed calls of one benchmark take about BUDGET_S."""
     start = time.perf_counter()
     for _ in range(3):
         fn(x)
@@ -37,14 +39,33 @@ def test_sparse_inference(benchmark, bench_session, case, batch, backend):
     benchmark.group = f"{case.label} batch={batch}"
     benchmark.extra_info.update({"model": case.label, "batch_size": batch, "backend": backend,
                                  "threads": bench_session.threads})
+    baseline = built.backends.get(BASELINE)
+    paired: list[float] = []
+
+    def setup() -> None:
+        # Dense ORT before every timed round, timed here (outside pytest-benchmark's clock), so load
+        # drift on a shared machine hits backend and baseline alike. Symmetric warm-up: each timed call
+        # (baseline here, backend by pytest-benchmark) directly follows an untimed call of itself, so
+        # neither starts with the other's weights in cache.
+        if baseline is not None:
+            baseline(x)
+            start = time.perf_counter()
+            baseline(x)
+            paired.append(time.perf_counter() - start)
+        fn(x)
+
     warmup, rounds = _rounds(fn, x)
-    benchmark.pedantic(fn, args=(x,), rounds=rounds, iterations=1, warmup_rounds=warmup)
+    benchmark.pedantic(fn, args=(x,), setup=setup, rounds=rounds, iterations=1, warmup_rounds=warmup)
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     if stats is None:  # --benchmark-disable: the function ran once, nothing was timed
         return
     timing = Timing(median_ms=stats.median * 1e3, iqr_ms=stats.iqr * 1e3, min_ms=stats.min * 1e3,
                     repeats=stats.rounds)
     row = record(built.facts, backend, batch, timing, bench_session.threads)
+    if paired:
+        row["dense_ort_paired_ms"] = round(statistics.median(paired[warmup:] or paired) * 1e3, 5)
+        row["speedup_vs_dense_ort"] = 1.0 if backend == BASELINE else round(
+            row["dense_ort_paired_ms"] / row["median_ms"], 3)
     if backend == "auto":
         row["auto_ran"] = fn.backend_for(batch).name
     bench_session.records.append(row)

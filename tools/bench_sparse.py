@@ -52,7 +52,8 @@ def main() -> int:
     notes = [f"{name}: not run ({why})" for name, why in result.unavailable.items()]
     for batch, choice in result.auto_choices.items():
         notes.append(f"auto at batch {batch} ran {choice['backend']} ({choice['rule']}); medians (ms): "
-                     + ", ".join(f"{n} {ms:.4g}" for n, ms in choice["median_ms"].items()))
+                     + ", ".join(f"{n} {ms:.4g}" for n, ms in choice["median_ms"].items())
+                     + (f"; then: {choice['demoted']}" if "demoted" in choice else ""))
     if args.onnx:
         notes.append("ONNX file mode: the file itself is the dense-ORT baseline, so its ratio is 1 by definition.")
     method = (f"Each backend ran on random inputs of the ticket's shape at batch sizes {args.batch_sizes}: warm-up, "

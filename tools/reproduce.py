@@ -22,6 +22,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="(experiment, seed) runs in parallel processes")
     parser.add_argument("--only", action="append", metavar="EXPERIMENT", help="run only this experiment "
                         "(repeatable); the report still covers every experiment with run dirs")
+    parser.add_argument("--seed", dest="seeds", type=int, action="append", metavar="SEED",
+                        help="run only this seed of each experiment (repeatable)")
     parser.add_argument("--cifar10", help="CIFAR-10 JPEG tarball for Conv-2 (default: the shared copy)")
     parser.add_argument("--aggregate-only", action="store_true", help="train nothing: rebuild the results "
                         "from the run dirs as they are")
@@ -34,7 +36,8 @@ def main() -> int:
     experiments = suite(args.suite, args.cifar10 or CIFAR10_TARBALL)
     out, runs = default_paths(args.suite, args.out, args.runs)
     if not args.aggregate_only:
-        run_suite(select(experiments, args.only), runs, args.jobs, argv=["python", "tools/reproduce.py", *sys.argv[1:]])
+        run_suite(select(experiments, args.only), runs, args.jobs, argv=["python", "tools/reproduce.py", *sys.argv[1:]],
+                  seeds=args.seeds)
     written = write_results(experiments, runs, out, args.suite)
     print(f"results in {written}")
     return 0

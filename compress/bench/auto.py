@@ -12,10 +12,12 @@ Two levels, both timed on this machine when the backend is built:
    (5 %) of it: then dense runs, since a win that small is timing noise.
 
 Dense candidates are in the race, so ``auto`` is never slower than dense beyond timing noise. One
-more guard at run time: a pick that stalls (``STRIKES`` calls in a row slower than ``STALL_FACTOR`` x
-dense's build-time median -- what multi-threaded torch does when other processes take the cores and
-an OpenMP join waits for a descheduled thread) is demoted to dense, and ``choices`` says so. A
-candidate whose outputs differ from torch_dense (beyond 1e-4, relative above 1) is dropped.
+more guard at run time: when the pick stalls (``STRIKES`` calls in a row slower than ``STALL_FACTOR``
+x dense's build-time median -- what multi-threaded torch does when other processes take the cores
+and an OpenMP join waits for a descheduled thread), pick and dense run a short head-to-head on the
+live input; a pick that loses is demoted to dense for good (``choices`` says so), one that wins
+stays (the whole machine was slow) and needs twice the stalls before the next check. A candidate
+whose outputs differ from torch_dense (beyond 1e-4, relative above 1) is dropped.
 ``choices[batch_size]`` records what won, every candidate's median and the per-layer picks; a batch
 size never timed runs what won at the nearest timed one (log scale).
 """
@@ -23,6 +25,7 @@ size never timed runs what won at the nearest timed one (log scale).
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -37,7 +40,8 @@ from compress.bench.timing import measure_interleaved, pinned_threads
 TOLERANCE = 1e-4
 MARGIN = 0.05  # leave the dense baseline only for a gain larger than this (timing noise on a shared CPU)
 STALL_FACTOR = 2.0  # a call of the pick slower than this x dense's build-time median is a stall ...
-STRIKES = 3  # ... and this many in a row demote the pick to dense for good
+STRIKES = 3  # ... and this many in a row trigger a head-to-head with dense, now
+HEAD_TO_HEAD = 5  # calls of each in that head-to-head; the pick is demoted for good when it loses
 DENSE_PREFERENCE = ("ort_dense", "torch_dense")
 
 
@@ -97,6 +101,7 @@ class _Slot:
     fallback: Backend | None
     limit_s: float  # a call slower than this counts as a stall
     strikes: int = 0
+    needed: int = STRIKES  # stalls in a row that trigger a head-to-head with the fallback
 
 
 def _smallest(source: Source) -> torch.nn.Module:
@@ -210,16 +215,32 @@ class AutoBackend(Backend):
             return slot.backend(x)
         start = time.perf_counter()
         out = slot.backend(x)
-        if time.perf_counter() - start > slot.limit_s:
-            slot.strikes += 1
-            if slot.strikes >= STRIKES:
-                self.choices[batch]["demoted"] = (f"{slot.backend.name} took > {STALL_FACTOR:g}x dense's build-time "
-                                                  f"median on {STRIKES} calls in a row: now runs {slot.fallback.name}")
+        if time.perf_counter() - start <= slot.limit_s:
+            slot.strikes = 0
+            return out
+        slot.strikes += 1
+        if slot.strikes >= slot.needed:
+            slot.strikes = 0
+            if self._still_faster(slot, x):
+                slot.needed *= 2  # the whole machine was slow, not the pick: ask for longer stalls next time
+            else:
+                self.choices[batch]["demoted"] = (
+                    f"{slot.backend.name} took > {STALL_FACTOR:g}x dense's build-time median on {slot.needed} calls "
+                    f"in a row and lost a head-to-head with {slot.fallback.name}: now runs {slot.fallback.name}")
                 self.choices[batch]["backend"] = slot.fallback.name
                 slot.backend, slot.fallback = slot.fallback, None
-        else:
-            slot.strikes = 0
         return out
+
+    @staticmethod
+    def _still_faster(slot: _Slot, x: torch.Tensor) -> bool:
+        """A few interleaved calls of the pick and the dense fallback, now: is the pick still faster?"""
+        pick, dense = [], []
+        for _ in range(HEAD_TO_HEAD):
+            for backend, into in ((slot.backend, pick), (slot.fallback, dense)):
+                start = time.perf_counter()
+                backend(x)
+                into.append(time.perf_counter() - start)
+        return statistics.median(pick) < statistics.median(dense)
 
     def summary(self) -> dict[int, str]:
         """{batch size: the backend picked}."""

@@ -7,7 +7,9 @@ One JSON per experiment. Each round holds ``weights_remaining`` and, per experim
      "early_stop_iteration": {"mean", "std", "values"}, "test_accuracy": {"mean", "std", "values"},
      "weights_remaining": {"mean", "std", "values"}}
 
-``std`` is the sample standard deviation (n - 1); null with a single seed.
+``std`` is the sample standard deviation (n - 1); null with a single seed. A round's ``seeds`` lists
+the indices (into the top-level ``seeds``) of the seeds that finished it: a seed still running
+contributes the rounds it has.
 """
 
 from __future__ import annotations
@@ -60,14 +62,12 @@ def _kind_stats(entries: list[dict]) -> dict:
 
 
 def aggregate_rounds(summaries: list[dict]) -> list[dict]:
-    """Per round completed by every seed: the stats of each kind across seeds."""
-    if not summaries:
-        return []
-    complete = min(len(s["rounds"]) for s in summaries)
+    """Per round: the stats of each kind over the seeds that finished that round (``seeds`` says which)."""
     rounds = []
-    for index in range(complete):
-        entries = [s["rounds"][index] for s in summaries]
-        row: dict = {"round": index,
+    for index in range(max((len(s["rounds"]) for s in summaries), default=0)):
+        present = [(i, s["rounds"][index]) for i, s in enumerate(summaries) if len(s["rounds"]) > index]
+        entries = [entry for _, entry in present]
+        row: dict = {"round": index, "seeds": [i for i, _ in present],
                      "weights_remaining": statistics.fmean(e["weights_remaining"] for e in entries)}
         for kind in KINDS:
             sources = [_source(e, kind) for e in entries]
@@ -80,12 +80,13 @@ def aggregate_rounds(summaries: list[dict]) -> list[dict]:
 def paired_gap(rounds: list[dict], a: str, b: str) -> list[dict]:
     """``a − b`` early-stop accuracy per round, seed by seed (paired: same seed, same mask budget)."""
     gaps = []
-    dense = rounds[0]["dense"]["values"] if rounds and "dense" in rounds[0] else None
+    dense = dict(zip(rounds[0]["seeds"], rounds[0]["dense"]["values"], strict=True)) \
+        if rounds and "dense" in rounds[0] else {}
     for row in rounds:
         left = row.get(a)
-        right = dense if b == "dense" else (row.get(b) or {}).get("values")
-        if left is None or right is None:
+        if left is None or (b != "dense" and b not in row):
             continue
+        right = [dense[seed] for seed in row["seeds"]] if b == "dense" else row[b]["values"]
         diffs = [x - y for x, y in zip(left["values"], right, strict=True)]
         gaps.append({"round": row["round"], "weights_remaining": row["weights_remaining"], **stats(diffs)})
     return gaps
@@ -143,7 +144,7 @@ def aggregate_experiment(experiment: Experiment, runs_root: Path) -> dict:
         "experiment": experiment.name, "title": experiment.title, "recipe": f"recipes/{experiment.recipe}",
         "overrides": list(experiment.overrides), "budget": experiment.budget, "paper": experiment.paper,
         "seeds": seeds, "seeds_planned": list(experiment.seeds),
-        "rounds_complete": len(rounds),
+        "rounds_complete": min((len(summaries[seed]["rounds"]) for seed in seeds), default=0),
         "rounds_per_seed": {str(seed): len(summaries[seed]["rounds"]) for seed in seeds},
         "training_wall_s_per_seed": wall,
         "rounds": rounds,
