@@ -133,7 +133,7 @@ def onnx_weights_remaining(path: Path) -> float:
 
 def macs_remaining(model: nn.Module, example_input: torch.Tensor) -> float:
     """MACs of Conv2d/Linear counting only nonzero weights, over the dense count (``count_macs``)."""
-    from compress.export import count_macs
+    from compress.pruning import count_macs
 
     folded = fold_masks(model).cpu().float().eval()
     dense = count_macs(folded, example_input)

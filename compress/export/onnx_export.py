@@ -13,7 +13,6 @@ import torch.nn as nn
 from compress.export.compact import Compaction
 from compress.export.compact import compact as run_compaction
 from compress.export.exporter import EXPORTER, to_onnx
-from compress.export.macs import count_params, mac_counts
 from compress.export.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
 from compress.export.verify import (
     ORT_TOLERANCE,
@@ -25,6 +24,7 @@ from compress.export.verify import (
 )
 from compress.io import save_bytes
 from compress.pruning import fold_masks, get_masks
+from compress.pruning.macs import count_params, mac_counts
 
 VERIFY_BATCH = 8  # random verification inputs when none are given
 # compacted vs original torch: removing exact zeros and folding constants into biases only reorders

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from compress import distributed, paths
 from compress.io import load_json, save_json, save_torch
-from compress.pruning import apply_masks, load_plain_state_dict, sparsity_report
+from compress.pruning import apply_masks, load_plain_state_dict, mac_counts, sparsity_report
 from compress.training import train
 
 RESULT_FIELDS = ("test_accuracy", "early_stop_iteration", "early_stop_test_accuracy", "wall_s")
@@ -47,6 +47,9 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
     save_torch({key: value.cpu() for key, value in model.state_dict().items()}, folder / paths.FINAL)
     result = {key: getattr(outcome, key) for key in RESULT_FIELDS}
     result["weights_remaining"] = report["weights_remaining"]
+    dense_macs, nonzero_macs = mac_counts(model, next(data.test.eval_batches(1))[0])
+    # what an ideal sparse kernel would multiply (a whole-channel ticket, once compacted, saves a bit more)
+    result["macs_remaining"] = nonzero_macs / dense_macs if dense_macs else 1.0
     result["final_iteration"] = outcome.iterations
     save_json(result, result_path)
     (folder / paths.CHECKPOINT).unlink(missing_ok=True)

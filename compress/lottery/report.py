@@ -88,11 +88,13 @@ def plot_early_stop(rounds: list[dict], path: Path, title: str) -> None:
 
 def _round_table(rounds: list[dict]) -> list[str]:
     controls = [name for name in _experiments(rounds) if name != "ticket"]
-    header = "| round | % remaining | ticket acc (early stop) | early-stop iter | ticket acc (end) |"
+    header = "| round | % weights remaining | % MACs remaining | ticket acc (early stop) | early-stop iter | ticket acc (end) |"
     header += "".join(f" {name} acc (early stop) |" for name in controls)
-    lines = [header, "|" + "---|" * (5 + len(controls))]
+    lines = [header, "|" + "---|" * (6 + len(controls))]
     for entry in rounds:
+        macs = entry.get("macs_remaining")
         row = (f"| {entry['round']} | {entry['weights_remaining'] * 100:.2f} | "
+               f"{'–' if macs is None else f'{macs * 100:.2f}'} | "
                f"{entry['early_stop_test_accuracy'] * 100:.2f} | {entry['early_stop_iteration']} | "
                f"{entry['test_accuracy'] * 100:.2f} |")
         for name in controls:

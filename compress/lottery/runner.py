@@ -119,7 +119,7 @@ class LotteryRun:
         ticket = run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
                                 recipe=self.recipe, data=self.data, begin=0 if round_index == 0 else self.begin,
                                 desc=f"round {round_index} ticket", progress=self.progress, on_step=on_step)
-        entry.update({key: ticket[key] for key in ("weights_remaining", *RESULT_FIELDS)})
+        entry.update({key: ticket[key] for key in ("weights_remaining", "macs_remaining", *RESULT_FIELDS)})
         if round_index > 0:
             entry["controls"] = {name: self.run_control(name, round_index, masks, start)
                                  for name in self.recipe.lottery.controls}
@@ -142,7 +142,7 @@ class LotteryRun:
         result = run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
                                 recipe=self.recipe, data=self.data, begin=self.begin,
                                 desc=f"round {round_index} {name}", progress=self.progress)
-        return {key: result[key] for key in ("weights_remaining", *RESULT_FIELDS)}
+        return {key: result[key] for key in ("weights_remaining", "macs_remaining", *RESULT_FIELDS)}
 
     # -- the whole run --------------------------------------------------------------------------
     def run(self) -> dict:

@@ -11,6 +11,7 @@ from compress.pruning.apply import (
     plain_state_dict,
     refresh_weights,
 )
+from compress.pruning.macs import count_macs, count_params, mac_counts
 from compress.pruning.masks import (
     Masks,
     check_shrinks,
@@ -25,7 +26,7 @@ from compress.pruning.report import sparsity_report
 from compress.pruning.selectors import PRUNABLE_TYPES, Selector, prunable_modules
 
 __all__ = [
-    "Masks", "PRUNABLE_TYPES", "Selector", "Target", "apply_masks", "build_plan", "check_shrinks",
+    "Masks", "PRUNABLE_TYPES", "count_macs", "count_params", "mac_counts", "Selector", "Target", "apply_masks", "build_plan", "check_shrinks",
     "count_to_prune", "effective_weights", "expected_remaining", "fold_masks", "get_masks", "is_pruned",
     "load_plain_state_dict", "magnitude_masks", "ones_masks", "plain_state_dict", "prunable_modules",
     "prune_lowest", "random_masks_like", "refresh_weights", "random_step_masks", "sparsity_report",

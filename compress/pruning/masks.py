@@ -44,10 +44,17 @@ def channel_scores(weight: torch.Tensor, norm: int = 2) -> torch.Tensor:
     return torch.linalg.vector_norm(weight.flatten(1), ord=norm, dim=1)
 
 
-def prune_channels(weight: torch.Tensor, mask: torch.Tensor, amount: int | float) -> torch.Tensor:
-    """Prune whole output channels: the lowest-norm surviving channels lose all their weights."""
-    channel_alive = mask.flatten(1).any(dim=1).to(mask.dtype)
-    channel_mask = prune_lowest(channel_scores(weight * mask), channel_alive, amount)
+def prune_channels(weight: torch.Tensor, mask: torch.Tensor, amount: int | float, norm: int = 2) -> torch.Tensor:
+    """Prune whole output channels: torch's ``LnStructured`` ranks the surviving channels by L-norm."""
+    alive = mask.flatten(1).any(dim=1)
+    alive_index = alive.nonzero().squeeze(1)
+    k = count_to_prune(amount, len(alive_index))
+    if not k:
+        return mask.clone()
+    surviving = (weight * mask)[alive_index]
+    partial = prune.LnStructured(amount=k, n=norm, dim=0).compute_mask(surviving, torch.ones_like(surviving))
+    channel_mask = torch.zeros(len(alive), dtype=mask.dtype, device=mask.device)
+    channel_mask[alive_index] = partial.flatten(1).amax(dim=1).to(mask.dtype)
     return mask * channel_mask.view(-1, *([1] * (mask.dim() - 1)))
 
 

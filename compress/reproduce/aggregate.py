@@ -8,8 +8,7 @@ One JSON per experiment. Each round holds ``weights_remaining`` and, per experim
      "weights_remaining": {"mean", "std", "values"}}
 
 ``std`` is the sample standard deviation (n - 1); null with a single seed. A round's ``seeds`` lists
-the indices (into the top-level ``seeds``) of the seeds that finished it: a seed still running
-contributes the rounds it has.
+the seeds that finished it: a seed still running contributes the rounds it has.
 """
 
 from __future__ import annotations
@@ -61,13 +60,14 @@ def _kind_stats(entries: list[dict]) -> dict:
     return row
 
 
-def aggregate_rounds(summaries: list[dict]) -> list[dict]:
+def aggregate_rounds(summaries: list[dict], seeds: list[int] | None = None) -> list[dict]:
     """Per round: the stats of each kind over the seeds that finished that round (``seeds`` says which)."""
+    seeds = list(range(len(summaries))) if seeds is None else seeds
     rounds = []
     for index in range(max((len(s["rounds"]) for s in summaries), default=0)):
         present = [(i, s["rounds"][index]) for i, s in enumerate(summaries) if len(s["rounds"]) > index]
         entries = [entry for _, entry in present]
-        row: dict = {"round": index, "seeds": [i for i, _ in present],
+        row: dict = {"round": index, "seeds": [seeds[i] for i, _ in present],
                      "weights_remaining": statistics.fmean(e["weights_remaining"] for e in entries)}
         for kind in KINDS:
             sources = [_source(e, kind) for e in entries]
@@ -138,7 +138,7 @@ def aggregate_experiment(experiment: Experiment, runs_root: Path) -> dict:
     """The machine-readable result of one experiment (written as ``<experiment>.json``)."""
     summaries = load_summaries(runs_root, experiment)
     seeds = sorted(summaries)
-    rounds = aggregate_rounds([summaries[seed] for seed in seeds])
+    rounds = aggregate_rounds([summaries[seed] for seed in seeds], seeds)
     wall = {str(seed): _wall_s(summaries[seed]) for seed in seeds}
     return {
         "experiment": experiment.name, "title": experiment.title, "recipe": f"recipes/{experiment.recipe}",

@@ -78,12 +78,13 @@ def accuracy_table(result: dict) -> str:
     rounds = result["rounds"]
     kinds = [k for k in _present(rounds) if k != "dense"]
     gaps = {g["round"]: g for g in result["gaps"]["ticket_minus_reinit"]}
-    header = ["round", "% remaining", "dense / ticket", *[k for k in kinds if k != "ticket"]]
+    header = ["round", "% remaining", "seeds", "dense / ticket", *[k for k in kinds if k != "ticket"]]
     if gaps:
         header.append("ticket − reinit (points)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rounds:
-        cells = [str(row["round"]), f"{row['weights_remaining'] * 100:.1f}", _pm(row.get("dense") or row.get("ticket"))]
+        cells = [str(row["round"]), f"{row['weights_remaining'] * 100:.1f}", str(len(row["seeds"])),
+                 _pm(row.get("dense") or row.get("ticket"))]
         cells += [_pm(row.get(k)) for k in kinds if k != "ticket"]
         if gaps:
             cells.append(_pm(gaps.get(row["round"])))
@@ -206,7 +207,8 @@ def _experiment_section(experiment: Experiment, result: dict, plots: list[str], 
     parts = [f"### {result['title']}", "",
              f"- recipe `{result['recipe']}` with {', '.join(f'`{o}`' for o in result['overrides'])}",
              f"- budget: {result['budget']}",
-             f"- seeds: {result['seeds']}{seeds_note}; rounds complete in every seed: {result['rounds_complete']}",
+             f"- seeds: {result['seeds']}{seeds_note}; rounds finished per seed: "
+             f"{', '.join(f'{seed}: {n}' for seed, n in result['rounds_per_seed'].items())} (dense = round 0)",
              f"- paper: {result['paper']}",
              f"- machine-readable: [`{result['experiment']}.json`]({result['experiment']}.json)",
              *_headline(result), "",

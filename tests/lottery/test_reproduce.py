@@ -97,6 +97,15 @@ def test_gap_and_bar_are_paired_by_seed():
     assert bar["met"]
 
 
+def test_a_seed_still_running_contributes_the_rounds_it_has():
+    done = [_entry(0, 0.80), _entry(1, 0.82, 0.79), _entry(2, 0.83, 0.78)]
+    running = [_entry(0, 0.84), _entry(1, 0.86, 0.81)]
+    rounds = aggregate_rounds([{"rounds": done}, {"rounds": running}], seeds=[3, 7])
+    assert [row["seeds"] for row in rounds] == [[3, 7], [3, 7], [3]]
+    assert rounds[1]["ticket"]["mean"] == pytest.approx(0.84) and rounds[2]["ticket"]["std"] is None
+    assert [g["mean"] for g in paired_gap(rounds, "ticket", "dense")] == pytest.approx([0.02, 0.03])
+
+
 def test_user_errors_are_one_line_value_errors():
     with pytest.raises(ValueError, match="unknown suite"):
         suite("everything")
