@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from compress import paths
-from compress.reproduce import suite
+from compress.reproduce import run_suite, suite
 from compress.reproduce.aggregate import aggregate_rounds, bar_check, paired_gap, stats
+from compress.reproduce.report import write_results
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,11 +70,12 @@ def test_smoke_numbers_come_from_the_run_dirs(smoke):
 
 def test_rerun_resumes_without_training(smoke, tmp_path):
     out, runs = smoke
-    before = (runs / "smoke_lenet300" / "seed0" / paths.SUMMARY).read_text()
-    env = {**os.environ, "COMPRESS_THREADS": "1", "PYTHONPATH": REPO}
-    subprocess.run([sys.executable, os.path.join(REPO, "tools", "reproduce.py"), "--suite", "smoke",
-                    "--out", str(tmp_path / "again"), "--runs", str(runs)], check=True, env=env, capture_output=True)
-    assert (runs / "smoke_lenet300" / "seed0" / paths.SUMMARY).read_text() == before
+    result = runs / "smoke_lenet300" / "seed0" / "round_02" / paths.RESULT
+    before = (result.stat().st_mtime_ns, result.read_text())
+    experiments = suite("smoke")
+    run_suite(experiments, runs, jobs=1)  # in-process: the same code path as the CLI with --jobs 1
+    write_results(experiments, runs, tmp_path / "again", "smoke")
+    assert (result.stat().st_mtime_ns, result.read_text()) == before
     assert json.loads((tmp_path / "again" / "smoke_lenet300.json").read_text())["rounds"] == \
         json.loads((out / "smoke_lenet300.json").read_text())["rounds"]
 
