@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from bench_cases import BACKEND_ORDER, CASES, METHOD, RESULTS, Session
+from bench_cases import BACKEND_ORDER, CASES, METHOD, RESULTS, Session, channel_section
 
 from compress.bench import load_average, machine_info, write_results
 
@@ -30,6 +30,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     machine = {**machine_info(_SESSION.threads), "load_before": _SESSION.load_before, "load_after": load_average()}
     notes = [f"Wall time of the benchmark session: {time.time() - _SESSION.started:.0f} s."]
     for label, built in _SESSION.built.items():
+        if built.compact_widths is not None:
+            notes.append(f"{label}: compact_model leaves layer widths {', '.join(map(str, built.compact_widths))}; "
+                         f"MACs remaining {built.facts['macs_remaining']:.1%} (compacted / dense, count_macs) -- "
+                         f"the masked model's nonzero-weight count says {built.facts['macs_remaining_nonzero']:.1%}")
         for name, why in built.unavailable.items():
             notes.append(f"{label}: {name} not run -- {why}")
         auto = built.backends.get("auto")
@@ -42,9 +46,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                              + ", ".join(f"{n} {ms:.4g}" for n, ms in choice["median_ms"].items())
                              + (f"; per-layer picks: {layers}" if layers else "") + ")"
                              + (f"; then at run time: {choice['demoted']}" if "demoted" in choice else ""))
-    write_results(sorted(_SESSION.records, key=_order), RESULTS, machine, report_name="README.md",
+    records = sorted(_SESSION.records, key=_order)
+    sections = ([("Channel tickets", channel_section(records, _SESSION.built, machine))]
+                if any(r.get("granularity") == "channel" for r in records) else [])
+    write_results(records, RESULTS, machine, report_name="README.md",
                   title="Sparse inference on CPU: lottery tickets, dense vs CSR vs ONNX Runtime",
-                  method=METHOD.format(threads=_SESSION.threads), notes=notes)
+                  method=METHOD.format(threads=_SESSION.threads), notes=notes, extra_sections=sections)
 
 
 def _order(record: dict) -> tuple:

@@ -10,14 +10,14 @@ import statistics
 import time
 
 import pytest
-from bench_cases import BACKEND_ORDER, BATCH_SIZES, BUDGET_S, CASES, MAX_ROUNDS, MIN_ROUNDS
+from bench_cases import BATCH_SIZES, BUDGET_S, CASES, MAX_ROUNDS, MIN_ROUNDS
 
 from compress.bench import BASELINE
 from compress.bench.suite import record
 from compress.bench.timing import Timing
 
 PARAMS = [pytest.param(case, batch, backend, id=f"{case.slug}-b{batch}-{backend}")
-          for case in CASES for batch in BATCH_SIZES for backend in BACKEND_ORDER]
+          for case in CASES for batch in BATCH_SIZES for backend in case.backends]
 
 
 def _per_call(fn, x) -> float:
@@ -76,6 +76,9 @@ def test_sparse_inference(benchmark, bench_session, case, batch, backend):
     timing = Timing(median_ms=stats.median * 1e3, iqr_ms=stats.iqr * 1e3, min_ms=stats.min * 1e3,
                     repeats=stats.rounds)
     row = record(built.facts, backend, batch, timing, bench_session.threads)
+    row["granularity"] = built.facts["granularity"]
+    if "macs_remaining_nonzero" in built.facts:
+        row["macs_remaining_nonzero"] = round(built.facts["macs_remaining_nonzero"], 5)
     if paired:
         row["dense_ort_paired_ms"] = round(statistics.median(paired[warmup:] or paired) * 1e3, 5)
         row["speedup_vs_dense_ort"] = 1.0 if backend == BASELINE else round(

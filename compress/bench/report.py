@@ -53,6 +53,23 @@ def add_speedups(records: list[dict]) -> list[dict]:
     return records
 
 
+PANELS_PER_ROW = 5
+
+
+def speed_limit(record: dict) -> tuple[float | None, str]:
+    """The FLOP limit of a ticket's speedup over dense, and how it is written.
+
+    Weight tickets: 1/(1−s) for weight sparsity s. Channel tickets (``granularity: channel``, compacted):
+    1/macs_remaining -- dropping a channel also drops its inputs in the next layer, so the MACs shrink
+    faster than the weights.
+    """
+    if record.get("granularity") == "channel" and record.get("macs_remaining"):
+        return 1.0 / record["macs_remaining"], "1/MACs"
+    if record["weights_remaining"] > 0:
+        return 1.0 / record["weights_remaining"], "1/(1−s)"
+    return None, "1/(1−s)"
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
 
@@ -77,7 +94,7 @@ def summary_table(records: list[dict]) -> str:
 
     Call after ``add_speedups``.
     """
-    lines = ["| model | batch | fastest backend | × dense ORT | auto × dense ORT | 1/(1−s) |",
+    lines = ["| model | batch | fastest backend | × dense ORT | auto × dense ORT | FLOP limit |",
              "|---|---:|---|---:|---:|---:|"]
     groups = dict.fromkeys((r["model"], r["batch_size"]) for r in records)
     for model, batch in groups:
@@ -90,8 +107,9 @@ def summary_table(records: list[dict]) -> str:
             value = None if row is None else row.get("speedup_vs_dense_ort")
             return "n/a" if value is None else f"{value:.2f}×"
 
-        limit = f"{1 / best['weights_remaining']:.0f}×" if best["weights_remaining"] > 0 else "n/a"
-        lines.append(f"| {model} | {batch} | {best['backend']} | {ratio(best)} | {ratio(auto)} | {limit} |")
+        limit, how = speed_limit(best)
+        limit_text = "n/a" if limit is None else f"{limit:.3g}× ({how})"
+        lines.append(f"| {model} | {batch} | {best['backend']} | {ratio(best)} | {ratio(auto)} | {limit_text} |")
     return "\n".join(lines)
 
 
@@ -110,7 +128,8 @@ def machine_markdown(machine: dict) -> str:
 
 
 def plot_speedups(records: list[dict], path: Path, title: str = "Speedup over dense ONNX Runtime") -> Path | None:
-    """Bars: measured speedup per backend and batch size, one panel per model; dashed: 1/(1−s) limit."""
+    """Bars: measured speedup per backend and batch size, one panel per model (at most ``PANELS_PER_ROW``
+    a row); dashed: the FLOP limit (``speed_limit``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,11 +140,17 @@ def plot_speedups(records: list[dict], path: Path, title: str = "Speedup over de
         return None
     models = list(dict.fromkeys(r["model"] for r in measured))
     backends = list(dict.fromkeys(r["backend"] for r in measured))
-    fig_width = 3.6 * len(models) + 1
-    fig, axes = plt.subplots(1, len(models), figsize=(fig_width, 4.2), squeeze=False, sharey=True)
+    columns_of_panels = min(len(models), PANELS_PER_ROW)
+    panel_rows = -(-len(models) // columns_of_panels)
+    fig_width = 3.6 * columns_of_panels + 1
+    fig, grid = plt.subplots(panel_rows, columns_of_panels, figsize=(fig_width, 0.4 + 3.8 * panel_rows),
+                             squeeze=False, sharey=True)
+    axes = list(grid.flat)
+    for ax in axes[len(models):]:
+        ax.set_visible(False)  # the last row's empty slots
     width = 0.8 / len(backends)
     colors = plt.get_cmap("tab10")
-    for ax, model in zip(axes[0], models, strict=True):
+    for ax, model in zip(axes, models, strict=False):
         rows = [r for r in measured if r["model"] == model]
         batches = sorted({r["batch_size"] for r in rows})
         for j, backend in enumerate(backends):
@@ -138,18 +163,21 @@ def plot_speedups(records: list[dict], path: Path, title: str = "Speedup over de
                        label=backend if i == 0 else None)
                 ax.text(i + (j - (len(backends) - 1) / 2) * width, value, f"{value:.2f}", ha="center",
                         va="bottom", fontsize=6, rotation=90)
-        limit = 1.0 / rows[0]["weights_remaining"] if rows[0]["weights_remaining"] > 0 else None
+        limit, how = speed_limit(rows[0])
         if limit:
             ax.axhline(limit, color="gray", linestyle="--", linewidth=1)
-            ax.text(len(batches) - 0.5, limit, f"1/(1−s) = {limit:.0f}×", ha="right", va="bottom", fontsize=7,
+            ax.text(len(batches) - 0.5, limit, f"{how} = {limit:.3g}×", ha="right", va="bottom", fontsize=7,
                     color="gray")
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-        ax.set_title(f"{model}\n{rows[0]['weights_remaining']:.1%} weights remaining", fontsize=9)
+        left = (f"{rows[0]['macs_remaining']:.1%} MACs remaining" if how == "1/MACs"
+                else f"{rows[0]['weights_remaining']:.1%} weights remaining")
+        ax.set_title(f"{model}\n{left}", fontsize=9)
         ax.set_yscale("log")
-    axes[0][0].set_ylabel("× dense ORT (median latency ratio)")
+    for row in grid:
+        row[0].set_ylabel("× dense ORT (median latency ratio)")
     handles, labels = [], []
-    for ax in axes[0]:
+    for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             if label not in labels:
                 handles.append(handle)
@@ -158,7 +186,7 @@ def plot_speedups(records: list[dict], path: Path, title: str = "Speedup over de
     legend_rows = -(-len(labels) // columns)
     fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 * legend_rows + 0.01, 1, 1))
+    fig.tight_layout(rect=(0, (0.06 * legend_rows + 0.01) / panel_rows, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -170,10 +198,12 @@ def plot_speedups(records: list[dict], path: Path, title: str = "Speedup over de
 
 def write_results(records: list[dict], out_dir: str | Path, machine: dict, *, stem: str = "sparse_inference",
                   report_name: str = "report.md", title: str = "Sparse inference benchmark",
-                  method: str = "", notes: list[str] | None = None) -> dict[str, Path]:
+                  method: str = "", notes: list[str] | None = None,
+                  extra_sections: list[tuple[str, str]] | None = None) -> dict[str, Path]:
     """``<stem>.json`` (the records), ``<stem>.machine.json``, ``<report_name>`` and ``<stem>.png`` in ``out_dir``.
 
     Every file name carries ``stem`` except the report's, so other benchmarks can share the folder.
+    ``extra_sections``: (heading, markdown) pairs placed after the summary.
     """
     out = Path(out_dir)
     records = add_speedups(records)
@@ -184,12 +214,16 @@ def write_results(records: list[dict], out_dir: str | Path, machine: dict, *, st
     sections = [f"# {title}", "", "## Machine", "", machine_markdown(machine), ""]
     if method:
         sections += ["## What was measured and how", "", method.strip(), ""]
-    sections += ["## Summary", "", summary_table(records), "", "## All results", "", markdown_table(records), ""]
+    sections += ["## Summary", "", summary_table(records), ""]
+    for heading, body in extra_sections or []:
+        sections += [f"## {heading}", "", body.strip(), ""]
+    sections += ["## All results", "", markdown_table(records), ""]
     if chart is not None:
         paths["chart"] = chart
         sections += [f"![speedup over dense ORT]({chart.name})", "",
                      "Bars: measured median-latency ratio to dense ORT (same model, batch size and run); "
-                     "dashed: the 1/(1−s) FLOP limit of weight sparsity s; no bar where nothing was measured.", ""]
+                     "dashed: the FLOP limit, 1/(1−s) for weight sparsity s, 1/macs_remaining for a compacted "
+                     "channel ticket; no bar where nothing was measured.", ""]
     if notes:
         sections += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     save_text("\n".join(sections), paths["report"])

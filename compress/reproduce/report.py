@@ -78,7 +78,9 @@ def accuracy_table(result: dict) -> str:
     rounds = result["rounds"]
     kinds = [k for k in _present(rounds) if k != "dense"]
     gaps = {g["round"]: g for g in result["gaps"]["ticket_minus_reinit"]}
+    over_dense = {g["round"]: g for g in result["gaps"]["ticket_minus_dense"]}
     header = ["round", "% remaining", "seeds", "dense / ticket", *[k for k in kinds if k != "ticket"]]
+    header.append("ticket − dense (points)")
     if gaps:
         header.append("ticket − reinit (points)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -86,6 +88,7 @@ def accuracy_table(result: dict) -> str:
         cells = [str(row["round"]), f"{row['weights_remaining'] * 100:.1f}", str(len(row["seeds"])),
                  _pm(row.get("dense") or row.get("ticket"))]
         cells += [_pm(row.get(k)) for k in kinds if k != "ticket"]
+        cells.append(_pm(over_dense.get(row["round"])) if row["round"] > 0 else "–")
         if gaps:
             cells.append(_pm(gaps.get(row["round"])))
         lines.append("| " + " | ".join(cells) + " |")
@@ -184,8 +187,9 @@ def _headline(result: dict) -> list[str]:
     lines = []
     best = result.get("best_ticket_over_dense")
     if best:
-        lines.append(f"- best mean ticket vs dense: {best['ticket_minus_dense'] * 100:+.2f} points at "
-                     f"{best['weights_remaining'] * 100:.1f}% remaining (round {best['round']})")
+        lines.append(f"- best mean ticket vs dense (paired by seed): {best['ticket_minus_dense'] * 100:+.2f} points "
+                     f"at {best['weights_remaining'] * 100:.1f}% remaining (round {best['round']}, "
+                     f"{best['seeds']} seed(s))")
     speed = result.get("early_stop_speedup")
     if speed:
         lines.append(f"- earliest mean ticket early stop: iteration {speed['ticket_iteration']:.0f} at "

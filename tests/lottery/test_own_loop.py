@@ -19,7 +19,8 @@ def test_hand_written_loop_matches_find_ticket(tmp_path, make_recipe):
     model = build_model(recipe.model, data.num_classes, data.in_channels, data.image_size, seed=recipe.seed)
     search = compress.LotterySearch(model, recipe)
     for _level in search.levels():
-        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.train.optimizer.lr)  # fresh state per level
+        # fresh state per level; fused=True because that is what the toolkit's own loop builds
+        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.train.optimizer.lr, fused=True)
         batches = data.train.batches(recipe.train.batch_size, recipe.seed)
         for step in range(1, recipe.train.iterations + 1):
             x, y = next(batches)
