@@ -23,7 +23,7 @@ from compress.lottery.ticket import save_ticket
 from compress.models import build_model
 from compress.pruning import plain_state_dict, random_masks_like
 from compress.recipe import Recipe, dump_recipe, recipe_hash, recipe_to_dict
-from compress.runtime import resolve_device, seed_everything
+from compress.runtime import resolve_device, seed_everything, set_threads
 
 REINIT_SEED_STRIDE = 10_007
 
@@ -68,6 +68,7 @@ class LotteryRun:
         self.run_dir = prepare_run_dir(recipe, run_dir or default_run_dir(recipe))
         self.progress = progress
         self.device = resolve_device(recipe.train.device)
+        set_threads()  # COMPRESS_THREADS pins torch's threads (e.g. 1 per process when seeds run in parallel)
         seed_everything(recipe.seed)
         self.data = load_dataset(recipe.data, recipe.seed, self.device)
         self.search = LotterySearch(self.make_model(recipe.seed), recipe, where)
