@@ -118,3 +118,19 @@ def test_channel_records_use_the_macs_limit():
     assert speed_limit(channel) == (4.0, "1/MACs")
     assert speed_limit({**channel, "granularity": "weight"}) == (2.0, "1/(1−s)")
     assert "4× (1/MACs)" in summary_table([channel])
+
+
+def test_channel_section_states_the_verdict_and_flags_close_calls():
+    facts = {"granularity": "channel", "weights_remaining": 0.5, "macs_remaining": 0.25}
+    built = {"conv4@50% channels": bench_cases.Built({}, {}, facts, compact_widths=[32, 32, 64, 64, 128, 128, 10],
+                                                     load=(1.0, 1.0, 1.0)),
+             "conv4@10%": bench_cases.Built({}, {}, {**facts, "granularity": "weight", "macs_remaining": 0.1})}
+    records = [_record("conv4@50% channels", 1, "ort_compact", 3.6, 0.25),
+               _record("conv4@50% channels", 64, "ort_compact", 2.85, 0.25),  # 0.7125: met, within 5 %
+               _record("conv4@10%", 64, "ort_compact", 1.0, 0.1, granularity="weight")]
+    machine = {"load_before": (1.0, 1.0, 1.0), "load_after": (1.2, 1.0, 1.0), "logical_cores": 2, "threads": 1}
+    text = bench_cases.channel_section(records, built, machine)
+    assert "| conv4@10% | weight |" in text, "the weight ticket of the same model sits next to it"
+    assert "goal **met** on conv4@50% channels; **missed** on none" in text
+    assert text.count("(within 5% of the bar)") == 1
+    assert "32, 32, 64, 64, 128, 128, 10" in text and "load average (1 min) 1.00 before" in text
