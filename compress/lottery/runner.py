@@ -44,6 +44,10 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path) -> Path:
                              "or delete that folder")
     elif distributed.is_main():
         save_text(text, recorded)
+    if distributed.is_main():
+        # a kill -9 in the middle of an atomic write leaves its temporary file behind (the target is intact)
+        for stale in run_dir.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     distributed.barrier()
     return run_dir
 
