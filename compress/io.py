@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from compress.errors import ArtifactError
 
 
 def _umask() -> int:
@@ -72,3 +75,36 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+class CorruptArtifactError(ArtifactError):
+    """A run file that is truncated or unreadable (a disk that filled up, a copy cut short)."""
+
+
+def load_torch(path: Path, map_location: str | torch.device | None = "cpu") -> Any:
+    """Load a file this project wrote, never unpickling code: tensors and plain data only.
+
+    A file with any other Python object in it (a crafted ``ticket.pt`` a user was sent) is refused
+    with ``ArtifactError``; a truncated or corrupt one raises ``CorruptArtifactError`` naming it, so
+    a caller that can recompute it may move it aside and do so.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise ArtifactError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ArtifactError(path, "is a folder, not a file") from None
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" in str(error).lower():
+            raise ArtifactError(path, "refused: it holds Python objects other than tensors and plain data, "
+                                      "which compress never writes (loading it could run code)") from None
+        raise CorruptArtifactError(path, f"truncated or corrupt ({_first_line(error)})") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+        # torch's zip reader raises RuntimeError for a cut file; the unpickler EOFError and friends
+        raise CorruptArtifactError(path, f"truncated or corrupt ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:160] if text else type(error).__name__

@@ -7,6 +7,8 @@ import fnmatch
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from compress.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -21,7 +23,7 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             key = name or obj.__name__  # type: ignore[attr-defined]
             if key in self._entries:
-                raise ValueError(f"{self.kind} {key!r} is already registered")
+                raise UserError(f"{self.kind} {key!r} is already registered")
             self._entries[key] = obj
             return obj
 
@@ -29,7 +31,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries:
-            raise ValueError(self.unknown_message(name))
+            raise UserError(self.unknown_message(name))
         return self._entries[name]
 
     def unknown_message(self, name: str) -> str:

@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from compress.errors import UserError
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU."""
@@ -17,7 +19,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         # under torchrun each process takes its own GPU
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        raise UserError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
     return torch.device(name)
 
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from compress.cli import run_cli
+from compress.errors import UserError
 
 
 def main() -> int:
@@ -32,16 +33,16 @@ def main() -> int:
     from compress.bench import BACKENDS, benchmark, write_results
 
     if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.budget <= 0:
-        raise ValueError(f"--budget must be > 0 seconds, got {args.budget}")
+        raise UserError(f"--budget must be > 0 seconds, got {args.budget}")
     if any(b < 1 for b in args.batch_sizes):
-        raise ValueError(f"--batch-sizes must be >= 1, got {args.batch_sizes}")
+        raise UserError(f"--batch-sizes must be >= 1, got {args.batch_sizes}")
     if args.onnx:
         path = Path(args.onnx)
         backends = args.backends or ["ort_dense"]
         if backends != ["ort_dense"]:
-            raise ValueError("--onnx runs the file as given: only the ort_dense backend (use --run for the others)")
+            raise UserError("--onnx runs the file as given: only the ort_dense backend (use --run for the others)")
         out = Path(args.out) if args.out else path.with_name(f"{path.stem}-bench")
     else:
         path = Path(args.run)

@@ -36,6 +36,7 @@ from compress.bench.backends import Backend, TorchBackend
 from compress.bench.source import Source, batch_of
 from compress.bench.sparse import LinearChain, linear_chains
 from compress.bench.timing import measure_interleaved, pinned_threads
+from compress.errors import UserError
 
 TOLERANCE = 1e-4
 MARGIN = 0.05  # leave the dense baseline only for a gain larger than this (timing noise on a shared CPU)
@@ -139,7 +140,7 @@ class AutoBackend(Backend):
         super().__init__("auto")
         sizes = sorted({int(b) for b in batch_sizes})
         if not sizes or sizes[0] < 1:
-            raise ValueError(f"auto needs batch sizes >= 1, got {list(batch_sizes)}")
+            raise UserError(f"auto needs batch sizes >= 1, got {list(batch_sizes)}")
         example = source.require_example("auto")
         candidates = dict(candidates)
         # Fewer torch threads than pinned is a choice too: small sparse ops gain nothing from a second

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from compress.bench.source import Source, SourceLike, resolve_source
 from compress.bench.sparse import linear_chains
+from compress.errors import UserError
 from compress.pruning import fold_masks
 
 BACKENDS = ("torch_dense", "torch_sparse", "torch_sparse_compact", "ort_dense", "ort_compact", "auto")
@@ -100,10 +101,10 @@ class OrtBackend(Backend):
 
 def _check_names(names: list[str] | tuple[str, ...]) -> None:
     if not names:
-        raise ValueError(f"no backend asked for; choose from {', '.join(BACKENDS)}")
+        raise UserError(f"no backend asked for; choose from {', '.join(BACKENDS)}")
     unknown = [name for name in names if name not in BACKENDS]
     if unknown:
-        raise ValueError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+        raise UserError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
 
 
 def _torch_sparse(name: str, model: nn.Module) -> TorchBackend:
@@ -204,5 +205,5 @@ def make_backend(name: str, model: SourceLike, example_input: torch.Tensor | Non
     built, unavailable = make_backends([name], model, example_input, threads=threads, batch_sizes=batch_sizes,
                                        workdir=workdir, budget_s=budget_s)
     if name not in built:
-        raise ValueError(f"backend {name!r} cannot run this model: {unavailable.get(name, 'not built')}")
+        raise UserError(f"backend {name!r} cannot run this model: {unavailable.get(name, 'not built')}")
     return built[name]

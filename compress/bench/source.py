@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from compress import paths
+from compress.errors import UserError
 from compress.pruning import PRUNABLE_TYPES, apply_masks, fold_masks, magnitude_masks, prunable_modules
 
 
@@ -35,12 +36,12 @@ class Source:
             except ValueError as error:
                 self._compact = str(error).splitlines()[0]
         if isinstance(self._compact, str):
-            raise ValueError(self._compact)
+            raise UserError(self._compact)
         return self._compact
 
     def require_example(self, what: str) -> torch.Tensor:
         if self.example_input is None:
-            raise ValueError(f"{what} needs example_input (a batch of one input) for a plain nn.Module")
+            raise UserError(f"{what} needs example_input (a batch of one input) for a plain nn.Module")
         return self.example_input
 
 
@@ -69,16 +70,16 @@ def resolve_source(source: SourceLike, example_input: torch.Tensor | None = None
         return Source(label or source["model"]["name"], model=ticket_model(source),
                       example_input=example if example is not None else _ticket_example(source))
     if not isinstance(source, (str, Path)):
-        raise ValueError(f"expected an nn.Module, a ticket dict or a path, got {type(source).__name__}")
+        raise UserError(f"expected an nn.Module, a ticket dict or a path, got {type(source).__name__}")
     path = Path(source)
     if path.suffix == ".onnx":
         if not path.is_file():
-            raise ValueError(f"{path}: no such ONNX file")
+            raise UserError(f"{path}: no such ONNX file")
         return Source(label or path.stem, onnx_path=path,
                       example_input=example if example is not None else onnx_example(path))
     if path.is_dir():
         if not (path / paths.TICKET).is_file():
-            raise ValueError(f"{path}: no {paths.TICKET} in this directory (a run writes it after its first round)")
+            raise UserError(f"{path}: no {paths.TICKET} in this directory (a run writes it after its first round)")
         label = label or path.name
         path = path / paths.TICKET
     from compress.lottery.ticket import read_ticket, ticket_model
@@ -96,7 +97,7 @@ def onnx_example(path: Path) -> torch.Tensor:
     dims = graph.input[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims][1:]
     if any(d is None or d <= 0 for d in shape):
-        raise ValueError(f"{path}: input {graph.input[0].name!r} has symbolic non-batch dims; pass an example input")
+        raise UserError(f"{path}: input {graph.input[0].name!r} has symbolic non-batch dims; pass an example input")
     return torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
 
 
@@ -108,7 +109,7 @@ def weights_remaining(model: nn.Module) -> float:
         total += module.weight.numel()
         nonzero += int(torch.count_nonzero(module.weight.detach()))
     if not total:
-        raise ValueError("the model has no Conv2d or Linear layer")
+        raise UserError("the model has no Conv2d or Linear layer")
     return nonzero / total
 
 
@@ -127,7 +128,7 @@ def onnx_weights_remaining(path: Path) -> float:
         total += array.size
         nonzero += int((array != 0).sum())
     if not total:
-        raise ValueError(f"{path}: no Conv/Gemm/MatMul weight initializers")
+        raise UserError(f"{path}: no Conv/Gemm/MatMul weight initializers")
     return nonzero / total
 
 
@@ -143,7 +144,7 @@ def macs_remaining(model: nn.Module, example_input: torch.Tensor) -> float:
 def batch_of(example: torch.Tensor, batch_size: int, seed: int = 0) -> torch.Tensor:
     """A contiguous random batch shaped like ``example`` (values do not change dense or CSR timings)."""
     if batch_size < 1:
-        raise ValueError(f"batch sizes must be >= 1, got {batch_size}")
+        raise UserError(f"batch sizes must be >= 1, got {batch_size}")
     return torch.randn(batch_size, *example.shape[1:], generator=torch.Generator().manual_seed(seed))
 
 
@@ -154,7 +155,7 @@ def magnitude_ticket(model: nn.Module, remaining: float) -> nn.Module:
     only the sparsity pattern's density matters, not what the weights learned.
     """
     if not 0.0 < remaining <= 1.0:
-        raise ValueError(f"remaining must be in (0, 1], got {remaining}")
+        raise UserError(f"remaining must be in (0, 1], got {remaining}")
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
     weights = {name: m.weight.detach() for name, m in layers}
     masks = magnitude_masks(weights, {name: torch.ones_like(w) for name, w in weights.items()},

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from compress.errors import UserError
+
 # Layers that act elementwise, so they run unchanged on feature-major activations; Dropout and
 # Identity are no-ops in eval mode (backends only run in eval mode).
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
@@ -35,7 +37,7 @@ _LINEAR, _RELU, _ACT = 0, 1, 2
 def to_csr(weight: torch.Tensor) -> torch.Tensor:
     """A 2-D dense weight as CSR with int32 indices, holding exactly its nonzero entries."""
     if weight.dim() != 2:
-        raise ValueError(f"to_csr needs a 2-D weight, got shape {tuple(weight.shape)}")
+        raise UserError(f"to_csr needs a 2-D weight, got shape {tuple(weight.shape)}")
     dense = weight.detach().contiguous()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
@@ -61,7 +63,7 @@ class LinearChain(nn.Module):
     def __init__(self, layers: list[tuple[str, nn.Module]], flatten: bool = False) -> None:
         super().__init__()
         if not layers or not isinstance(layers[0][1], nn.Linear):
-            raise ValueError("a LinearChain starts with an nn.Linear")
+            raise UserError("a LinearChain starts with an nn.Linear")
         self.flatten = flatten
         self.names: list[str] = []
         self.dense: list[torch.Tensor] = []
@@ -87,7 +89,7 @@ class LinearChain(nn.Module):
                 self.steps.append((_ACT, len(self.acts)))
                 self.acts.append(module)
             elif not isinstance(module, _NO_OPS):
-                raise ValueError(f"{name} ({type(module).__name__}) cannot run inside a LinearChain")
+                raise UserError(f"{name} ({type(module).__name__}) cannot run inside a LinearChain")
         self.default_plan: tuple[bool, ...] = (True,) * len(self.names)
         self.plans: dict[int, tuple[bool, ...]] = {}
         self._cache: dict[int, list[torch.Tensor]] = {}  # rows -> weight per Linear, from the plan
@@ -100,7 +102,7 @@ class LinearChain(nn.Module):
         """``use_csr`` for every Linear (a bool) or per Linear; for one batch size or as the default."""
         plan = (use_csr,) * len(self.names) if isinstance(use_csr, bool) else tuple(use_csr)
         if len(plan) != len(self.names):
-            raise ValueError(f"plan has {len(plan)} entries for {len(self.names)} Linear layers")
+            raise UserError(f"plan has {len(plan)} entries for {len(self.names)} Linear layers")
         if batch_size is None:
             self.default_plan = plan
         else:
@@ -217,5 +219,5 @@ def linear_chains(model: nn.Module) -> tuple[nn.Module, list[LinearChain]]:
             setattr(converted.get_submodule(parent_name) if parent_name else converted, attr, chain)
             chains.append(chain)
     if not chains:
-        raise ValueError("the model has no nn.Linear layer to run as CSR")
+        raise UserError("the model has no nn.Linear layer to run as CSR")
     return converted.eval(), chains

@@ -20,6 +20,7 @@ from compress.bench.source import (
     weights_remaining,
 )
 from compress.bench.timing import load_average, measure_interleaved, pinned_threads
+from compress.errors import UserError
 
 
 @dataclass
@@ -62,7 +63,7 @@ def benchmark(source: SourceLike, example_input: torch.Tensor | None = None, *,
     """
     sizes = sorted({int(b) for b in batch_sizes})
     if not sizes or sizes[0] < 1:
-        raise ValueError(f"batch sizes must be integers >= 1, got {list(batch_sizes)}")
+        raise UserError(f"batch sizes must be integers >= 1, got {list(batch_sizes)}")
     load_before = load_average()
     with pinned_threads(threads) as pinned:
         resolved = resolve_source(source, example_input, label)
@@ -70,7 +71,7 @@ def benchmark(source: SourceLike, example_input: torch.Tensor | None = None, *,
         built, unavailable = make_backends(list(backends), resolved, threads=pinned, batch_sizes=sizes,
                                            workdir=workdir, budget_s=min(budget_s, 0.3))
         if not built:
-            raise ValueError("no backend can run this model: "
+            raise UserError("no backend can run this model: "
                              + "; ".join(f"{name}: {why}" for name, why in unavailable.items()))
         example = resolved.require_example("benchmark")
         records = []

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from compress.errors import UserError
 from compress.runtime import set_threads
 
 
@@ -67,7 +68,7 @@ def _summary(samples: list[float]) -> Timing:
 
 def _check(warmup: int, min_repeats: int, max_repeats: int, budget_s: float) -> None:
     if warmup < 0 or min_repeats < 1 or max_repeats < min_repeats or budget_s <= 0:
-        raise ValueError(f"timing needs warmup >= 0, 1 <= min_repeats <= max_repeats and budget_s > 0, got "
+        raise UserError(f"timing needs warmup >= 0, 1 <= min_repeats <= max_repeats and budget_s > 0, got "
                          f"warmup={warmup}, min_repeats={min_repeats}, max_repeats={max_repeats}, budget_s={budget_s}")
 
 
@@ -115,7 +116,7 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], *, rounds: int = 5
     """
     _check(warmup, min_repeats, max_repeats, budget_s)
     if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+        raise UserError(f"rounds must be >= 1, got {rounds}")
     samples: dict[str, list[float]] = {name: [] for name in fns}
     per_round = (-(-min_repeats // rounds), max(1, max_repeats // rounds), budget_s / rounds)
     with _no_gc():

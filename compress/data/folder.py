@@ -18,6 +18,7 @@ from torch import Tensor
 
 from compress.data.locate import decoded_dir, extracted_dir, one_line, short_hash
 from compress.data.registry import RawData, StreamData, memory_limit
+from compress.errors import UserError
 from compress.io import save_torch
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def extract_tarball(tarball: Path, name: str) -> Path:
     if target.is_dir():
         tree = find_tree(target)
         if tree is None:
-            raise ValueError(f"cache folder {target} holds no train/ and test/ folders; delete it and retry")
+            raise UserError(f"cache folder {target} holds no train/ and test/ folders; delete it and retry")
         return tree
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
@@ -74,14 +75,14 @@ def extract_tarball(tarball: Path, name: str) -> Path:
                 _check_members(archive, tarball)
                 archive.extractall(tmp)
         if find_tree(tmp) is None:
-            raise ValueError(f"{tarball} holds no train/ and test/ (or val/) image folders")
+            raise UserError(f"{tarball} holds no train/ and test/ (or val/) image folders")
         try:
             os.replace(tmp, target)
         except OSError:
             if find_tree(target) is None:  # not a lost race with another process extracting the same file
                 raise
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise ValueError(f"cannot extract {tarball}: {one_line(exc)} (truncated or corrupt archive?); "
+        raise UserError(f"cannot extract {tarball}: {one_line(exc)} (truncated or corrupt archive?); "
                          f"replace the file or point data.root at an extracted folder") from exc
     finally:
         if tmp.exists():
@@ -93,7 +94,7 @@ def _check_members(archive: tarfile.TarFile, tarball: Path) -> None:
     for member in archive.getmembers():
         parts = Path(member.name).parts
         if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
-            raise ValueError(f"{tarball} has an unsafe member {member.name!r}; refusing to extract it")
+            raise UserError(f"{tarball} has an unsafe member {member.name!r}; refusing to extract it")
 
 
 @dataclass
@@ -113,18 +114,18 @@ def scan_tree(tree: Path) -> FolderTree:
     """Class folders of train/ (sorted, like torchvision's ImageFolder) and the files in each."""
     train_dir, test_dir = tree / "train", _test_dir(tree)
     if not train_dir.is_dir() or test_dir is None:
-        raise ValueError(f"{tree} needs train/ and test/ (or val/) sub-folders with one folder per class")
+        raise UserError(f"{tree} needs train/ and test/ (or val/) sub-folders with one folder per class")
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"{train_dir} has no class folders")
+        raise UserError(f"{train_dir} has no class folders")
     extra = sorted({p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")} - set(classes))
     if extra:
-        raise ValueError(f"{test_dir} has classes missing from train/: {', '.join(extra)}")
+        raise UserError(f"{test_dir} has classes missing from train/: {', '.join(extra)}")
     train = [(path, label) for label, c in enumerate(classes) for path in _images(train_dir / c)]
     test = [(path, label) for label, c in enumerate(classes) if (test_dir / c).is_dir()
             for path in _images(test_dir / c)]
     if not train:
-        raise ValueError(f"{train_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise UserError(f"{train_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return FolderTree(tree, classes, train, test)
 
 
@@ -166,7 +167,7 @@ def decode_samples(samples: list[tuple[str, int]], channels: int, size: int | No
     for i, (path, _) in enumerate(samples):
         image = decode_file(path, channels, size)
         if tuple(image.shape[1:]) != (height, width):
-            raise ValueError(f"images differ in size ({path} is {image.shape[2]}x{image.shape[1]}, others "
+            raise UserError(f"images differ in size ({path} is {image.shape[2]}x{image.shape[1]}, others "
                              f"{width}x{height}); set data.image_size to resize them")
         images[i] = image
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
@@ -214,10 +215,10 @@ def load_tree(tree: Path, name: str, size: int | None, source: str) -> RawData |
     channels, height, width = probe(scanned.train[0][0])
     side_h, side_w = (size, size) if size is not None else (height, width)
     if size is None and height != width:
-        raise ValueError(f"images in {tree} are not square ({width}x{height}); set data.image_size")
+        raise UserError(f"images in {tree} are not square ({width}x{height}); set data.image_size")
     if len(scanned.train) * channels * side_h * side_w * 4 > memory_limit():
         if size is None:
-            raise ValueError(f"{tree} is too large to hold in memory; set data.image_size so it can be streamed")
+            raise UserError(f"{tree} is too large to hold in memory; set data.image_size so it can be streamed")
         return StreamData(scanned.train, scanned.test, scanned.classes, source, channels, size)
     log.info("decoding %d images from %s (once; cached at %s)", len(scanned.train) + len(scanned.test), tree, cache)
     train_images, train_labels = decode_samples(scanned.train, channels, size, (height, width))
@@ -233,5 +234,5 @@ def resolve_folder_source(path: Path, name: str) -> Path:
         return extract_tarball(path, name)
     tree = find_tree(path)
     if tree is None:
-        raise ValueError(f"{path} is neither a .tar/.tar.gz nor a folder with train/ and test/ (or val/) sub-folders")
+        raise UserError(f"{path} is neither a .tar/.tar.gz nor a folder with train/ and test/ (or val/) sub-folders")
     return tree

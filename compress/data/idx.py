@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from compress.data.locate import download_root, one_line, search_roots
+from compress.errors import UserError
 from compress.recipe.schema import DataConfig
 
 IDX_FILES = {
@@ -31,16 +32,16 @@ def read_idx(path: Path) -> Tensor:
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)  # one shot: several times faster than streaming gzip.open
     except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"cannot read IDX file {path}: {one_line(exc)}") from exc
+        raise UserError(f"cannot read IDX file {path}: {one_line(exc)}") from exc
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+        raise UserError(f"{path} is not an IDX file (bad magic number)")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_DTYPES[data[2]])
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(data) - offset != expected:
-        raise ValueError(f"{path} is truncated or corrupt: {len(data) - offset} bytes of data, expected {expected}")
+        raise UserError(f"{path} is truncated or corrupt: {len(data) - offset} bytes of data, expected {expected}")
     array = np.frombuffer(data, dtype=dtype, offset=offset).reshape(dims)
     # frombuffer is read-only; torch wants a writable array, and native byte order
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
@@ -78,7 +79,7 @@ def read_idx_set(files: dict[str, Path]) -> tuple[Tensor, Tensor, Tensor, Tensor
     for part in ("train", "test"):
         images, labels = tensors[f"{part}_images"], tensors[f"{part}_labels"]
         if images.dim() != 3 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
-            raise ValueError(f"IDX {part} files disagree: images {tuple(images.shape)}, labels {tuple(labels.shape)} "
+            raise UserError(f"IDX {part} files disagree: images {tuple(images.shape)}, labels {tuple(labels.shape)} "
                              f"({files[f'{part}_images'].parent})")
     return (tensors["train_images"].unsqueeze(1), tensors["train_labels"].long(),
             tensors["test_images"].unsqueeze(1), tensors["test_labels"].long())
@@ -93,7 +94,7 @@ def download_idx(config: DataConfig, dataset_class: str, searched: str,
         how += f", or `{apt_hint}`"
     where = searched
     if not config.download:
-        raise ValueError(f"{config.name}: IDX files not found (searched {where}) and data.download is false; {how}")
+        raise UserError(f"{config.name}: IDX files not found (searched {where}) and data.download is false; {how}")
     import torchvision.datasets as tvd
 
     created = not (root / dataset_class).exists()
@@ -103,7 +104,7 @@ def download_idx(config: DataConfig, dataset_class: str, searched: str,
     except Exception as exc:  # torchvision raises RuntimeError / URLError / OSError depending on the failure
         if created:
             _remove_if_no_files(root / dataset_class)
-        raise ValueError(f"{config.name}: IDX files not found (searched {where}) and the download to {root} failed "
+        raise UserError(f"{config.name}: IDX files not found (searched {where}) and the download to {root} failed "
                          f"({one_line(exc)}); {how}") from exc
     tensors = (train.data.unsqueeze(1), train.targets.long(), test.data.unsqueeze(1), test.targets.long())
     return tensors, f"{root / dataset_class} (torchvision)"

@@ -10,6 +10,7 @@ import torch
 from compress.data.registry import DATASETS, RawData, StreamData, memory_limit
 from compress.data.stream import FolderSplit
 from compress.data.tensors import DataSplits, TensorSplit, channel_stats, normalise, seeded_generator
+from compress.errors import UserError
 from compress.recipe.schema import DataConfig
 from compress.runtime import resolve_device
 
@@ -20,13 +21,13 @@ _STATS_SAMPLE = 1000  # streamed folders: images decoded to estimate mean / std
 
 def _check_config(config: DataConfig) -> None:
     if config.validation_size < 0:
-        raise ValueError(f"data.validation_size must be >= 0, got {config.validation_size}")
+        raise UserError(f"data.validation_size must be >= 0, got {config.validation_size}")
     if config.train_subset is not None and config.train_subset < 1:
-        raise ValueError(f"data.train_subset must be >= 1 or null, got {config.train_subset}")
+        raise UserError(f"data.train_subset must be >= 1 or null, got {config.train_subset}")
     if config.test_subset is not None and config.test_subset < 1:
-        raise ValueError(f"data.test_subset must be >= 1 or null, got {config.test_subset}")
+        raise UserError(f"data.test_subset must be >= 1 or null, got {config.test_subset}")
     if config.image_size is not None and config.image_size < 1:
-        raise ValueError(f"data.image_size must be >= 1 or null, got {config.image_size}")
+        raise UserError(f"data.image_size must be >= 1 or null, got {config.image_size}")
 
 
 def split_indices(n: int, validation_size: int, train_subset: int | None, seed: int,
@@ -37,12 +38,12 @@ def split_indices(n: int, validation_size: int, train_subset: int | None, seed: 
     the first classes of a class-sorted folder.
     """
     if validation_size >= n:
-        raise ValueError(f"data.validation_size {validation_size} leaves no training examples: {name} has {n}")
+        raise UserError(f"data.validation_size {validation_size} leaves no training examples: {name} has {n}")
     order = torch.randperm(n, generator=seeded_generator("validation split", seed))
     val, train = order[:validation_size], order[validation_size:]
     if train_subset is not None:
         if train_subset > len(train):
-            raise ValueError(f"data.train_subset {train_subset} exceeds the {len(train)} training examples of {name} "
+            raise UserError(f"data.train_subset {train_subset} exceeds the {len(train)} training examples of {name} "
                              f"left after holding out validation_size {validation_size}")
         train = train[:train_subset]
     return train, val
@@ -84,7 +85,7 @@ def _tensor_splits(raw: RawData, train_rows: torch.Tensor, val_rows: torch.Tenso
     else:
         mean, std = torch.tensor(raw.mean), torch.tensor(raw.std)
     if len(mean) != channels:
-        raise ValueError(f"{raw.source}: {len(mean)} normalisation means for {channels} channels")
+        raise UserError(f"{raw.source}: {len(mean)} normalisation means for {channels} channels")
     side = image_size or height
     fill = -mean / std  # a black pixel after normalisation: what padding shows
 

@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from compress.errors import one_line  # noqa: F401  (re-exported for the data loaders)
 from compress.recipe.schema import DataConfig
 
 # System-wide copies, e.g. Debian's `apt-get install dataset-fashion-mnist`.
@@ -57,12 +58,3 @@ def download_root(config: DataConfig) -> Path:
 def short_hash(*parts: object, length: int = 12) -> str:
     return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:length]
 
-
-def one_line(exc: BaseException, limit: int = 200) -> str:
-    """An exception as one short line; of several lines keep the first and the last (torchvision's
-    download errors name the file first and the network failure last)."""
-    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
-    if len(lines) > 2:
-        lines = [lines[0], "...", lines[-1]]
-    text = " ".join(lines) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."

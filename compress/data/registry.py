@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from compress.errors import UserError
 from compress.recipe.schema import DataConfig
 from compress.registry import Registry
 
@@ -24,7 +25,7 @@ def memory_limit() -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"COMPRESS_DATA_MEMORY_LIMIT must be a number of bytes, got {value!r}") from None
+        raise UserError(f"COMPRESS_DATA_MEMORY_LIMIT must be a number of bytes, got {value!r}") from None
 
 
 @dataclass(frozen=True)

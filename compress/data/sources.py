@@ -13,6 +13,7 @@ from compress.data.folder import find_tree, is_tarball, load_tree, resolve_folde
 from compress.data.idx import download_idx, find_idx, idx_candidates, read_idx_set
 from compress.data.locate import download_root, one_line, search_roots
 from compress.data.registry import DatasetInfo, RawData, StreamData, register_dataset
+from compress.errors import UserError
 from compress.recipe.schema import DataConfig
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -56,7 +57,7 @@ def _register_idx(name: str, dataset_class: str, folder_names: tuple[str, ...], 
             tensors, source = download_idx(config, dataset_class, searched(config), apt_hint)
         for labels in (tensors[1], tensors[3]):
             if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
-                raise ValueError(f"{name}: labels in {source} fall outside 0..{len(classes) - 1}")
+                raise UserError(f"{name}: labels in {source} fall outside 0..{len(classes) - 1}")
         return RawData(*tensors, classes=list(classes), source=source, mean=(mean,), std=(std,))
 
     register_dataset(name, info=DatasetInfo(len(classes), 1, 28), find=find)(load)
@@ -114,17 +115,17 @@ def load_cifar10(config: DataConfig) -> RawData | StreamData:
     else:
         root = found[1] if found else download_root(config)
         if not found and not config.download:
-            raise ValueError(f"cifar10: not found (searched {_cifar_searched(config)}) and data.download is false; "
+            raise UserError(f"cifar10: not found (searched {_cifar_searched(config)}) and data.download is false; "
                              "set data.root or $COMPRESS_CIFAR10 to an ImageFolder copy (folder or .tar.gz)")
         try:
             tensors = _cifar_torchvision(root, download=not found)
         except Exception as exc:  # torchvision raises RuntimeError / URLError / OSError depending on the failure
-            raise ValueError(f"cifar10: not found (searched {_cifar_searched(config)}) and loading from {root} failed "
+            raise UserError(f"cifar10: not found (searched {_cifar_searched(config)}) and loading from {root} failed "
                              f"({one_line(exc)}); set data.root or $COMPRESS_CIFAR10 to an ImageFolder copy "
                              "(folder or .tar.gz)") from exc
         raw = RawData(*tensors, classes=list(CIFAR10_CLASSES), source=f"{root} (torchvision)")
     if raw.classes != CIFAR10_CLASSES:
-        raise ValueError(f"{raw.source} does not look like CIFAR-10 (classes {', '.join(raw.classes[:12])}); "
+        raise UserError(f"{raw.source} does not look like CIFAR-10 (classes {', '.join(raw.classes[:12])}); "
                          "use data.name: imagefolder for other image folders")
     raw.mean, raw.std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     return raw
@@ -143,11 +144,11 @@ def _stem(path: Path) -> str:
 def _imagefolder_path(config: DataConfig) -> Path:
     location = config.root or os.environ.get("COMPRESS_DATA")
     if not location:
-        raise ValueError("imagefolder needs data.root (or $COMPRESS_DATA): a folder with train/ and test/ (or val/) "
+        raise UserError("imagefolder needs data.root (or $COMPRESS_DATA): a folder with train/ and test/ (or val/) "
                          "class folders, or a .tar/.tar.gz of one")
     path = Path(location).expanduser()
     if not path.exists():
-        raise ValueError(f"imagefolder: data.root {path} does not exist")
+        raise UserError(f"imagefolder: data.root {path} does not exist")
     return path
 
 

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from compress.data.folder import decode_file
 from compress.data.tensors import augment_params, check_batch_size, crop_flip, epoch_permutation
+from compress.errors import UserError
 
 
 def default_workers() -> int:
@@ -105,7 +106,7 @@ class FolderSplit:
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
         order = [list(range(i, min(i + batch_size, len(self)))) for i in range(0, len(self), batch_size)]
         for images, labels in self._loader(order):
             yield self._normalise(images), labels.to(self.device, non_blocking=True)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from compress.errors import UserError
+
 PAD = 4  # CIFAR-style random crop: pad 4, crop back to the original side
 _CHUNK = 4096  # examples per chunk when normalising / resizing a whole split
 
@@ -107,11 +109,11 @@ def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
 def check_batch_size(batch_size: int, n: int, start: int) -> int:
     """Batches per epoch; the last partial batch of each epoch is dropped."""
     if n == 0:
-        raise ValueError("cannot draw training batches from an empty split (validation_size 0 gives an empty val split)")
+        raise UserError("cannot draw training batches from an empty split (validation_size 0 gives an empty val split)")
     if not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size must be between 1 and the split size {n}, got {batch_size}")
+        raise UserError(f"batch_size must be between 1 and the split size {n}, got {batch_size}")
     if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
+        raise UserError(f"start must be >= 0, got {start}")
     return n // batch_size
 
 
@@ -137,7 +139,7 @@ class TensorSplit:
     def __init__(self, images: Tensor, labels: Tensor, *, fill: Tensor | None = None, size: int | None = None,
                  indices: Tensor | None = None) -> None:
         if images.dim() != 4 or images.shape[0] != labels.shape[0]:
-            raise ValueError(f"images must be N x C x H x W with one label each, got {tuple(images.shape)} "
+            raise UserError(f"images must be N x C x H x W with one label each, got {tuple(images.shape)} "
                              f"and {tuple(labels.shape)}")
         self.images = images
         self.labels = labels.to(device=images.device, dtype=torch.int64)
@@ -187,7 +189,7 @@ class TensorSplit:
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The split in order, in batches of ``batch_size`` (the last one may be smaller)."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
         for i in range(0, len(self), batch_size):
             yield resize(self.images[i:i + batch_size], self.size), self.labels[i:i + batch_size]
 

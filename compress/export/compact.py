@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from compress.errors import UserError
 from compress.pruning import fold_masks
 
 _WEIGHTED = (nn.Linear, nn.Conv2d)
@@ -83,12 +84,12 @@ class Compaction:
 class _Compactor:
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Sequential):
-            raise ValueError(f"compact_model supports nn.Sequential models ({SUPPORTED}); "
+            raise UserError(f"compact_model supports nn.Sequential models ({SUPPORTED}); "
                              f"{type(model).__name__} is not one -- export it without compaction")
         self.layers = [layer.eval() for layer in _flat_layers(fold_masks(model))]
         self.weighted = [i for i, layer in enumerate(self.layers) if isinstance(layer, _WEIGHTED)]
         if not self.weighted:
-            raise ValueError("compact_model: the model has no Linear or Conv2d layer")
+            raise UserError("compact_model: the model has no Linear or Conv2d layer")
         self.before = [_units(self.layers[i]) for i in self.weighted]
         self.links = [self._link(a, b) for a, b in zip(self.weighted, self.weighted[1:], strict=False)]
 
@@ -99,33 +100,33 @@ class _Compactor:
         first, second = self.layers[a], self.layers[b]
         for layer, index in ((first, a), (second, b)):
             if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-                raise ValueError(f"compact_model: {self._where(index)} has groups={layer.groups}; only groups=1")
+                raise UserError(f"compact_model: {self._where(index)} has groups={layer.groups}; only groups=1")
         if isinstance(first, nn.Linear) and isinstance(second, nn.Conv2d):
-            raise ValueError(f"compact_model: {self._where(a)} feeds {self._where(b)}; Linear -> Conv2d is not supported")
+            raise UserError(f"compact_model: {self._where(a)} feeds {self._where(b)}; Linear -> Conv2d is not supported")
         flattened = False
         for index in range(a + 1, b):
             module = self.layers[index]
             if isinstance(module, nn.Flatten):
                 if module.start_dim != 1 or module.end_dim != -1 or flattened:
-                    raise ValueError(f"compact_model: {self._where(index)}: only one Flatten(1, -1) per link")
+                    raise UserError(f"compact_model: {self._where(index)}: only one Flatten(1, -1) per link")
                 flattened = True
                 continue
             allowed = _POINTWISE if flattened else _POINTWISE + _NORMS + (_POOLS if isinstance(first, nn.Conv2d) else ())
             if not isinstance(module, allowed):
-                raise ValueError(f"compact_model: {self._where(index)} between {self._where(a)} and "
+                raise UserError(f"compact_model: {self._where(index)} between {self._where(a)} and "
                                  f"{self._where(b)} is not supported (supported: {SUPPORTED})")
             if isinstance(module, _NORMS) and (module.running_mean is None or module.num_features != _units(first)):
-                raise ValueError(f"compact_model: {self._where(index)} needs running statistics and "
+                raise UserError(f"compact_model: {self._where(index)} needs running statistics and "
                                  f"{_units(first)} features")
         units = _units(first)
         if isinstance(second, nn.Conv2d):
             if flattened or second.in_channels != units:
-                raise ValueError(f"compact_model: {self._where(a)} -> {self._where(b)}: channels do not line up")
+                raise UserError(f"compact_model: {self._where(a)} -> {self._where(b)}: channels do not line up")
             return _Link(a, b)
         if isinstance(first, nn.Conv2d) and not flattened:
-            raise ValueError(f"compact_model: {self._where(a)} -> {self._where(b)} needs a Flatten in between")
+            raise UserError(f"compact_model: {self._where(a)} -> {self._where(b)} needs a Flatten in between")
         if second.in_features % units or (isinstance(first, nn.Linear) and second.in_features != units):
-            raise ValueError(f"compact_model: {self._where(b)} has {second.in_features} inputs, not a multiple "
+            raise UserError(f"compact_model: {self._where(b)} has {second.in_features} inputs, not a multiple "
                              f"of the {units} units of {self._where(a)}")
         return _Link(a, b, second.in_features // units)
 

@@ -30,6 +30,8 @@ import warnings
 import torch
 import torch.nn as nn
 
+from compress.errors import UserError
+
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript)"
 INPUT_NAME = "input"
 
@@ -84,8 +86,8 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, opset: int, outputs: 
         culprit = failing_module(model, example_input, opset)
         if culprit:
             name, kind = culprit
-            raise ValueError(f"cannot export module {name!r} ({kind}) to ONNX opset {opset}: {reason}") from error
-        raise ValueError(f"ONNX export (opset {opset}) failed: {reason}") from error
+            raise UserError(f"cannot export module {name!r} ({kind}) to ONNX opset {opset}: {reason}") from error
+        raise UserError(f"ONNX export (opset {opset}) failed: {reason}") from error
 
 
 def failing_module(model: nn.Module, example_input: torch.Tensor, opset: int) -> tuple[str, str] | None:

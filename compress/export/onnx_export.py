@@ -10,6 +10,7 @@ import onnx
 import torch
 import torch.nn as nn
 
+from compress.errors import UserError
 from compress.export.compact import Compaction
 from compress.export.compact import compact as run_compaction
 from compress.export.exporter import EXPORTER, to_onnx
@@ -87,7 +88,7 @@ def _resolve(model_or_ticket) -> tuple[nn.Module, tuple[int, ...] | None]:
         shape = ticket["shape"]
         side = shape["image_size"]
         return ticket_model(ticket), (shape["in_channels"], side, side)
-    raise ValueError(f"export_onnx takes an nn.Module, a ticket dict or a ticket.pt path, "
+    raise UserError(f"export_onnx takes an nn.Module, a ticket dict or a ticket.pt path, "
                      f"got {type(model_or_ticket).__name__}")
 
 
@@ -96,12 +97,12 @@ def _outputs(model: nn.Module, x: torch.Tensor, what: str) -> list[torch.Tensor]
         with torch.no_grad():
             out = model(x)
     except Exception as error:  # a wrong input shape surfaces as many types
-        raise ValueError(f"{what}: the model cannot run on inputs of shape {tuple(x.shape)}: "
+        raise UserError(f"{what}: the model cannot run on inputs of shape {tuple(x.shape)}: "
                          f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
                          ) from error
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if not all(isinstance(o, torch.Tensor) for o in outs):
-        raise ValueError(f"{what}: the model must return a tensor or a tuple of tensors")
+        raise UserError(f"{what}: the model must return a tensor or a tuple of tensors")
     return outs
 
 
@@ -145,7 +146,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     path = Path(path)
     model, ticket_shape = _resolve(model_or_ticket)
     if isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= 20:
-        raise ValueError(f"opset must be an int from 7 to 20 (the TorchScript exporter's range), got {opset!r}")
+        raise UserError(f"opset must be an int from 7 to 20 (the TorchScript exporter's range), got {opset!r}")
     masks = get_masks(model)
     folded = _plain_zeros(fold_masks(model).cpu().float().eval())
     compaction = _compact_first(model) if compact else None  # fail on an unsupported model before any work
@@ -156,12 +157,12 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     else:
         shape = tuple(example_input.shape[1:]) if example_input is not None else ticket_shape
         if shape is None:
-            raise ValueError("export_onnx needs example_input or verify_inputs for a module (its input shape "
+            raise UserError("export_onnx needs example_input or verify_inputs for a module (its input shape "
                              "is unknown)")
         inputs, source = torch.randn(VERIFY_BATCH, *shape, generator=generator), "random normal (seed 0)"
     example = example_input.detach().cpu().float() if example_input is not None else inputs[:2]
     if inputs.dim() < 2 or inputs.shape[0] < 1 or tuple(example.shape[1:]) != tuple(inputs.shape[1:]):
-        raise ValueError(f"verify_inputs {tuple(inputs.shape)} and example_input {tuple(example.shape)} must be "
+        raise UserError(f"verify_inputs {tuple(inputs.shape)} and example_input {tuple(example.shape)} must be "
                          "batches of the same example shape")
 
     reference = _outputs(folded, inputs, path.name)
@@ -214,8 +215,8 @@ def _compact_export(compaction: Compaction, example: torch.Tensor, inputs: torch
     torch_diff = max_abs_diff([o.numpy() for o in outputs], reference)
     scale = max(1.0, max(float(r.abs().max()) for r in reference))
     if not torch_diff <= COMPACT_TOLERANCE * scale:
-        raise ValueError(f"{target.name}: compaction is not exact: max |compacted - original| = {torch_diff:.3g} "
-                         f"> {COMPACT_TOLERANCE * scale:.3g}")
+        raise RuntimeError(f"{target.name}: compaction is not exact: max |compacted - original| = {torch_diff:.3g} "
+                           f"> {COMPACT_TOLERANCE * scale:.3g}")
     weights = {f"{name}.weight": module.weight.detach() for name, module in small.named_modules()
                if isinstance(module, (nn.Linear, nn.Conv2d))}
     # no masks any more: every exact zero left in the compacted weights must survive the export

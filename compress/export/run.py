@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from compress import paths
+from compress.errors import UserError
 from compress.export.onnx_export import compact_path, export_onnx
 from compress.io import save_json
 
@@ -65,7 +66,7 @@ def _round_model(run_dir: Path, round_index: int, recipe, ticket: dict | None, d
 
     folder = paths.round_dir(run_dir, round_index)
     if recipe is None and ticket is None:
-        raise ValueError(f"{run_dir}: exporting round {round_index} needs the run's {paths.RECIPE} or {paths.TICKET}")
+        raise UserError(f"{run_dir}: exporting round {round_index} needs the run's {paths.RECIPE} or {paths.TICKET}")
     if ticket is not None:
         from compress.recipe.schema import ModelConfig
 
@@ -77,7 +78,7 @@ def _round_model(run_dir: Path, round_index: int, recipe, ticket: dict | None, d
         classes, channels = data.num_classes, data.in_channels
         side = recipe.data.image_size or data.image_size
     else:
-        raise ValueError(f"{run_dir}: no {paths.TICKET} and the dataset does not load, so the model's input "
+        raise UserError(f"{run_dir}: no {paths.TICKET} and the dataset does not load, so the model's input "
                          f"shape is unknown; cannot rebuild round {round_index}")
     model = build_model(config, classes, channels, side)
     masks = torch.load(folder / paths.MASK, map_location="cpu", weights_only=False)
@@ -86,7 +87,7 @@ def _round_model(run_dir: Path, round_index: int, recipe, ticket: dict | None, d
         apply_masks(model, masks)
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as error:
-        raise ValueError(f"{folder}: {paths.FINAL} / {paths.MASK} do not fit the run's model "
+        raise UserError(f"{folder}: {paths.FINAL} / {paths.MASK} do not fit the run's model "
                          f"({str(error).strip().splitlines()[0]})") from error
     return model.eval()
 
@@ -104,17 +105,17 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ValueError(f"{run_dir}: no such run dir")
+        raise UserError(f"{run_dir}: no such run dir")
     ticket_path = run_dir / paths.TICKET
     ticket = read_ticket(ticket_path) if ticket_path.exists() else None
     if round is None and ticket is None:
-        raise ValueError(f"{run_dir}: no {paths.TICKET} (not a run dir, or no round finished yet); "
+        raise UserError(f"{run_dir}: no {paths.TICKET} (not a run dir, or no round finished yet); "
                          "pass --round N to export a finished round")
     if round is not None:
         done = _finished_rounds(run_dir)
         if isinstance(round, bool) or not isinstance(round, int) or round not in done:
             listed = ", ".join(map(str, done)) or "none"
-            raise ValueError(f"{run_dir}: round {round} has no {paths.FINAL} + {paths.MASK} (finished rounds: {listed})")
+            raise UserError(f"{run_dir}: round {round} has no {paths.FINAL} + {paths.MASK} (finished rounds: {listed})")
     recipe, recipe_note = _load_recipe(run_dir)
 
     shape = None

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from compress.errors import UserError
 from compress.export.verify import check_onnx, session
 from compress.io import save_bytes
 
@@ -104,12 +105,12 @@ def save_sparse_onnx(path_in: str | Path, path_out: str | Path) -> dict:
     """
     path_in, path_out = Path(path_in), Path(path_out)
     if not path_in.is_file():
-        raise ValueError(f"{path_in}: no such ONNX file")
+        raise UserError(f"{path_in}: no such ONNX file")
     dense_bytes = path_in.read_bytes()
     try:
         proto = onnx.load_from_string(dense_bytes)
     except Exception as error:  # protobuf DecodeError and friends
-        raise ValueError(f"{path_in}: not an ONNX model ({type(error).__name__})") from error
+        raise UserError(f"{path_in}: not an ONNX model ({type(error).__name__})") from error
     sparse, converted = sparsify(proto)
     sparse_bytes = sparse.SerializeToString()
     check_onnx(sparse, path_out.name, full=False)
@@ -126,12 +127,12 @@ def compare_sessions(dense_bytes: bytes, sparse_bytes: bytes, feed: dict[str, np
         expected = session(dense_bytes).run(None, feed)
         actual = session(sparse_bytes).run(None, feed)
     except Exception as error:  # onnxruntime's own exception types
-        raise ValueError(f"{what}: onnxruntime cannot load or run the sparse-initializer model: "
+        raise UserError(f"{what}: onnxruntime cannot load or run the sparse-initializer model: "
                          f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
                          ) from error
     diff = max((float(np.abs(a.astype(np.float64) - e.astype(np.float64)).max(initial=0.0))
                 for a, e in zip(actual, expected, strict=True)), default=0.0)
     if not diff <= SPARSE_TOLERANCE:
-        raise ValueError(f"{what}: sparse-initializer model differs from the dense one by {diff:.3g}")
+        raise UserError(f"{what}: sparse-initializer model differs from the dense one by {diff:.3g}")
     return diff
 

@@ -16,6 +16,8 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
+from compress.errors import UserError
+
 # onnxruntime vs torch: float32 kernels differ in summation order, far below this
 ORT_TOLERANCE = 1e-4
 
@@ -29,11 +31,11 @@ def check_onnx(proto: onnx.ModelProto, what: str, full: bool = True) -> None:
     try:
         onnx.checker.check_model(proto, full_check=full)
     except Exception as error:  # ValidationError, InferenceError, ...
-        raise ValueError(f"{what}: onnx.checker rejected the model: {_first_line(error)}") from error
+        raise UserError(f"{what}: onnx.checker rejected the model: {_first_line(error)}") from error
     for value in proto.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].dim_param:
-            raise ValueError(f"{what}: input {value.name!r} has a fixed batch dimension "
+            raise UserError(f"{what}: input {value.name!r} has a fixed batch dimension "
                              f"({dims[0].dim_value}); expected a dynamic one")
 
 
@@ -52,24 +54,24 @@ def ort_outputs(model_bytes: bytes, batches: list[torch.Tensor], what: str) -> l
         name = runner.get_inputs()[0].name
         return [runner.run(None, {name: batch.detach().cpu().numpy()}) for batch in batches]
     except Exception as error:  # onnxruntime's own exception types (Fail, InvalidGraph, ...)
-        raise ValueError(f"{what}: onnxruntime cannot run it: {_first_line(error)}") from error
+        raise UserError(f"{what}: onnxruntime cannot run it: {_first_line(error)}") from error
 
 
 def max_abs_diff(actual: list[np.ndarray], expected: list[torch.Tensor]) -> float:
     if len(actual) != len(expected):
-        raise ValueError(f"onnxruntime gave {len(actual)} outputs, torch {len(expected)}")
+        raise UserError(f"onnxruntime gave {len(actual)} outputs, torch {len(expected)}")
     diff = 0.0
     for got, want in zip(actual, expected, strict=True):
         want_np = want.detach().cpu().numpy()
         if got.shape != want_np.shape:
-            raise ValueError(f"onnxruntime output shape {got.shape} != torch {want_np.shape}")
+            raise UserError(f"onnxruntime output shape {got.shape} != torch {want_np.shape}")
         diff = max(diff, float(np.abs(got.astype(np.float64) - want_np.astype(np.float64)).max(initial=0.0)))
     return diff
 
 
 def check_close(diff: float, what: str, tolerance: float = ORT_TOLERANCE, label: str = "|ORT - torch|") -> None:
     if not diff <= tolerance:  # also catches NaN
-        raise ValueError(f"{what}: max {label} = {diff:.3g} exceeds {tolerance:g}")
+        raise UserError(f"{what}: max {label} = {diff:.3g} exceeds {tolerance:g}")
 
 
 def _match(array: np.ndarray, weight: np.ndarray) -> str | None:
@@ -105,7 +107,7 @@ def check_zero_counts(proto: onnx.ModelProto, weights: dict[str, torch.Tensor],
         if name in arrays:
             found, how = name, _match(arrays[name], weight)
             if how is None:
-                raise ValueError(f"{what}: zero-count check: initializer {name!r} differs from the folded "
+                raise UserError(f"{what}: zero-count check: initializer {name!r} differs from the folded "
                                  f"torch weight of parameter {name!r}")
         else:
             found, how = next(((key, kind) for key, array in arrays.items()
@@ -114,14 +116,14 @@ def check_zero_counts(proto: onnx.ModelProto, weights: dict[str, torch.Tensor],
                 found = next((key for key, array in arrays.items() if _same_zeros(array, weight)), None)
                 how = "zero pattern"
         if found is None:
-            raise ValueError(f"{what}: zero-count check: parameter {name!r} {tuple(weight.shape)} is not among "
+            raise UserError(f"{what}: zero-count check: parameter {name!r} {tuple(weight.shape)} is not among "
                              "the ONNX initializers (the exporter transformed it), so its pruned zeros "
                              "cannot be verified")
         zeros_onnx = int(arrays[found].size - np.count_nonzero(arrays[found]))
         zeros_torch = int(weight.size - np.count_nonzero(weight))
         n_pruned = int(pruned.get(name, 0))
         if zeros_onnx != zeros_torch or zeros_torch < n_pruned:
-            raise ValueError(f"{what}: zero-count check failed for parameter {name!r}: {zeros_onnx} exact zeros "
+            raise UserError(f"{what}: zero-count check failed for parameter {name!r}: {zeros_onnx} exact zeros "
                              f"in initializer {found!r}, expected {zeros_torch} ({n_pruned} pruned + "
                              f"{zeros_torch - n_pruned} surviving weights that are exactly 0)")
         result[name] = {"initializer": found, "matched_by": "name" if found == name else how,

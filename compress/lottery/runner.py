@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from compress import distributed, paths
 from compress.data import load_dataset
+from compress.errors import UserError
 from compress.io import load_json, save_json, save_text, save_torch
 from compress.lottery.experiment import RESULT_FIELDS, run_experiment
 from compress.lottery.report import write_report
@@ -40,7 +41,7 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path) -> Path:
     text = dump_recipe(recipe)
     if recorded.exists():
         if recorded.read_text() != text:
-            raise ValueError(f"{run_dir} holds a run of a different recipe ({recorded}); pass another --out "
+            raise UserError(f"{run_dir} holds a run of a different recipe ({recorded}); pass another --out "
                              "or delete that folder")
     elif distributed.is_main():
         save_text(text, recorded)
@@ -210,5 +211,5 @@ def find_ticket(recipe: Recipe, out: Path | None = None, progress: bool = True, 
 def read_summary(run_dir: Path) -> dict:
     path = Path(run_dir) / paths.SUMMARY
     if not path.exists():
-        raise ValueError(f"{run_dir}: no {paths.SUMMARY} (not a finished or started run dir)")
+        raise UserError(f"{run_dir}: no {paths.SUMMARY} (not a finished or started run dir)")
     return load_json(path)

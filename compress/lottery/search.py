@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
+from compress.errors import UserError
 from compress.pruning import (
     Masks,
     apply_masks,
@@ -60,7 +61,7 @@ class LotterySearch:
         self.seed = recipe.seed
         self.targets = build_plan(model, recipe.prune, where)
         if not self.targets:
-            raise ValueError("prune: no module is pruned (every rate is 0 or every module excluded)")
+            raise UserError("prune: no module is pruned (every rate is 0 or every module excluded)")
         self.names = [target.name for target in self.targets]
         # Install the reparametrisation now, with all-ones masks, so parameters never change identity.
         apply_masks(model, ones_masks(model, self.names))
@@ -82,7 +83,7 @@ class LotterySearch:
     def rewind(self) -> None:
         """Survivors go back to the snapshot bit for bit; masks stay."""
         if self.rewind_state is None:
-            raise ValueError(f"no rewind snapshot: call step(i) during level 0 (rewind_to={self.rewind_to})")
+            raise UserError(f"no rewind snapshot: call step(i) during level 0 (rewind_to={self.rewind_to})")
         load_plain_state_dict(self.model, self.rewind_state)
 
     @staticmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from compress.errors import UserError
 from compress.io import save_torch
 from compress.models import build_model
 from compress.pruning import apply_masks, load_plain_state_dict
@@ -24,10 +25,10 @@ def save_ticket(path: Path, *, model_config: dict, shape: dict, masks: dict, rew
 def read_ticket(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: no ticket here (a run writes ticket.pt after its first round)")
+        raise UserError(f"{path}: no ticket here (a run writes ticket.pt after its first round)")
     ticket = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(ticket, dict) or ticket.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a compress ticket (expected format {FORMAT})")
+        raise UserError(f"{path}: not a compress ticket (expected format {FORMAT})")
     return ticket
 
 

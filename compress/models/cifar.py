@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compress.errors import UserError
 from compress.models.init import kaiming_normal_
 from compress.models.registry import register_model
 
@@ -51,7 +52,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int, in_channels: int, width: int = 16) -> None:
         super().__init__()
         if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+            raise UserError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         blocks = (depth - 2) // 6
         self.conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(width)

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from compress.errors import UserError
+
 
 def create_timm_model(name: str, num_classes: int = 10, in_channels: int | None = None,
                       pretrained: bool = False, image_size: int | None = None, **kwargs: Any) -> nn.Module:
@@ -13,7 +15,7 @@ def create_timm_model(name: str, num_classes: int = 10, in_channels: int | None 
 
     if not timm.list_models(name) and name not in timm.list_models(pretrained=True):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-        raise ValueError(f"unknown timm model {name!r}; similar: {', '.join(close) or 'none'} (see timm.list_models())")
+        raise UserError(f"unknown timm model {name!r}; similar: {', '.join(close) or 'none'} (see timm.list_models())")
     if in_channels is not None:
         kwargs["in_chans"] = in_channels
     if image_size is not None and _takes_img_size(name):
@@ -22,7 +24,7 @@ def create_timm_model(name: str, num_classes: int = 10, in_channels: int | None 
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except Exception as error:  # network errors surface as many types; name the cause in one line
         if pretrained:
-            raise ValueError(
+            raise UserError(
                 f"timm model {name!r}: pretrained weights are not available locally ({type(error).__name__}); "
                 "set model.pretrained: false or pre-fill the Hugging Face cache"
             ) from error

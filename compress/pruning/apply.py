@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
+from compress.errors import UserError
 from compress.pruning.masks import Masks
 
 PARAM = "weight"
@@ -48,10 +49,10 @@ def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
     modules = dict(model.named_modules())
     for name, mask in masks.items():
         if name not in modules:
-            raise ValueError(f"mask for {name!r} but the model has no such module")
+            raise UserError(f"mask for {name!r} but the model has no such module")
         module = modules[name]
         if tuple(mask.shape) != tuple(module.weight.shape if not is_pruned(module) else module.weight_orig.shape):
-            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, weight is {tuple(module.weight.shape)}")
+            raise UserError(f"mask for {name!r} has shape {tuple(mask.shape)}, weight is {tuple(module.weight.shape)}")
         if is_pruned(module):
             module.weight_mask.copy_(mask)
         else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from compress.errors import UserError
+
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:
     """Entries of all parameters (of ``weight_orig``, not the mask, on a pruned model); ``nonzero``: only those != 0.
@@ -39,7 +41,7 @@ def count_macs(model: nn.Module, example_input: torch.Tensor, nonzero: bool = Fa
 def mac_counts(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     """(dense, nonzero) MACs per example from one forward pass; see ``count_macs``."""
     if example_input.dim() < 2:
-        raise ValueError(f"count_macs needs a batched input (N x ...), got shape {tuple(example_input.shape)}")
+        raise UserError(f"count_macs needs a batched input (N x ...), got shape {tuple(example_input.shape)}")
     x = example_input[:1]
     totals = [0, 0]
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 import torch
 import torch.nn.utils.prune as prune
 
+from compress.errors import UserError
+
 Masks = dict[str, torch.Tensor]
 
 
 def count_to_prune(amount: int | float, surviving: int) -> int:
     """torch's convention: int = count, float = fraction (rounded) of ``surviving``."""
     if isinstance(amount, bool) or amount < 0:
-        raise ValueError(f"amount must be a non-negative int or a float in [0, 1], got {amount!r}")
+        raise UserError(f"amount must be a non-negative int or a float in [0, 1], got {amount!r}")
     if isinstance(amount, float):
         if amount > 1:
-            raise ValueError(f"fractional amount must be in [0, 1], got {amount}")
+            raise UserError(f"fractional amount must be in [0, 1], got {amount}")
         return round(amount * surviving)
     if amount > surviving:
-        raise ValueError(f"cannot prune {amount} of {surviving} surviving entries")
+        raise UserError(f"cannot prune {amount} of {surviving} surviving entries")
     return amount
 
 
@@ -113,4 +115,4 @@ def check_shrinks(old: Masks, new: Masks) -> None:
     """Masks only shrink: every weight pruned before stays pruned."""
     for name, mask in new.items():
         if name in old and bool((mask > old[name]).any()):
-            raise ValueError(f"mask of {name!r} revives pruned weights; masks may only shrink")
+            raise UserError(f"mask of {name!r} revives pruned weights; masks may only shrink")

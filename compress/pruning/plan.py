@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.errors import UserError
 from compress.models import output_layer_name
 from compress.pruning.selectors import Selector, prunable_modules
 from compress.recipe.schema import GRANULARITIES, LAYER_KINDS, METHODS, SCOPES, PruneConfig
@@ -38,7 +39,7 @@ def build_plan(model: nn.Module, config: PruneConfig,
     for key, allowed in (("scope", SCOPES), ("method", METHODS), ("granularity", GRANULARITIES)):
         value = getattr(config, key)
         if value not in allowed:
-            raise ValueError(f"prune.{key}: {value!r} is not one of {', '.join(allowed)}")
+            raise UserError(f"prune.{key}: {value!r} is not one of {', '.join(allowed)}")
     modules = prunable_modules(model)
     output_name = output_layer_name(model)
 
@@ -48,7 +49,7 @@ def build_plan(model: nn.Module, config: PruneConfig,
             origin = locate(key_path)
             prefix = f"{origin}: " if origin else ""
             names = ", ".join(name for name, _ in modules[:6]) + (", ..." if len(modules) > 6 else "")
-            raise ValueError(f"{prefix}{key_path}: selector {selector_text!r} matches no prunable module "
+            raise UserError(f"{prefix}{key_path}: selector {selector_text!r} matches no prunable module "
                              f"(prunable: {names})")
         return selector
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.errors import UserError
+
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
 
@@ -20,11 +22,11 @@ class Selector:
             try:
                 re.compile(self.text[3:])
             except re.error as error:
-                raise ValueError(f"selector {self.text!r}: invalid regex ({error})") from None
+                raise UserError(f"selector {self.text!r}: invalid regex ({error})") from None
         elif self.text.startswith("type:") and not self.text[5:]:
-            raise ValueError(f"selector {self.text!r}: missing class name after 'type:'")
+            raise UserError(f"selector {self.text!r}: missing class name after 'type:'")
         elif not self.text:
-            raise ValueError("empty selector")
+            raise UserError("empty selector")
 
     def matches(self, name: str, module: nn.Module) -> bool:
         if self.text.startswith("re:"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from compress.errors import UserError
 
-class RecipeError(ValueError):
+
+class RecipeError(UserError):
     """A recipe problem. ``str()`` is one line; ``location`` and ``key`` are kept for tools."""
 
     def __init__(self, message: str, location: str = "", key: str = "") -> None:

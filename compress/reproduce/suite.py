@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+from compress.errors import UserError
 from compress.io import save_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +106,7 @@ def suite(name: str, cifar_root: str = CIFAR10_TARBALL) -> list[Experiment]:
         return _full_suite(cifar_root)
     if name == "smoke":
         return _smoke_suite()
-    raise ValueError(f"unknown suite {name!r}: choose one of {', '.join(SUITES)}")
+    raise UserError(f"unknown suite {name!r}: choose one of {', '.join(SUITES)}")
 
 
 def select(experiments: list[Experiment], only: list[str] | None) -> list[Experiment]:
@@ -114,7 +115,7 @@ def select(experiments: list[Experiment], only: list[str] | None) -> list[Experi
     known = {e.name for e in experiments}
     unknown = [name for name in only if name not in known]
     if unknown:
-        raise ValueError(f"unknown experiment {unknown[0]!r}: choose from {', '.join(sorted(known))}")
+        raise UserError(f"unknown experiment {unknown[0]!r}: choose from {', '.join(sorted(known))}")
     return [e for e in experiments if e.name in only]
 
 
@@ -146,13 +147,13 @@ def run_suite(experiments: list[Experiment], runs_root: Path, jobs: int = 1, arg
     two processes must never share a run dir).
     """
     if jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     runs_root = Path(runs_root)
     runs_root.mkdir(parents=True, exist_ok=True)
     threads = threads_per_job(jobs)
     pairs = [(e, seed) for e in experiments for seed in e.seeds if seeds is None or seed in seeds]
     if not pairs:
-        raise ValueError(f"no (experiment, seed) pair matches --seed {seeds}: the suite's seeds are "
+        raise UserError(f"no (experiment, seed) pair matches --seed {seeds}: the suite's seeds are "
                          f"{sorted({s for e in experiments for s in e.seeds})}")
     # Longest first (the most trainings x iterations) so the slow Conv-2 run does not start last.
     pairs.sort(key=lambda pair: -_cost(pair[0]))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from compress import distributed
+from compress.errors import UserError
 from compress.io import append_jsonl, save_text, save_torch
 from compress.recipe.schema import TrainConfig
 from compress.training.evaluate import evaluate
@@ -85,7 +86,7 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
     rewound run at that iteration: the schedule and the batch stream pick up where they were.
     """
     if not 0 <= begin < config.iterations:
-        raise ValueError(f"begin={begin} must lie in [0, train.iterations={config.iterations})")
+        raise UserError(f"begin={begin} must lie in [0, train.iterations={config.iterations})")
     device = next(model.parameters()).device
     autocast = config.bf16 and device.type == "cuda"
     if config.channels_last and device.type == "cuda":

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import torch
 
+from compress.errors import UserError
 from compress.recipe.schema import OPTIMIZERS, SCHEDULES, OptimizerConfig, ScheduleConfig
 
 
@@ -28,13 +29,13 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], config: OptimizerConfi
     if config.name == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                                weight_decay=config.weight_decay, **_fused(params))
-    raise ValueError(f"train.optimizer.name: {config.name!r} is not one of {', '.join(OPTIMIZERS)}")
+    raise UserError(f"train.optimizer.name: {config.name!r} is not one of {', '.join(OPTIMIZERS)}")
 
 
 def lr_factor(config: ScheduleConfig, iterations: int, step: int) -> float:
     """Multiplier of the base lr at ``step`` (0-based): linear warm-up, then the schedule."""
     if config.name not in SCHEDULES:
-        raise ValueError(f"train.schedule.name: {config.name!r} is not one of {', '.join(SCHEDULES)}")
+        raise UserError(f"train.schedule.name: {config.name!r} is not one of {', '.join(SCHEDULES)}")
     if step < config.warmup:
         return (step + 1) / config.warmup
     if config.name == "step":
