@@ -34,7 +34,9 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def set_threads(threads: int | None = None) -> int:
-    """Pin torch's intra-op threads (default: env ``COMPRESS_THREADS`` or all cores)."""
-    threads = threads or int(os.environ.get("COMPRESS_THREADS", "0")) or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    return threads
+    """Pin torch's intra-op threads to ``threads``, else to env ``COMPRESS_THREADS``; neither: leave torch's
+    own choice (a caller that already pinned them, e.g. one of several parallel jobs, keeps its setting)."""
+    threads = threads or int(os.environ.get("COMPRESS_THREADS", "0") or 0)
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

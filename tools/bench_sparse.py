@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--out", help="output folder (default: <run>/bench, or <onnx stem>-bench next to the file)")
     args = parser.parse_args()
 
-    from compress.bench import BACKENDS, benchmark, write_results
+    from compress.bench import BACKENDS, benchmark, onnx_source, write_results
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
@@ -44,17 +44,18 @@ def main() -> int:
         if backends != ["ort_dense"]:
             raise UserError("--onnx runs the file as given: only the ort_dense backend (use --run for the others)")
         out = Path(args.out) if args.out else path.with_name(f"{path.stem}-bench")
+        source = onnx_source(path)  # whatever its suffix; a file that is not ONNX is refused, named
     else:
         path = Path(args.run)
         backends = args.backends or list(BACKENDS)
         out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "bench"
-    result = benchmark(path, backends=backends, batch_sizes=args.batch_sizes, threads=args.threads,
+        source = path
+    result = benchmark(source, backends=backends, batch_sizes=args.batch_sizes, threads=args.threads,
                        budget_s=args.budget)
     notes = [f"{name}: not run ({why})" for name, why in result.unavailable.items()]
     for batch, choice in result.auto_choices.items():
         notes.append(f"auto at batch {batch} ran {choice['backend']} ({choice['rule']}); medians (ms): "
-                     + ", ".join(f"{n} {ms:.4g}" for n, ms in choice["median_ms"].items())
-                     + (f"; then: {choice['demoted']}" if "demoted" in choice else ""))
+                     + ", ".join(f"{n} {ms:.4g}" for n, ms in choice["median_ms"].items()))
     if args.onnx:
         notes.append("ONNX file mode: the file itself is the dense-ORT baseline, so its ratio is 1 by definition.")
     method = (f"Each backend ran on random inputs of the ticket's shape at batch sizes {args.batch_sizes}: warm-up, "

@@ -12,8 +12,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", required=True, metavar="DIR", help="run directory written by tools/find_ticket.py")
     parser.add_argument("--round", type=int, metavar="N", help="export round N (final weights) instead of ticket.pt")
-    parser.add_argument("--out", metavar="FILE", help="ONNX file to write (default: ticket.onnx in the run dir, "
-                                                      "or in round_NN/ with --round)")
+    parser.add_argument("--out", metavar="FILE", help="ONNX file to write, or a folder to write ticket.onnx in "
+                                                      "(default: the run dir, or round_NN/ with --round)")
     parser.add_argument("--compact", action="store_true", help="also write an exactly compacted model "
                                                                "(dead units removed; nn.Sequential models)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")

@@ -17,6 +17,7 @@ def main() -> int:
                         help="override a recipe value, typed by the schema (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and pruning plan")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--json", action="store_true", help="print the run's summary as JSON instead of a short text")
     parser.add_argument("--help-recipe", action="store_true", help="list every recipe key with its help text")
     args = parser.parse_args()
 
@@ -34,13 +35,15 @@ def main() -> int:
 
         print(dry_run(recipe, locate))
         return 0
-    from compress.pipeline import run_recipe
+    from compress.pipeline import format_summary, run_recipe
 
     summary = run_recipe(recipe, args.out, progress=not args.no_progress, where=locate)
     if "ticket" not in summary:  # a torchrun rank other than 0: rank 0 reports
         return 0
-    print(json.dumps({"run_dir": summary["run_dir"], "ticket": summary["ticket"],
-                      "export": summary.get("export")}, indent=2, default=str))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(format_summary(summary))
     return 0
 
 

@@ -23,6 +23,7 @@ from compress.bench.source import (
     batch_of,
     macs_remaining,
     magnitude_ticket,
+    onnx_source,
     onnx_weights_remaining,
     resolve_source,
     weights_remaining,
@@ -35,6 +36,6 @@ __all__ = [
     "BACKENDS", "BASELINE", "AutoBackend", "Backend", "BenchResult", "LinearChain", "OrtBackend", "Source",
     "Timing", "TorchBackend", "add_speedups", "batch_of", "benchmark", "calibrate_layers", "describe",
     "linear_chains", "load_average", "machine_info", "macs_remaining", "magnitude_ticket", "make_backend",
-    "make_backends", "markdown_table", "measure", "measure_interleaved", "onnx_weights_remaining", "ort_session",
-    "pinned_threads", "plot_speedups", "resolve_source", "to_csr", "weights_remaining", "write_results",
+    "make_backends", "markdown_table", "measure", "measure_interleaved", "onnx_source", "onnx_weights_remaining",
+    "ort_session", "pinned_threads", "plot_speedups", "resolve_source", "to_csr", "weights_remaining", "write_results",
 ]

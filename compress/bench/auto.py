@@ -1,6 +1,7 @@
-"""``auto``: time the ways to run a model at the batch sizes asked and run the fastest.
+"""``auto``: time the ways to run a model at the batch sizes asked, once, and run the fastest.
 
-Two levels, both timed on this machine when the backend is built:
+Two levels, both timed on this machine at warm-up (when the backend is built, or -- with
+``warm=False`` -- at ``warm_up()`` or the first call):
 
 1. per Linear layer: dense vs CSR weight inside the feature-major chain (addmv at batch 1, addmm
    otherwise), giving a ``torch_per_layer`` candidate that mixes them (on the compacted model where
@@ -11,23 +12,20 @@ Two levels, both timed on this machine when the backend is built:
    hit all alike. The fastest median wins -- unless dense (ORT, else torch) is within ``MARGIN``
    (5 %) of it: then dense runs, since a win that small is timing noise.
 
-Dense candidates are in the race, so ``auto`` is never slower than dense beyond timing noise. One
-more guard at run time: when the pick stalls (``STRIKES`` calls in a row slower than ``STALL_FACTOR``
-x dense's build-time median -- what multi-threaded torch does when other processes take the cores
-and an OpenMP join waits for a descheduled thread), pick and dense run a short head-to-head on the
-live input; a pick that loses is demoted to dense for good (``choices`` says so), one that wins
-stays (the whole machine was slow) and needs twice the stalls before the next check. A candidate
-whose outputs differ from torch_dense (beyond 1e-4, relative above 1) is dropped.
-``choices[batch_size]`` records what won, every candidate's median and the per-layer picks; a batch
-size never timed runs what won at the nearest timed one (log scale).
+Dense candidates are in the race, so ``auto`` is never slower than dense beyond timing noise. A
+candidate whose outputs differ from torch_dense (beyond 1e-4, relative above 1) is dropped.
+
+The decision is made once, under a lock (concurrent first calls wait for one warm-up), and then
+stays fixed: a call only dispatches to the pick for its batch size -- no timing, no extra
+inferences, no change of choice, so calls from several threads are safe. ``choices[batch_size]``
+records what won, every candidate's median and the per-layer picks; a batch size never timed runs
+what won at the nearest timed one (log scale).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-import time
-from dataclasses import dataclass
+import threading
 from functools import partial
 
 import torch
@@ -40,9 +38,6 @@ from compress.errors import UserError
 
 TOLERANCE = 1e-4
 MARGIN = 0.05  # leave the dense baseline only for a gain larger than this (timing noise on a shared CPU)
-STALL_FACTOR = 2.0  # a call of the pick slower than this x dense's build-time median is a stall ...
-STRIKES = 3  # ... and this many in a row trigger a head-to-head with dense, now
-HEAD_TO_HEAD = 5  # calls of each in that head-to-head; the pick is demoted for good when it loses
 DENSE_PREFERENCE = ("ort_dense", "torch_dense")
 
 
@@ -94,17 +89,6 @@ def calibrate_layers(model: torch.nn.Module, chains: list[LinearChain], example:
     return picks
 
 
-@dataclass
-class _Slot:
-    """What runs at one timed batch size, and the dense baseline it falls back to when it stalls."""
-
-    backend: Backend
-    fallback: Backend | None
-    limit_s: float  # a call slower than this counts as a stall
-    strikes: int = 0
-    needed: int = STRIKES  # stalls in a row that trigger a head-to-head with the fallback
-
-
 def _smallest(source: Source) -> torch.nn.Module:
     """The compacted model where compaction applies (exactly the same outputs, less to multiply)."""
     try:
@@ -133,16 +117,50 @@ def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class AutoBackend(Backend):
-    """Runs, per batch size, whichever candidate was fastest when it was built (see module docstring)."""
+    """Runs, per batch size, whichever candidate was fastest at warm-up (see module docstring).
+
+    ``warm=False`` defers the timing to ``warm_up()`` (or the first call); either way it runs once.
+    """
 
     def __init__(self, source: Source, candidates: dict[str, Backend], batch_sizes: list[int] | tuple[int, ...],
-                 *, budget_s: float = 0.3, rounds: int = 5, margin: float = MARGIN) -> None:
+                 *, budget_s: float = 0.3, rounds: int = 5, margin: float = MARGIN, warm: bool = True) -> None:
         super().__init__("auto")
         sizes = sorted({int(b) for b in batch_sizes})
         if not sizes or sizes[0] < 1:
             raise UserError(f"auto needs batch sizes >= 1, got {list(batch_sizes)}")
-        example = source.require_example("auto")
-        candidates = dict(candidates)
+        self._source = source
+        self._example = source.require_example("auto")
+        self._sizes = sizes
+        self._settings = {"budget_s": budget_s, "rounds": rounds, "margin": margin}
+        self.candidates: dict[str, Backend] = dict(candidates)
+        self.choices: dict[int, dict] = {}
+        self.info = {"choices": self.choices}
+        self._picks: dict[int, Backend] = {}  # filled once, by warm_up; only read afterwards
+        self._lock = threading.Lock()
+        self._warm = False
+        if warm:
+            self.warm_up()
+
+    @property
+    def warm(self) -> bool:
+        """Whether the choice is made (and fixed)."""
+        return self._warm
+
+    def warm_up(self) -> AutoBackend:
+        """Time the candidates at the batch sizes given and fix the pick for each; later calls do nothing."""
+        if not self._warm:
+            with self._lock:
+                if not self._warm:  # another thread may have warmed up while this one waited
+                    candidates, picks, choices = self._decide()
+                    self.candidates, self._picks = candidates, picks
+                    self.choices.update(choices)
+                    self._warm = True  # last: readers that see it see everything above
+        return self
+
+    def _decide(self) -> tuple[dict[str, Backend], dict[int, Backend], dict[int, dict]]:
+        source, example, sizes = self._source, self._example, self._sizes
+        budget_s, rounds, margin = (self._settings[key] for key in ("budget_s", "rounds", "margin"))
+        candidates = dict(self.candidates)
         # Fewer torch threads than pinned is a choice too: small sparse ops gain nothing from a second
         # thread but pay its fork/join, and a busy machine makes that join wait for a descheduled thread.
         variants: list[int | None] = [None] + ([1] if torch.get_num_threads() > 1 else [])
@@ -162,9 +180,8 @@ class AutoBackend(Backend):
                 sparse = candidates.get(name)
                 if threads is not None and isinstance(sparse, TorchBackend):
                     candidates[f"{name}{suffix}"] = TorchBackend(f"{name}{suffix}", sparse.module, threads=threads)
-        self.candidates = candidates
-        self.choices: dict[int, dict] = {}
-        self._slots: dict[int, _Slot] = {}
+        picks: dict[int, Backend] = {}
+        choices: dict[int, dict] = {}
         reference = candidates.get("torch_dense")
         for batch in sizes:
             x = batch_of(example, batch)
@@ -172,14 +189,12 @@ class AutoBackend(Backend):
             timings = measure_interleaved({name: partial(backend, x) for name, backend in usable.items()},
                                           rounds=rounds, budget_s=budget_s)
             best, rule = _pick(timings, margin)
-            baseline = next((name for name in DENSE_PREFERENCE if name in timings), best)
-            self._slots[batch] = _Slot(usable[best], None if baseline == best else usable[baseline],
-                                       STALL_FACTOR * timings[baseline].median_ms / 1e3)
-            self.choices[batch] = {"backend": best, "rule": rule,
-                                   "median_ms": {n: t.median_ms for n, t in timings.items()},
-                                   "layers": {variant: picks[batch] for variant, picks in layer_picks.items()},
-                                   "dropped": dropped}
-        self.info = {"choices": self.choices}
+            picks[batch] = usable[best]
+            choices[batch] = {"backend": best, "rule": rule,
+                              "median_ms": {n: t.median_ms for n, t in timings.items()},
+                              "layers": {variant: picks_[batch] for variant, picks_ in layer_picks.items()},
+                              "dropped": dropped}
+        return candidates, picks, choices
 
     @staticmethod
     def _agreeing(candidates: dict[str, Backend], reference: Backend | None,
@@ -197,52 +212,19 @@ class AutoBackend(Backend):
                 dropped[name] = f"max |output - torch_dense| = {diff:.3g}"
         return usable, dropped
 
-    def _slot(self, batch_size: int) -> _Slot:
-        slot = self._slots.get(batch_size)
-        if slot is None:
-            slot = self._slots[min(self._slots, key=lambda b: abs(math.log(b) - math.log(max(batch_size, 1))))]
-        return slot
-
     def backend_for(self, batch_size: int) -> Backend:
         """The candidate run at this batch size (the nearest timed one's pick for others)."""
-        return self._slot(batch_size).backend
+        self.warm_up()
+        pick = self._picks.get(batch_size)
+        if pick is None:
+            nearest = min(self._picks, key=lambda b: abs(math.log(b) - math.log(max(batch_size, 1))))
+            pick = self._picks[nearest]
+        return pick
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        slot = self._slots.get(batch)
-        if slot is None:  # never timed at this size: no baseline time to compare with, so no guard
-            return self._slot(batch).backend(x)
-        if slot.fallback is None:
-            return slot.backend(x)
-        start = time.perf_counter()
-        out = slot.backend(x)
-        if time.perf_counter() - start <= slot.limit_s:
-            slot.strikes = 0
-            return out
-        slot.strikes += 1
-        if slot.strikes >= slot.needed:
-            slot.strikes = 0
-            if self._still_faster(slot, x):
-                slot.needed *= 2  # the whole machine was slow, not the pick: ask for longer stalls next time
-            else:
-                self.choices[batch]["demoted"] = (
-                    f"{slot.backend.name} took > {STALL_FACTOR:g}x dense's build-time median on {slot.needed} calls "
-                    f"in a row and lost a head-to-head with {slot.fallback.name}: now runs {slot.fallback.name}")
-                self.choices[batch]["backend"] = slot.fallback.name
-                slot.backend, slot.fallback = slot.fallback, None
-        return out
-
-    @staticmethod
-    def _still_faster(slot: _Slot, x: torch.Tensor) -> bool:
-        """A few interleaved calls of the pick and the dense fallback, now: is the pick still faster?"""
-        pick, dense = [], []
-        for _ in range(HEAD_TO_HEAD):
-            for backend, into in ((slot.backend, pick), (slot.fallback, dense)):
-                start = time.perf_counter()
-                backend(x)
-                into.append(time.perf_counter() - start)
-        return statistics.median(pick) < statistics.median(dense)
+        return self.backend_for(x.shape[0])(x)
 
     def summary(self) -> dict[int, str]:
         """{batch size: the backend picked}."""
+        self.warm_up()
         return {batch: choice["backend"] for batch, choice in self.choices.items()}

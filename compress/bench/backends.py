@@ -8,13 +8,14 @@
   removed first, exactly; nn.Sequential models only): fewer rows and columns left to multiply.
 * ``ort_dense``    -- ``compress.export.export_onnx`` file in onnxruntime (threads pinned, spinning off).
 * ``ort_compact``  -- the same for the compacted model (dead units removed; nn.Sequential models only).
-* ``auto``         -- times the others (and a per-layer dense/CSR mix) at the batch sizes asked and
-  runs the fastest; its ``choices`` say what it picked and why (``compress.bench.auto``).
+* ``auto``         -- times the others (and a per-layer dense/CSR mix) once, at the batch sizes asked,
+  and then always runs the fastest; its ``choices`` say what it picked and why (``compress.bench.auto``).
 """
 
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,9 @@ from compress.pruning import fold_masks
 BACKENDS = ("torch_dense", "torch_sparse", "torch_sparse_compact", "ort_dense", "ort_compact", "auto")
 BASELINE = "ort_dense"  # speedups are reported against this one, measured in the same run
 ONNX_NAME = "model.onnx"
+# torch's thread count is process-wide: backends that change it for a call take turns, so that
+# concurrent calls (threads of a server sharing one ``auto``) each restore the count they found
+_THREADS_LOCK = threading.Lock()
 
 
 class Backend:
@@ -61,13 +65,14 @@ class TorchBackend(Backend):
         if self.threads is None:
             with torch.inference_mode():
                 return self.module(x)
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)  # ~0.1 us; the pool stays, only the team size changes
-        try:
-            with torch.inference_mode():
-                return self.module(x)
-        finally:
-            torch.set_num_threads(before)
+        with _THREADS_LOCK:
+            before = torch.get_num_threads()
+            torch.set_num_threads(self.threads)  # ~0.1 us; the pool stays, only the team size changes
+            try:
+                with torch.inference_mode():
+                    return self.module(x)
+            finally:
+                torch.set_num_threads(before)
 
 
 def ort_session(path: str | Path, threads: int):
@@ -97,6 +102,20 @@ class OrtBackend(Backend):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(self._outputs, {self._input: array})[0])
+
+
+def _user_onnx(name: str, path: Path, threads: int) -> OrtBackend:
+    """A session on a file the user gave: onnxruntime refusing it is a fault of the file, said in one line."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    refused = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf, ort_errors.InvalidArgument,
+               ort_errors.NoSuchFile, ort_errors.NotImplemented, ort_errors.RuntimeException)
+    try:
+        return OrtBackend(name, path, threads)
+    except refused as error:
+        text = str(error).strip()
+        raise UserError(f"{path}: onnxruntime cannot load it ({text.splitlines()[0] if text else type(error).__name__})"
+                        ) from error
 
 
 def _check_names(names: list[str] | tuple[str, ...]) -> None:
@@ -167,7 +186,7 @@ def make_backends(names: list[str] | tuple[str, ...], model: SourceLike, example
     if source.onnx_path is not None:
         for name in names:
             if name == "ort_dense":
-                built[name] = OrtBackend(name, source.onnx_path, threads)
+                built[name] = _user_onnx(name, source.onnx_path, threads)
             else:
                 unavailable[name] = "an ONNX file runs only as given (ort_dense); pass a ticket for the others"
         return built, unavailable

@@ -73,10 +73,7 @@ def resolve_source(source: SourceLike, example_input: torch.Tensor | None = None
         raise UserError(f"expected an nn.Module, a ticket dict or a path, got {type(source).__name__}")
     path = Path(source)
     if path.suffix == ".onnx":
-        if not path.is_file():
-            raise UserError(f"{path}: no such ONNX file")
-        return Source(label or path.stem, onnx_path=path,
-                      example_input=example if example is not None else onnx_example(path))
+        return onnx_source(path, example, label)
     if path.is_dir():
         if not (path / paths.TICKET).is_file():
             raise UserError(f"{path}: no {paths.TICKET} in this directory (a run writes it after its first round)")
@@ -89,11 +86,36 @@ def resolve_source(source: SourceLike, example_input: torch.Tensor | None = None
                   example_input=example if example is not None else _ticket_example(ticket))
 
 
-def onnx_example(path: Path) -> torch.Tensor:
-    """A random batch of one for the ONNX file's first input (its non-batch dims must be fixed)."""
-    import onnx
+def onnx_source(path: str | Path, example_input: torch.Tensor | None = None, label: str | None = None) -> Source:
+    """An ONNX file to run as given (whatever its suffix); ``UserError`` naming it when it is not one."""
+    path = Path(path)
+    example = example_input[:1].detach().cpu().float() if example_input is not None else None
+    graph = _onnx_graph(path)
+    return Source(label or path.stem, onnx_path=path,
+                  example_input=example if example is not None else onnx_example(path, graph))
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+
+def _onnx_graph(path: Path):
+    """The file's ONNX graph (external data not loaded), or a one-line ``UserError`` naming the file."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such ONNX file" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, UnicodeDecodeError, ValueError, OSError) as error:
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        raise UserError(f"{path}: not an ONNX model ({reason})") from None
+    if model.ir_version <= 0 or not model.graph.node or not model.graph.input:
+        raise UserError(f"{path}: not an ONNX model (no graph with inputs and nodes in it)")
+    return model.graph
+
+
+def onnx_example(path: Path, graph=None) -> torch.Tensor:
+    """A random batch of one for the ONNX file's first input (its non-batch dims must be fixed)."""
+    graph = graph if graph is not None else _onnx_graph(Path(path))
     dims = graph.input[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims][1:]
     if any(d is None or d <= 0 for d in shape):

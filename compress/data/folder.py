@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
 import shutil
+import socket
 import tarfile
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,16 +58,57 @@ def extraction_target(tarball: Path, name: str) -> Path:
     return extracted_dir() / f"{name}-{short_hash(tarball.resolve(), stat.st_size, stat.st_mtime_ns)}"
 
 
+def _temp_tag() -> str:
+    """This machine and process: a stale temp folder names its owner, so a later run can tell it is dead."""
+    return f"{short_hash(socket.gethostname(), length=8)}-{os.getpid()}"
+
+
+def _temp_pattern(target: Path) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(target.name)}\.extracting-([0-9a-f]{{8}})-(\d+)-[0-9a-f]{{8}}\.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's live process
+        return True
+    return True
+
+
+def remove_stale_extractions(target: Path) -> list[Path]:
+    """Delete temp folders of ``target`` left by a killed extraction on this machine (owner pid gone).
+
+    Only folders named by ``extract_tarball`` for this same cache entry are considered; those of live
+    processes, or of other machines sharing the cache, are left alone.
+    """
+    if not target.parent.is_dir():
+        return []
+    host = _temp_tag().split("-")[0]
+    pattern, removed = _temp_pattern(target), []
+    for path in target.parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and match.group(1) == host and path.is_dir() and not path.is_symlink() \
+                and not _alive(int(match.group(2))):
+            log.info("removing %s, left by a killed extraction (process %s)", path, match.group(2))
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def extract_tarball(tarball: Path, name: str) -> Path:
     """Extract once into the cache (temp folder beside it, then one rename); return the tree in it."""
     target = extraction_target(tarball, name)
+    remove_stale_extractions(target)
     if target.is_dir():
         tree = find_tree(target)
         if tree is None:
             raise UserError(f"cache folder {target} holds no train/ and test/ folders; delete it and retry")
         return tree
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    tmp = target.parent / f".{target.name}.extracting-{_temp_tag()}-{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()
     log.info("extracting %s into %s (once)", tarball, target)
     try:
         with tarfile.open(tarball) as archive:
@@ -126,15 +169,61 @@ def scan_tree(tree: Path) -> FolderTree:
             for path in _images(test_dir / c)]
     if not train:
         raise UserError(f"{train_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    if not test:
+        raise UserError(f"{test_dir} holds no images in class folders named like train/'s ({', '.join(classes[:5])}"
+                         f"{', ...' if len(classes) > 5 else ''}); put the test images there")
     return FolderTree(tree, classes, train, test)
+
+
+class ImageDecodeError(UserError):
+    """An image file that cannot be read or decoded; ``path`` is the file, ``reason`` the decoder's words.
+
+    Constructible from the message alone: DataLoader workers re-raise exceptions that way.
+    """
+
+    def __init__(self, message: str, path: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+    @classmethod
+    def of(cls, path: str, exc: BaseException) -> ImageDecodeError:
+        reason = one_line(exc)
+        return cls(f"cannot decode image {path} ({reason}); it is truncated or corrupt: replace or delete it",
+                   str(path), reason)
+
+    def inside(self, tree: Path | None, source: str) -> ImageDecodeError:
+        """The same failure naming the file as a member of the tarball it was extracted from."""
+        if self.path is None or tree is None or not is_tarball(Path(source)):
+            return self  # a user's folder: the full path is where the file is
+        path = Path(self.path)
+        try:  # the extraction folder's contents are the archive's members
+            member = Path(*path.relative_to(extracted_dir()).parts[1:]).as_posix()
+        except ValueError:
+            try:
+                member = path.relative_to(tree).as_posix()
+            except ValueError:
+                return self
+        return ImageDecodeError(f"cannot decode image {member} in {source} ({self.reason}); it is truncated or "
+                                f"corrupt: replace or delete it in the archive (extracted copy: {path})",
+                                self.path, self.reason)
+
+
+def _decode_failures() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    # OSError: truncated / unidentified / missing; SyntaxError, ValueError: some PIL plugins on bad headers
+    return OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError
 
 
 def probe(path: str) -> tuple[int, int, int]:
     """(channels, height, width) of one image from its header."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        return (1 if image.mode in _GRAY_MODES else 3), image.height, image.width
+    try:
+        with Image.open(path) as image:
+            return (1 if image.mode in _GRAY_MODES else 3), image.height, image.width
+    except _decode_failures() as exc:
+        raise ImageDecodeError.of(path, exc) from exc
 
 
 def decode_file(path: str, channels: int, size: int | None) -> Tensor:
@@ -149,8 +238,11 @@ def decode_file(path: str, channels: int, size: int | None) -> Tensor:
     if image is None or image.dtype != torch.uint8:  # formats torchvision does not decode (bmp, tiff, 16-bit)
         from PIL import Image
 
-        with Image.open(path) as pil:
-            array = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
+        try:
+            with Image.open(path) as pil:
+                array = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
+        except _decode_failures() as exc:
+            raise ImageDecodeError.of(path, exc) from exc
         image = torch.from_numpy(array.copy()).view(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
     if size is not None and tuple(image.shape[1:]) != (size, size):
         resized = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False,
@@ -186,10 +278,21 @@ def tensor_cache_file(tree: Path, name: str, size: int | None) -> Path:
         return extracted_dir() / f"{relative.parts[0]}.{tag}"
     except ValueError:
         pass
+    return decoded_dir() / f"{name}-{short_hash(tree.resolve(), _tree_signature(tree))}.{tag}"
+
+
+def _tree_signature(tree: Path) -> list[tuple[str, int]]:
     dirs = [tree / "train", _test_dir(tree) or tree]
     dirs += [p for d in list(dirs) for p in sorted(d.iterdir()) if p.is_dir()]
-    signature = [(str(p), p.stat().st_mtime_ns) for p in dirs]
-    return decoded_dir() / f"{name}-{short_hash(tree.resolve(), signature)}.{tag}"
+    return [(str(p), p.stat().st_mtime_ns) for p in dirs]
+
+
+def tree_record(tree: Path) -> dict:
+    """A user's folder for ``DataSplits.identity``: its path and the mtimes of its split and class folders
+    (the same signature that keys its tensor cache: adding, removing or renaming a file changes it)."""
+    root = tree.resolve()
+    return {"path": str(root), "folder_mtimes_ns": [[Path(p).relative_to(tree).as_posix(), mtime]
+                                                     for p, mtime in _tree_signature(tree)]}
 
 
 def _read_cache(path: Path) -> dict | None:
@@ -212,6 +315,14 @@ def load_tree(tree: Path, name: str, size: int | None, source: str) -> RawData |
         return RawData(cached["train_images"], cached["train_labels"], cached["test_images"], cached["test_labels"],
                        list(cached["classes"]), source)
     scanned = scan_tree(tree)
+    try:
+        return _decode_tree(scanned, tree, name, size, source, cache)
+    except ImageDecodeError as exc:
+        raise exc.inside(tree, source) from exc
+
+
+def _decode_tree(scanned: FolderTree, tree: Path, name: str, size: int | None, source: str,
+                 cache: Path) -> RawData | StreamData:
     channels, height, width = probe(scanned.train[0][0])
     side_h, side_w = (size, size) if size is not None else (height, width)
     if size is None and height != width:
@@ -219,7 +330,7 @@ def load_tree(tree: Path, name: str, size: int | None, source: str) -> RawData |
     if len(scanned.train) * channels * side_h * side_w * 4 > memory_limit():
         if size is None:
             raise UserError(f"{tree} is too large to hold in memory; set data.image_size so it can be streamed")
-        return StreamData(scanned.train, scanned.test, scanned.classes, source, channels, size)
+        return StreamData(scanned.train, scanned.test, scanned.classes, source, channels, size, tree=tree)
     log.info("decoding %d images from %s (once; cached at %s)", len(scanned.train) + len(scanned.test), tree, cache)
     train_images, train_labels = decode_samples(scanned.train, channels, size, (height, width))
     test_images, test_labels = decode_samples(scanned.test, channels, size, (height, width))

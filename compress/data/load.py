@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from compress.data.identity import data_identity
 from compress.data.registry import DATASETS, RawData, StreamData, memory_limit
 from compress.data.stream import FolderSplit
 from compress.data.tensors import DataSplits, TensorSplit, channel_stats, normalise, seeded_generator
@@ -17,6 +18,8 @@ from compress.runtime import resolve_device
 log = logging.getLogger(__name__)
 
 _STATS_SAMPLE = 1000  # streamed folders: images decoded to estimate mean / std
+# Largest data.image_size: one 3-channel float32 image is then 192 MiB, a batch of 32 6 GiB.
+MAX_IMAGE_SIZE = 4096
 
 
 def _check_config(config: DataConfig) -> None:
@@ -28,6 +31,10 @@ def _check_config(config: DataConfig) -> None:
         raise UserError(f"data.test_subset must be >= 1 or null, got {config.test_subset}")
     if config.image_size is not None and config.image_size < 1:
         raise UserError(f"data.image_size must be >= 1 or null, got {config.image_size}")
+    if config.image_size is not None and config.image_size > MAX_IMAGE_SIZE:
+        gib = 3 * config.image_size ** 2 * 4 / 2**30
+        raise UserError(f"data.image_size {config.image_size} is too large: at most {MAX_IMAGE_SIZE} pixels a side "
+                         f"(one 3-channel image would take {gib:,.1f} GiB as float32)")
 
 
 def split_indices(n: int, validation_size: int, train_subset: int | None, seed: int,
@@ -37,6 +44,8 @@ def split_indices(n: int, validation_size: int, train_subset: int | None, seed: 
     Rows stay in the shuffled order, so ``train_subset`` takes a random (seeded) subset rather than
     the first classes of a class-sorted folder.
     """
+    if n == 0:
+        raise UserError(f"{name} has no training examples")
     if validation_size >= n:
         raise UserError(f"data.validation_size {validation_size} leaves no training examples: {name} has {n}")
     order = torch.randperm(n, generator=seeded_generator("validation split", seed))
@@ -66,15 +75,36 @@ def load_dataset(config: DataConfig, seed: int, device: torch.device | str = "cp
     device = resolve_device(device) if isinstance(device, str) else device
     started = time.perf_counter()
     raw = spec.load(config)
+    _check_labels(raw, config.name)
     train_rows, val_rows = split_indices(raw.num_train, config.validation_size, config.train_subset, seed, config.name)
-    test_rows = test_indices(len(raw.test) if isinstance(raw, StreamData) else raw.test_images.shape[0],
-                             config.test_subset, seed)
+    num_test = len(raw.test) if isinstance(raw, StreamData) else raw.test_images.shape[0]
+    test_rows = test_indices(num_test, config.test_subset, seed)
+    if (num_test if test_rows is None else len(test_rows)) == 0:
+        raise UserError(f"{config.name}: the test split of {raw.source} has no examples; "
+                         "give it a test set (for a folder: images in test/<class>/ or val/<class>/)")
     if isinstance(raw, StreamData):
         splits = _stream_splits(raw, train_rows, val_rows, test_rows, device)
     else:
         splits = _tensor_splits(raw, train_rows, val_rows, test_rows, config.image_size, device)
+    splits.identity = data_identity(config, seed, raw, num_test)
     log.info("loaded %r in %.1fs", splits, time.perf_counter() - started)
     return splits
+
+
+def _check_labels(raw: RawData | StreamData, name: str) -> None:
+    """Every label must index ``classes``: a model sized by ``num_classes`` would fail mid-training."""
+    if not raw.classes:
+        raise UserError(f"{name}: {raw.source} has no classes")
+    if isinstance(raw, StreamData):
+        labels = [label for _, label in raw.train] + [label for _, label in raw.test]
+        low, high = (min(labels), max(labels)) if labels else (0, 0)
+    else:
+        parts = [t for t in (raw.train_labels, raw.test_labels) if t.numel()]
+        low = min((int(t.min()) for t in parts), default=0)
+        high = max((int(t.max()) for t in parts), default=0)
+    if low < 0 or high >= len(raw.classes):
+        raise UserError(f"{name}: labels in {raw.source} span {low}..{high}, outside 0..{len(raw.classes) - 1} "
+                         f"for its {len(raw.classes)} classes")
 
 
 def _tensor_splits(raw: RawData, train_rows: torch.Tensor, val_rows: torch.Tensor, test_rows: torch.Tensor | None,
@@ -109,19 +139,22 @@ def _tensor_splits(raw: RawData, train_rows: torch.Tensor, val_rows: torch.Tenso
 
 def _stream_splits(raw: StreamData, train_rows: torch.Tensor, val_rows: torch.Tensor,
                    test_rows: torch.Tensor | None, device: torch.device) -> DataSplits:
-    from compress.data.folder import decode_samples
+    from compress.data.folder import ImageDecodeError, decode_samples
 
     train_samples = [raw.train[i] for i in train_rows.tolist()]
     val_samples = [raw.train[i] for i in val_rows.tolist()]
     if raw.mean is None or raw.std is None:
-        sample, _ = decode_samples(train_samples[:_STATS_SAMPLE], raw.in_channels, raw.image_size,
-                                   (raw.image_size, raw.image_size))
+        try:
+            sample, _ = decode_samples(train_samples[:_STATS_SAMPLE], raw.in_channels, raw.image_size,
+                                       (raw.image_size, raw.image_size))
+        except ImageDecodeError as exc:
+            raise exc.inside(raw.tree, raw.source) from exc
         mean, std = channel_stats(sample)
     else:
         mean, std = torch.tensor(raw.mean), torch.tensor(raw.std)
 
     def build(samples: list[tuple[str, int]]) -> FolderSplit:
-        return FolderSplit(samples, raw.in_channels, raw.image_size, mean, std, device)
+        return FolderSplit(samples, raw.in_channels, raw.image_size, mean, std, device, where=(raw.tree, raw.source))
 
     test_samples = raw.test if test_rows is None else [raw.test[i] for i in test_rows.tolist()]
     return DataSplits(build(train_samples), build(val_samples), build(test_samples), num_classes=len(raw.classes),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import Tensor
 
@@ -50,6 +51,9 @@ class RawData:
     # per-channel mean / std in [0, 1] units; None = computed from the training split
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    # what was read, for ``DataSplits.identity``: records from ``compress.data.identity`` (file_record, ...);
+    # empty = unknown (a registered loader that does not say), then the tensors are sampled instead
+    files: list[dict] = field(default_factory=list)
 
     @property
     def num_train(self) -> int:
@@ -68,6 +72,8 @@ class StreamData:
     image_size: int
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    files: list[dict] = field(default_factory=list)
+    tree: Path | None = None  # the folder the sample paths are in (names a bad image inside a tarball)
 
     @property
     def num_train(self) -> int:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from compress.data import locate
-from compress.data.folder import find_tree, is_tarball, load_tree, resolve_folder_source
+from compress.data.folder import find_tree, is_tarball, load_tree, resolve_folder_source, tree_record
+from compress.data.identity import file_record
 from compress.data.idx import download_idx, find_idx, idx_candidates, read_idx_set
 from compress.data.locate import download_root, one_line, search_roots
 from compress.data.registry import DatasetInfo, RawData, StreamData, register_dataset
@@ -55,10 +56,12 @@ def _register_idx(name: str, dataset_class: str, folder_names: tuple[str, ...], 
             tensors, source = read_idx_set(files), str(files["train_images"].parent)
         else:
             tensors, source = download_idx(config, dataset_class, searched(config), apt_hint)
+            files = find_idx([download_root(config) / dataset_class / "raw"])  # where torchvision put them
         for labels in (tensors[1], tensors[3]):
             if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
                 raise UserError(f"{name}: labels in {source} fall outside 0..{len(classes) - 1}")
-        return RawData(*tensors, classes=list(classes), source=source, mean=(mean,), std=(std,))
+        records = [file_record(path, hash_content=True) for path in files.values()] if files else []
+        return RawData(*tensors, classes=list(classes), source=source, mean=(mean,), std=(std,), files=records)
 
     register_dataset(name, info=DatasetInfo(len(classes), 1, 28), find=find)(load)
 
@@ -112,6 +115,7 @@ def load_cifar10(config: DataConfig) -> RawData | StreamData:
         kind, path = found
         tree = resolve_folder_source(path, _stem(path) if kind == "tarball" else "cifar10")
         raw = load_tree(tree, "cifar10", None, source=str(path))
+        raw.files = [file_record(path) if kind == "tarball" else tree_record(tree)]
     else:
         root = found[1] if found else download_root(config)
         if not found and not config.download:
@@ -123,7 +127,10 @@ def load_cifar10(config: DataConfig) -> RawData | StreamData:
             raise UserError(f"cifar10: not found (searched {_cifar_searched(config)}) and loading from {root} failed "
                              f"({one_line(exc)}); set data.root or $COMPRESS_CIFAR10 to an ImageFolder copy "
                              "(folder or .tar.gz)") from exc
-        raw = RawData(*tensors, classes=list(CIFAR10_CLASSES), source=f"{root} (torchvision)")
+        batches = root / "cifar-10-batches-py"
+        files = sorted(p for p in batches.iterdir() if p.is_file()) if batches.is_dir() else []
+        raw = RawData(*tensors, classes=list(CIFAR10_CLASSES), source=f"{root} (torchvision)",
+                      files=[file_record(p) for p in files])
     if raw.classes != CIFAR10_CLASSES:
         raise UserError(f"{raw.source} does not look like CIFAR-10 (classes {', '.join(raw.classes[:12])}); "
                          "use data.name: imagefolder for other image folders")
@@ -168,7 +175,9 @@ def _find_imagefolder(config: DataConfig) -> tuple[bool, str]:
 def load_imagefolder(config: DataConfig) -> RawData | StreamData:
     path = _imagefolder_path(config)
     tree = resolve_folder_source(path, _stem(path))
-    return load_tree(tree, _stem(path), config.image_size, source=str(path))
+    raw = load_tree(tree, _stem(path), config.image_size, source=str(path))
+    raw.files = [file_record(path) if is_tarball(path) else tree_record(tree)]
+    return raw
 
 
 # --- synthetic: tiny, learnable, identical on every machine -------------------------------------------

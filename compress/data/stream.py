@@ -9,31 +9,63 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from compress.data.folder import decode_file
+from compress.data.folder import ImageDecodeError, decode_file
 from compress.data.tensors import augment_params, check_batch_size, crop_flip, epoch_permutation
 from compress.errors import UserError
 
 
 def default_workers() -> int:
     value = os.environ.get("COMPRESS_WORKERS")
-    return int(value) if value else min(8, os.cpu_count() or 1)
+    if not value:
+        return min(8, os.cpu_count() or 1)
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise UserError(f"COMPRESS_WORKERS must be a number of worker processes >= 0, got {value!r}")
+    return workers
 
 
 class _Files(Dataset):
-    def __init__(self, samples: list[tuple[str, int]], channels: int, size: int) -> None:
-        self.samples, self.channels, self.size = samples, channels, size
+    def __init__(self, samples: list[tuple[str, int]], channels: int, size: int,
+                 where: tuple[Path | None, str] | None = None) -> None:
+        self.samples, self.channels, self.size, self.where = samples, channels, size, where
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.samples[index]
-        return decode_file(path, self.channels, self.size), label
+        try:
+            return decode_file(path, self.channels, self.size), label
+        except ImageDecodeError as exc:
+            if self.where is None:
+                raise
+            raise exc.inside(*self.where) from exc
+
+
+def _one_line_from_workers(batches: Iterator[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
+    """A UserError raised in a DataLoader worker comes back with the worker's traceback in its message:
+    keep the original one-line message (the traceback's last line)."""
+    try:
+        yield from batches
+    except UserError as exc:
+        lines = str(exc).strip().splitlines()
+        if len(lines) < 2 or not lines[0].startswith("Caught "):
+            raise
+        message = lines[-1].split(": ", 1)[-1]
+        try:
+            error = type(exc)(message)
+        except TypeError:
+            error = UserError(message)
+        raise error from None
 
 
 class _TrainOrder:
@@ -56,8 +88,10 @@ class FolderSplit:
     """Images decoded from files by DataLoader workers; ``len``, ``batches`` and ``eval_batches``."""
 
     def __init__(self, samples: list[tuple[str, int]], channels: int, size: int, mean: Tensor, std: Tensor,
-                 device: torch.device, num_workers: int | None = None) -> None:
+                 device: torch.device, num_workers: int | None = None,
+                 where: tuple[Path | None, str] | None = None) -> None:
         self.samples = samples
+        self.where = where  # (tree, source): names a bad image as a member of the tarball it came from
         self.channels, self.size = channels, size
         self.device = torch.device(device)
         self.mean = mean.to(self.device).view(1, channels, 1, 1)
@@ -76,7 +110,7 @@ class FolderSplit:
         return self.channels, self.size, self.size
 
     def _loader(self, batch_sampler) -> DataLoader:
-        return DataLoader(_Files(self.samples, self.channels, self.size), batch_sampler=batch_sampler,
+        return DataLoader(_Files(self.samples, self.channels, self.size, self.where), batch_sampler=batch_sampler,
                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
 
@@ -93,7 +127,7 @@ class FolderSplit:
                 per_epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         loader = self._loader(_TrainOrder(len(self), batch_size, seed, start))
         params_epoch, shifts, flips = -1, None, None
-        for k, (images, labels) in enumerate(loader, start=start):
+        for k, (images, labels) in enumerate(_one_line_from_workers(iter(loader)), start=start):
             x = self._normalise(images)
             if augment:
                 epoch, j = divmod(k, per_epoch)
@@ -108,5 +142,5 @@ class FolderSplit:
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         order = [list(range(i, min(i + batch_size, len(self)))) for i in range(0, len(self), batch_size)]
-        for images, labels in self._loader(order):
+        for images, labels in _one_line_from_workers(iter(self._loader(order))):
             yield self._normalise(images), labels.to(self.device, non_blocking=True)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from compress.data.identity import identity_hash
 from compress.errors import UserError
 
 PAD = 4  # CIFAR-style random crop: pad 4, crop back to the original side
@@ -208,6 +209,14 @@ class DataSplits:
     source: str
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
+    # what the splits were made from (dataset, files read with fingerprints, split parameters; JSON-ready):
+    # compress.data.identity; compare ``identity_hash`` before resuming a run
+    identity: dict = field(default_factory=dict)
+
+    @property
+    def identity_hash(self) -> str:
+        """16 hex digits derived from ``identity``."""
+        return identity_hash(self.identity)
 
     def __repr__(self) -> str:
         return (f"DataSplits(train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "

@@ -7,12 +7,12 @@
 
 from compress.export.compact import Compaction, compact, compact_model
 from compress.export.exporter import EXPORTER
-from compress.export.onnx_export import CompactReport, ExportReport, export_onnx
+from compress.export.onnx_export import OPSET_RANGE, CompactReport, ExportReport, export_onnx
 from compress.export.run import export_run, format_report
 from compress.export.storage import save_sparse_onnx, sparsify, storage_sizes
 from compress.pruning.macs import count_macs, count_params
 
 __all__ = [
-    "EXPORTER", "CompactReport", "Compaction", "ExportReport", "compact", "compact_model", "count_macs",
+    "EXPORTER", "OPSET_RANGE", "CompactReport", "Compaction", "ExportReport", "compact", "compact_model", "count_macs",
     "count_params", "export_onnx", "export_run", "format_report", "save_sparse_onnx", "sparsify", "storage_sizes",
 ]

@@ -31,6 +31,8 @@ VERIFY_BATCH = 8  # random verification inputs when none are given
 # compacted vs original torch: removing exact zeros and folding constants into biases only reorders
 # float32 sums, so the difference is rounding -- 1e-5 absolute, relative once outputs exceed 1
 COMPACT_TOLERANCE = 1e-5
+# opsets the TorchScript exporter supports (inclusive); the recipe layer mirrors this for export.opset
+OPSET_RANGE = (7, 20)
 
 
 @dataclass
@@ -144,9 +146,13 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     it defaults to two rows of ``verify_inputs`` or, for a ticket, to the ticket's input shape.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give the ONNX file to write (e.g. {path / 'model.onnx'})")
     model, ticket_shape = _resolve(model_or_ticket)
-    if isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= 20:
-        raise UserError(f"opset must be an int from 7 to 20 (the TorchScript exporter's range), got {opset!r}")
+    low, high = OPSET_RANGE
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise UserError(f"opset must be an int from {low} to {high} (the TorchScript exporter's range), "
+                        f"got {opset!r}")
     masks = get_masks(model)
     folded = _plain_zeros(fold_masks(model).cpu().float().eval())
     compaction = _compact_first(model) if compact else None  # fail on an unsupported model before any work

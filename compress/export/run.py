@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ import torch.nn as nn
 from compress import paths
 from compress.errors import UserError
 from compress.export.onnx_export import compact_path, export_onnx
-from compress.io import save_json
+from compress.io import load_torch, save_json
 
 EXPORT_JSON = "export.json"
 VERIFY_BATCH = 32  # test examples run through torch and onnxruntime
@@ -80,9 +81,10 @@ def _round_model(run_dir: Path, round_index: int, recipe, ticket: dict | None, d
     else:
         raise UserError(f"{run_dir}: no {paths.TICKET} and the dataset does not load, so the model's input "
                          f"shape is unknown; cannot rebuild round {round_index}")
-    model = build_model(config, classes, channels, side)
-    masks = torch.load(folder / paths.MASK, map_location="cpu", weights_only=False)
-    state = torch.load(folder / paths.FINAL, map_location="cpu", weights_only=False)
+    # pretrained=False: the round's trained weights overwrite whatever a model hub would send
+    model = build_model(dataclasses.replace(config, pretrained=False), classes, channels, side)
+    masks = load_torch(folder / paths.MASK, map_location="cpu")  # refuses pickled code, names a cut file
+    state = load_torch(folder / paths.FINAL, map_location="cpu")
     try:
         apply_masks(model, masks)
         model.load_state_dict(state)
@@ -92,14 +94,27 @@ def _round_model(run_dir: Path, round_index: int, recipe, ticket: dict | None, d
     return model.eval()
 
 
+def _target(out: str | Path) -> Path:
+    """``out`` as the ONNX file to write: ``<out>/ticket.onnx`` when it is a folder (or ends with a slash)."""
+    text = str(out)
+    path = Path(out)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        return path / paths.TICKET_ONNX
+    existing = next((parent for parent in path.parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"{out}: cannot write there, {existing} is a file, not a folder")
+    return path
+
+
 def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path | None = None,
                compact: bool = False, opset: int = 17) -> dict:
     """Export a run's ticket (``ticket.pt``) or round ``round`` (final.pt + mask.pt) to ONNX, verified.
 
     Writes ``ticket.onnx`` (+ ``ticket.compact.onnx`` with ``compact``) and ``export.json`` (the report)
-    into the run dir -- into ``round_NN/`` for a round -- or ``out`` (a file; the report goes next to
-    it as ``<stem>.export.json``). Verification uses the first test examples of the run's dataset
-    (never downloaded here); when they cannot be loaded, seeded random inputs, and ``inputs`` says why.
+    into the run dir -- into ``round_NN/`` for a round -- or ``out`` (a file, or a folder to write
+    ``ticket.onnx`` in; the report goes next to it as ``<stem>.export.json``). Verification uses the
+    first test examples of the run's dataset (never downloaded here); when they cannot be loaded,
+    seeded random inputs, and ``inputs`` says why.
     """
     from compress.lottery.ticket import read_ticket, ticket_model
 
@@ -133,7 +148,7 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
         side = recipe.data.image_size or data.image_size
         shape = (data.in_channels, side, side)
 
-    target = Path(out) if out is not None else default_dir / paths.TICKET_ONNX
+    target = _target(out) if out is not None else default_dir / paths.TICKET_ONNX
     report_path = target.with_name(f"{target.stem}.{EXPORT_JSON}") if out is not None else default_dir / EXPORT_JSON
     if inputs is not None:
         report = export_onnx(model, target, inputs[:2], opset=opset, verify_inputs=inputs, compact=compact)

@@ -10,10 +10,18 @@ import torch.nn as nn
 
 from compress import distributed, paths
 from compress.io import load_json, save_json, save_torch
-from compress.pruning import apply_masks, load_plain_state_dict, mac_counts, sparsity_report
+from compress.pruning import (
+    apply_masks,
+    is_pruned,
+    load_plain_state_dict,
+    mac_counts,
+    refresh_weights,
+    sparsity_report,
+)
 from compress.training import train
 
-RESULT_FIELDS = ("test_accuracy", "early_stop_iteration", "early_stop_test_accuracy", "wall_s")
+RESULT_FIELDS = ("test_accuracy", "early_stop_iteration", "early_stop_test_accuracy", "early_stop_val_accuracy",
+                 "wall_s")
 
 
 def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_state: dict, masks: dict,
@@ -39,13 +47,16 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
                     on_step=(lambda iteration: on_step(iteration, model)) if on_step else None,
                     augment=recipe.data.augment, progress=progress, desc=desc)
     report = sparsity_report(model, list(masks))
-    _check_pruned_are_zero(model, masks)
+    check_ticket_invariants(model, masks)
     if not distributed.is_main():
         distributed.barrier()  # rank 0 writes the result; read it back so every rank returns the same
         return load_json(result_path)
     save_json(report, folder / paths.SPARSITY)
     save_torch({key: value.cpu() for key, value in model.state_dict().items()}, folder / paths.FINAL)
-    result = {key: getattr(outcome, key) for key in RESULT_FIELDS}
+    result = {key: getattr(outcome, key) for key in RESULT_FIELDS if hasattr(outcome, key)}
+    # the ticket is chosen on validation accuracy and reported on test: keep both at the early stop
+    best = next(p for p in outcome.history if p["iteration"] == outcome.early_stop_iteration)
+    result["early_stop_val_accuracy"] = best["val_accuracy"]
     result["weights_remaining"] = report["weights_remaining"]
     dense_macs, nonzero_macs = mac_counts(model, next(data.test.eval_batches(1))[0])
     # what an ideal sparse kernel would multiply (a whole-channel ticket, once compacted, saves a bit more)
@@ -58,10 +69,21 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
 
 
 @torch.no_grad()
-def _check_pruned_are_zero(model: nn.Module, masks: dict) -> None:
-    """The invariant a ticket rests on; cheap enough to check after every run."""
+def check_ticket_invariants(model: nn.Module, masks: dict) -> None:
+    """What a ticket rests on, checked on what the forward pass really uses.
+
+    The mask buffers must still hold exactly the masks trained with (an EMA, a ``load_state_dict`` or
+    an optimizer touching buffers would change them), the prune hook must still be installed, and
+    the weight a forward pass computes must be exactly zero where the mask is.
+    """
     modules = dict(model.named_modules())
+    refresh_weights(model)  # recompute ``weight`` through torch prune's own rule, as a forward would
     for name, mask in masks.items():
-        weight = modules[name].weight_orig * modules[name].weight_mask
-        if bool((weight[mask.to(weight.device) == 0] != 0).any()):
+        module = modules[name]
+        if not is_pruned(module):
+            raise RuntimeError(f"{name!r} lost its torch prune reparametrisation during training")
+        if not torch.equal(module.weight_mask, mask.to(module.weight_mask.device, module.weight_mask.dtype)):
+            raise RuntimeError(f"the mask buffer of {name!r} changed during training")
+        pruned = mask.to(module.weight.device) == 0
+        if bool((module.weight[pruned] != 0).any()):
             raise RuntimeError(f"pruned weights of {name!r} are not zero after training")

@@ -5,13 +5,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from compress import paths  # noqa: E402
-from compress.io import load_json, save_bytes, save_text  # noqa: E402
+from compress import paths
+from compress.io import load_json, save_bytes, save_text
 
 ACCURACY_PLOT = "accuracy.png"
 EARLY_STOP_PLOT = "early_stop.png"
@@ -37,8 +34,8 @@ def _experiments(rounds: list[dict]) -> list[str]:
 
 def _save_figure(figure, path: Path) -> None:
     buffer = io.BytesIO()
+    # a bare Figure renders with Agg for png without pyplot, so a notebook's backend is never switched
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
     save_bytes(buffer.getvalue(), path)
 
 
@@ -56,7 +53,8 @@ def _log_axis(axis, rounds: list[dict]) -> None:
 
 
 def plot_accuracy(rounds: list[dict], path: Path, title: str) -> None:
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure = Figure(figsize=(6.4, 4.2))
+    axis = figure.subplots()
     for name in _experiments(rounds):
         color, marker = STYLE.get(name, ("tab:gray", "x"))
         xs, ys = _series(rounds, name, "early_stop_test_accuracy")
@@ -73,7 +71,8 @@ def plot_accuracy(rounds: list[dict], path: Path, title: str) -> None:
 
 
 def plot_early_stop(rounds: list[dict], path: Path, title: str) -> None:
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure = Figure(figsize=(6.4, 4.2))
+    axis = figure.subplots()
     for name in _experiments(rounds):
         color, marker = STYLE.get(name, ("tab:gray", "x"))
         xs, ys = _series(rounds, name, "early_stop_iteration")

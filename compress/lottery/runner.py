@@ -7,7 +7,9 @@ continues from its last checkpoint, and masks come out identical to an uninterru
 
 from __future__ import annotations
 
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,70 +17,122 @@ from tqdm.auto import tqdm
 
 from compress import distributed, paths
 from compress.data import load_dataset
-from compress.errors import UserError
-from compress.io import load_json, save_json, save_text, save_torch
+from compress.errors import UserError, one_line
+from compress.io import CorruptArtifactError, load_json, load_torch, save_json, save_text, save_torch
 from compress.lottery.experiment import RESULT_FIELDS, run_experiment
 from compress.lottery.report import write_report
+from compress.lottery.rundir import RunDirLock, check_identity, remove_stale_temp_files
 from compress.lottery.search import LotterySearch
 from compress.lottery.ticket import save_ticket
 from compress.models import build_model
-from compress.pruning import plain_state_dict, random_masks_like
-from compress.recipe import Recipe, dump_recipe, recipe_hash, recipe_to_dict
+from compress.pruning import (
+    apply_masks,
+    folded_state_dict,
+    load_plain_state_dict,
+    plain_state_dict,
+    random_masks_like,
+)
+from compress.recipe import Recipe, dump_recipe, load_recipe, recipe_hash, recipe_to_dict, results_hash
 from compress.runtime import resolve_device, seed_everything, set_threads
 
 REINIT_SEED_STRIDE = 10_007
+RUNS = Path("runs")
 
 
-def default_run_dir(recipe: Recipe, base: Path = Path("runs")) -> Path:
+def default_run_dir(recipe: Recipe, base: Path = RUNS) -> Path:
     """Derived from the settings: the same recipe always lands in the same folder (and resumes)."""
-    return Path(base) / f"{recipe.name}-{recipe_hash(recipe)}"
+    base = Path(base)
+    run_dir = base / f"{recipe.name}-{recipe_hash(recipe)}"
+    # the recipe layer only admits plain names; this keeps any caller's name from leaving ``base``
+    if run_dir.resolve().parent != base.resolve():
+        raise UserError(f"name: {recipe.name!r} is not a plain folder name (letters, digits, '.', '_', '-')")
+    return run_dir
 
 
 def prepare_run_dir(recipe: Recipe, run_dir: Path) -> Path:
-    """Create the run dir with the resolved recipe, or check that an existing one holds this recipe."""
+    """Create the run dir with the resolved recipe, or check that an existing one holds a run of it.
+
+    Only fields that change results must agree (``recipe.yaml`` is rewritten when, say, ``export.opset``
+    changed); each round is checked again against its own ``identity.json``.
+    """
     run_dir = Path(run_dir)
     recorded = run_dir / paths.RECIPE
     text = dump_recipe(recipe)
     if recorded.exists():
-        if recorded.read_text() != text:
+        try:
+            old = load_recipe(recorded)
+        except ValueError as error:
+            raise UserError(f"{recorded} does not load ({one_line(error)}): {run_dir} is not a run dir of this "
+                            "recipe; pass another --out or delete that folder") from None
+        if results_hash(old) != results_hash(recipe):
             raise UserError(f"{run_dir} holds a run of a different recipe ({recorded}); pass another --out "
-                             "or delete that folder")
-    elif distributed.is_main():
+                            "or delete that folder")
+    if distributed.is_main() and (not recorded.exists() or recorded.read_text() != text):
         save_text(text, recorded)
-    if distributed.is_main():
-        # a kill -9 in the middle of an atomic write leaves its temporary file behind (the target is intact)
-        for stale in run_dir.rglob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-    distributed.barrier()
     return run_dir
 
 
 def choose_ticket(rounds: list[dict], tolerance: float) -> dict:
-    """The sparsest round whose early-stop test accuracy is within ``tolerance`` of the dense round."""
-    dense = rounds[0]["early_stop_test_accuracy"]
-    eligible = [entry for entry in rounds if entry["early_stop_test_accuracy"] >= dense - tolerance]
+    """The sparsest round whose early-stop *validation* accuracy is within ``tolerance`` of the dense round.
+
+    Chosen on validation, reported on test; without a validation split (``data.validation_size: 0``)
+    the early-stop test accuracy is all there is.
+    """
+    key = _selection_key(rounds)
+    dense = rounds[0][key]
+    eligible = [entry for entry in rounds if entry[key] >= dense - tolerance]
     return min(eligible, key=lambda entry: entry["weights_remaining"])
 
 
-def ticket_rule(tolerance: float) -> str:
-    return (f"the sparsest round whose early-stop test accuracy is within {tolerance * 100:.2f} points "
+def _selection_key(rounds: list[dict]) -> str:
+    values = [entry.get("early_stop_val_accuracy") for entry in rounds]
+    usable = all(value is not None and math.isfinite(value) for value in values)
+    return "early_stop_val_accuracy" if usable else "early_stop_test_accuracy"
+
+
+def ticket_rule(tolerance: float, key: str = "early_stop_val_accuracy") -> str:
+    split = "validation" if key == "early_stop_val_accuracy" else "test (no validation split)"
+    return (f"the sparsest round whose early-stop {split} accuracy is within {tolerance * 100:.2f} points "
             "of the dense round (round 0)")
 
 
 class LotteryRun:
-    """Owns data, model factory and the run dir for one recipe."""
+    """Owns data, model factory and the run dir (locked while this process writes it) for one recipe."""
 
     def __init__(self, recipe: Recipe, run_dir: Path | None = None, progress: bool = True, where=None) -> None:
         self.recipe = recipe
-        self.run_dir = prepare_run_dir(recipe, run_dir or default_run_dir(recipe))
+        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
+        self.lock = RunDirLock(run_dir).acquire() if distributed.is_main() else None
+        try:
+            self._setup(recipe, run_dir, progress, where)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, recipe: Recipe, run_dir: Path, progress: bool, where) -> None:
+        self.run_dir = prepare_run_dir(recipe, run_dir)
+        if self.lock is not None and not self.lock.read_only:
+            remove_stale_temp_files(self.run_dir)  # ours alone: the lock says no live writer owns them
+        distributed.barrier()
         self.progress = progress
         self.device = resolve_device(recipe.train.device)
-        set_threads()  # COMPRESS_THREADS pins torch's threads (e.g. 1 per process when seeds run in parallel)
+        set_threads()  # only when COMPRESS_THREADS is set; a caller's own setting is kept otherwise
         seed_everything(recipe.seed)
         self.data = load_dataset(recipe.data, recipe.seed, self.device)
+        classes = recipe.model.num_classes
+        if classes is not None and classes < self.data.num_classes:
+            raise UserError(f"model.num_classes: {classes} outputs, but {recipe.data.name} has "
+                            f"{self.data.num_classes} classes (labels 0..{self.data.num_classes - 1}); "
+                            "set it to null to take the dataset's")
+        self.identity = {"recipe": results_hash(recipe), "data": self.data.identity_hash}
         self.search = LotterySearch(self.make_model(recipe.seed), recipe, where)
         self.init_state = plain_state_dict(self.search.model)
         self.begin = recipe.lottery.rewind_to
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def shape(self) -> dict:
@@ -90,11 +144,35 @@ class LotteryRun:
                             self.recipe.data.image_size or self.data.image_size, seed=seed)
         return model.to(self.device)
 
+    # -- files that can be recomputed -----------------------------------------------------------
+    def _load(self, path: Path, recompute: Callable[[], None] | None = None, also: tuple[Path, ...] = ()):
+        """Load a run file; a truncated one is moved aside (with ``also``) and recomputed when possible."""
+        try:
+            return load_torch(path, map_location=self.device)
+        except CorruptArtifactError as error:
+            if recompute is None or not distributed.is_main() or distributed.active():
+                raise UserError(f"{error}; delete it and run the same command again to recompute it") from None
+            for stale in (path, *also):
+                if stale.exists():
+                    stale.replace(stale.with_name(stale.name + ".corrupt"))
+            print(f"warning: {error}; moved aside as {path.name}.corrupt and recomputing it", file=sys.stderr)
+            recompute()
+            return load_torch(path, map_location=self.device)
+
+    def _retrain(self, round_index: int) -> Callable[[], None]:
+        """Redo the ticket training of ``round_index`` (bit for bit what the run did the first time)."""
+        def redo() -> None:
+            folder = paths.round_dir(self.run_dir, round_index)
+            for name in (paths.RESULT, paths.FINAL, paths.CHECKPOINT):
+                (folder / name).unlink(missing_ok=True)
+            self.run_ticket(round_index, self.masks_for_round(round_index))
+        return redo
+
     # -- stages ---------------------------------------------------------------------------------
     def rewind_state(self) -> dict:
         if self.begin == 0:
             return self.init_state
-        return torch.load(self.run_dir / paths.REWIND, map_location=self.device, weights_only=False)
+        return self._load(self.run_dir / paths.REWIND, recompute=self._retrain(0))
 
     def masks_for_round(self, round_index: int) -> dict:
         """Computed (or read) on rank 0 only, then broadcast and verified identical on every rank."""
@@ -108,25 +186,41 @@ class LotteryRun:
     def _masks_for_round(self, round_index: int) -> dict:
         mask_path = paths.round_dir(self.run_dir, round_index) / paths.MASK
         if mask_path.exists():
-            return {k: v.to(self.device) for k, v in torch.load(mask_path, weights_only=False).items()}
+            try:
+                return load_torch(mask_path, map_location=self.device)
+            except CorruptArtifactError as error:
+                if round_index > 0 and not (paths.round_dir(self.run_dir, round_index - 1) / paths.FINAL).exists():
+                    raise UserError(f"{error}; delete {mask_path.parent} and run again to recompute it") from None
+                mask_path.replace(mask_path.with_name(mask_path.name + ".corrupt"))
+                print(f"warning: {error}; moved aside and recomputed from the previous round", file=sys.stderr)
         if round_index == 0:
-            return {name: torch.ones_like(mask) for name, mask in self.search.masks.items()}
-        previous = paths.round_dir(self.run_dir, round_index - 1) / paths.FINAL
-        self.search.model.load_state_dict(torch.load(previous, map_location=self.device, weights_only=False))
-        self.search.level = round_index - 1
-        return self.search.next_masks()
+            masks = {name: torch.ones_like(mask) for name, mask in self.search.masks.items()}
+        else:
+            previous = paths.round_dir(self.run_dir, round_index - 1)
+            trained = self._load(previous / paths.FINAL, recompute=self._retrain(round_index - 1),
+                                 also=(previous / paths.RESULT,))
+            masks = self.search.masks_after(round_index - 1, trained)
+        if (mask_path.parent / paths.RESULT).exists():  # a finished round whose mask.pt was lost: restore it
+            save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)
+        return masks
 
-    def run_round(self, round_index: int) -> dict:
-        masks = self.masks_for_round(round_index)
+    def run_ticket(self, round_index: int, masks: dict) -> dict:
         folder = paths.round_dir(self.run_dir, round_index)
         on_step = self._save_rewind_point if round_index == 0 and self.begin > 0 else None
         start = self.init_state if round_index == 0 else self.rewind_state()
-        entry = {"round": round_index}
-        ticket = run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
-                                recipe=self.recipe, data=self.data, begin=0 if round_index == 0 else self.begin,
-                                desc=f"round {round_index} ticket", progress=self.progress, on_step=on_step)
-        entry.update({key: ticket[key] for key in ("weights_remaining", "macs_remaining", *RESULT_FIELDS)})
+        return run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
+                              recipe=self.recipe, data=self.data, begin=0 if round_index == 0 else self.begin,
+                              desc=f"round {round_index} ticket", progress=self.progress, on_step=on_step)
+
+    def run_round(self, round_index: int) -> dict:
+        if distributed.is_main():
+            check_identity(paths.round_dir(self.run_dir, round_index), self.identity, f"round {round_index}")
+        distributed.barrier()
+        masks = self.masks_for_round(round_index)
+        ticket = self.run_ticket(round_index, masks)
+        entry = {"round": round_index, **_result_fields(ticket)}
         if round_index > 0:
+            start = self.rewind_state()
             entry["controls"] = {name: self.run_control(name, round_index, masks, start)
                                  for name in self.recipe.lottery.controls}
         return entry
@@ -143,12 +237,14 @@ class LotteryRun:
         if name == "reinit":
             start = plain_state_dict(self.make_model(seed))
         elif name == "random_prune":
-            masks = random_masks_like({k: v.cpu() for k, v in masks.items()}, torch.Generator().manual_seed(seed))
+            # the same count per layer -- of weights, or of whole channels under channel granularity
+            masks = random_masks_like({k: v.cpu() for k, v in masks.items()}, torch.Generator().manual_seed(seed),
+                                      granularity=self.recipe.prune.granularity)
             masks = distributed.broadcast_masks({k: v.to(self.device) for k, v in masks.items()})
         result = run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
                                 recipe=self.recipe, data=self.data, begin=self.begin,
                                 desc=f"round {round_index} {name}", progress=self.progress)
-        return {key: result[key] for key in ("weights_remaining", "macs_remaining", *RESULT_FIELDS)}
+        return _result_fields(result)
 
     # -- the whole run --------------------------------------------------------------------------
     def run(self) -> dict:
@@ -158,15 +254,21 @@ class LotteryRun:
         bar = tqdm(range(total), desc=self.recipe.name, disable=not self.progress or not main, unit="round")
         summary: dict = {}
         for round_index in bar:
+            finished_before = self._finished(round_index)
             entry = self.run_round(round_index)
             rounds.append(entry)
-            if main:
+            # a rerun of finished rounds writes nothing until the end (and nothing at all if nothing changed)
+            if main and (not finished_before or round_index == total - 1):
                 summary = self.write_summary(rounds)
                 tqdm.write(self._round_line(entry))
             bar.set_postfix(remaining=f"{entry['weights_remaining']:.3f}", refresh=False)
         bar.close()
         distributed.barrier()
         return summary if main else {"rounds": rounds}
+
+    def _finished(self, round_index: int) -> bool:
+        names = ["ticket", *(self.recipe.lottery.controls if round_index > 0 else ())]
+        return all((paths.experiment_dir(self.run_dir, round_index, name) / paths.RESULT).exists() for name in names)
 
     def _round_line(self, entry: dict) -> str:
         line = (f"round {entry['round']:2d}  remaining {entry['weights_remaining'] * 100:6.2f}%  "
@@ -181,29 +283,51 @@ class LotteryRun:
         summary = {"name": self.recipe.name, "recipe_hash": recipe_hash(self.recipe), "rounds": rounds,
                    "ticket": {"round": chosen["round"], "weights_remaining": chosen["weights_remaining"],
                               "early_stop_test_accuracy": chosen["early_stop_test_accuracy"],
-                              "rule": ticket_rule(tolerance)}}
-        self.save_ticket(chosen)
-        save_json(summary, self.run_dir / paths.SUMMARY)
-        write_report(self.run_dir, summary, self.recipe)
+                              "early_stop_val_accuracy": chosen.get("early_stop_val_accuracy"),
+                              "rule": ticket_rule(tolerance, _selection_key(rounds))}}
+        summary_path = self.run_dir / paths.SUMMARY
+        written = (summary_path.exists() and (self.run_dir / paths.TICKET).exists()
+                   and (self.run_dir / paths.REPORT).exists() and load_json(summary_path) == summary)
+        if not written:  # a finished run on read-only media reruns without writing
+            self.save_ticket(chosen)
+            save_json(summary, summary_path)
+            write_report(self.run_dir, summary, self.recipe)
         return summary
 
     def save_ticket(self, chosen: dict) -> None:
         folder = paths.round_dir(self.run_dir, chosen["round"])
-        masks = torch.load(folder / paths.MASK, map_location="cpu", weights_only=False)
-        self.search.model.load_state_dict(torch.load(folder / paths.FINAL, map_location=self.device,
-                                                     weights_only=False))
-        trained = {k: v.cpu() for k, v in plain_state_dict(self.search.model).items()}
+        masks = load_torch(folder / paths.MASK)
+        trained = self._load(folder / paths.FINAL, recompute=self._retrain(chosen["round"]),
+                             also=(folder / paths.RESULT,))
+        self.search.model.load_state_dict(trained)
         start = self.init_state if chosen["round"] == 0 else self.rewind_state()
-        save_ticket(self.run_dir / paths.TICKET, model_config=recipe_to_dict(self.recipe)["model"],
-                    shape=self.shape, masks=masks, rewind_state={k: v.cpu() for k, v in start.items()},
-                    trained_state=trained, info={**chosen, "recipe": self.recipe.name})
+        rewound = self.make_model()
+        apply_masks(rewound, masks)
+        load_plain_state_dict(rewound, start)
+        # folded (pruned entries exactly zero): each loads into a fresh, unpruned model as it is
+        save_ticket(self.run_dir / paths.TICKET, model_config={**recipe_to_dict(self.recipe)["model"]},
+                    shape=self.shape, masks={k: v.cpu() for k, v in masks.items()},
+                    rewind_state=_cpu(folded_state_dict(rewound)),
+                    trained_state=_cpu(folded_state_dict(self.search.model)),
+                    info={**chosen, "recipe": self.recipe.name})
+
+
+def _cpu(state: dict) -> dict:
+    return {key: value.cpu() for key, value in state.items()}
+
+
+def _result_fields(result: dict) -> dict:
+    return {key: result[key] for key in ("weights_remaining", "macs_remaining", *RESULT_FIELDS) if key in result}
 
 
 def find_ticket(recipe: Recipe, out: Path | None = None, progress: bool = True, where=None) -> dict:
     """Run (or resume) the lottery-ticket search of ``recipe``; returns the summary."""
     distributed.init_from_env()
     run = LotteryRun(recipe, out, progress, where)
-    summary = run.run()
+    try:
+        summary = run.run()
+    finally:
+        run.close()
     summary["run_dir"] = str(run.run_dir)
     return summary
 
@@ -212,4 +336,7 @@ def read_summary(run_dir: Path) -> dict:
     path = Path(run_dir) / paths.SUMMARY
     if not path.exists():
         raise UserError(f"{run_dir}: no {paths.SUMMARY} (not a finished or started run dir)")
-    return load_json(path)
+    try:
+        return load_json(path)
+    except ValueError as error:
+        raise UserError(f"{path}: not valid JSON ({one_line(error)})") from None

@@ -112,6 +112,16 @@ class LotterySearch:
         check_shrinks(current, new)
         return new
 
+    def masks_after(self, level: int, trained_state: dict[str, torch.Tensor]) -> Masks:
+        """The masks of level ``level + 1`` from level ``level``'s trained state dict (masks included).
+
+        For a driver that keeps each level's weights in files (the CLI runner): the search's model takes
+        that state and the search stands at ``level``, as if it had just trained it.
+        """
+        self.model.load_state_dict(trained_state)
+        self.level = level
+        return self.next_masks()
+
     def prune(self, masks: Masks | None = None) -> Masks:
         masks = self.next_masks() if masks is None else masks
         apply_masks(self.model, masks)

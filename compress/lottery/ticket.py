@@ -1,14 +1,18 @@
-"""``ticket.pt``: masks, rewound weights and trained weights, loadable into a fresh, unpruned model."""
+"""``ticket.pt``: masks, rewound weights and trained weights, loadable into a fresh, unpruned model.
+
+Both weight sets are stored folded (pruned entries exactly zero), so ``model.load_state_dict(
+ticket["trained_state"])`` on a model built from ``ticket["model"]`` gives the ticket without torch
+prune; ``ticket_model`` also installs the masks so that further training keeps them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.io import save_torch
+from compress.io import load_torch, save_torch
 from compress.models import build_model
 from compress.pruning import apply_masks, load_plain_state_dict
 
@@ -26,9 +30,12 @@ def read_ticket(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no ticket here (a run writes ticket.pt after its first round)")
-    ticket = torch.load(path, map_location="cpu", weights_only=False)
+    ticket = load_torch(path)  # tensors and plain data only: a shared ticket never runs code
     if not isinstance(ticket, dict) or ticket.get("format") != FORMAT:
         raise UserError(f"{path}: not a compress ticket (expected format {FORMAT})")
+    missing = [key for key in ("model", "shape", "masks", "rewind_state", "trained_state", "info") if key not in ticket]
+    if missing:
+        raise UserError(f"{path}: damaged compress ticket (no {', '.join(missing)})")
     return ticket
 
 

@@ -93,6 +93,17 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def folded_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain state dict with the masks folded in (``weight`` = weight_orig * mask, pruned entries exactly
+    zero): what a fresh, unpruned model loads to *be* the ticket, without torch prune."""
+    state = plain_state_dict(model)
+    for name, module in model.named_modules():
+        if is_pruned(module):
+            key = f"{name}.{PARAM}" if name else PARAM
+            state[key] = (module.weight_orig * module.weight_mask).detach().clone()
+    return state
+
+
 def load_plain_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a plain state dict into a possibly pruned model (``weight`` goes to weight_orig); masks kept."""
     own = model.state_dict()

@@ -90,15 +90,25 @@ def magnitude_masks(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[
     return new_masks
 
 
-def random_masks_like(masks: Masks, generator: torch.Generator) -> Masks:
-    """A random mask per layer with exactly the same number of survivors (the random-pruning control)."""
+def random_masks_like(masks: Masks, generator: torch.Generator, granularity: str = "weight") -> Masks:
+    """A random mask per layer with exactly the same number of survivors (the random-pruning control).
+
+    ``granularity="channel"``: the same number of whole output channels per layer survive, chosen at
+    random, so the control of a channel ticket is itself a channel ticket.
+    """
     result: Masks = {}
     for name, mask in masks.items():
-        keep = int(mask.sum())
-        order = torch.randperm(mask.numel(), generator=generator)
-        flat = torch.zeros(mask.numel(), dtype=mask.dtype)
-        flat[order[:keep]] = 1
-        result[name] = flat.view_as(mask).to(mask.device)
+        if granularity == "channel":
+            channels = mask.flatten(1).any(dim=1)
+            keep = torch.zeros(len(channels), dtype=mask.dtype)
+            keep[torch.randperm(len(channels), generator=generator)[:int(channels.sum())]] = 1
+            result[name] = torch.ones_like(mask, device="cpu") * keep.view(-1, *([1] * (mask.dim() - 1)))
+        else:
+            order = torch.randperm(mask.numel(), generator=generator)
+            flat = torch.zeros(mask.numel(), dtype=mask.dtype)
+            flat[order[:int(mask.sum())]] = 1
+            result[name] = flat.view_as(mask)
+        result[name] = result[name].to(mask.device)
     return result
 
 

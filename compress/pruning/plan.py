@@ -69,7 +69,8 @@ def build_plan(model: nn.Module, config: PruneConfig,
             rate = 0.0  # removing output neurons would remove classes
         if rate <= 0.0:
             continue
-        group = f"rate={rate}" if config.scope == "global" else name
+        # global: one pool per rate *value* (to 6 significant digits: 0.2 and 0.2000001 are one pool)
+        group = f"rate={float(rate):.6g}" if config.scope == "global" else name
         targets.append(Target(name=name, kind=kind, rate=rate, group=group))
     return targets
 

@@ -12,6 +12,8 @@ from compress.recipe.loader import (
     recipe_from_dict,
     recipe_hash,
     recipe_to_dict,
+    result_fields,
+    results_hash,
     where,
 )
 from compress.recipe.schema import (
@@ -29,5 +31,5 @@ from compress.recipe.schema import (
 __all__ = [
     "DataConfig", "ExportConfig", "LotteryConfig", "ModelConfig", "OptimizerConfig", "PruneConfig",
     "Recipe", "RecipeError", "ScheduleConfig", "TrainConfig", "describe_schema", "dump_recipe",
-    "load_recipe", "recipe_from_dict", "recipe_hash", "recipe_to_dict", "where",
+    "load_recipe", "recipe_from_dict", "recipe_hash", "recipe_to_dict", "result_fields", "results_hash", "where",
 ]

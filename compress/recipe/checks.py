@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable
 
 from compress.recipe.schema import (
@@ -24,12 +25,21 @@ Rule = tuple[Callable[[float], bool], str]
 POSITIVE: Rule = (lambda v: v > 0, "must be > 0")
 NON_NEGATIVE: Rule = (lambda v: v >= 0, "must be >= 0")
 FRACTION: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+# An accuracy *fraction*: 1 meant as "1 point" would accept every round as a winning ticket.
+TOLERANCE: Rule = (lambda v: 0 <= v <= 0.1, "must be in [0, 0.1], a fraction of accuracy (0.01 = 1 point)")
+# Larger sides only exhaust memory; 1024 covers every model family the toolkit targets.
+IMAGE_SIDE: Rule = (lambda v: 0 < v <= 1024, "must be in [1, 1024]")
+# Mirrors compress.export.onnx_export.OPSET_RANGE (the recipe layer does not import export);
+# checked at load so a bad value fails before training instead of after it.
+OPSET_RANGE = (7, 20)
+OPSET: Rule = (lambda v: OPSET_RANGE[0] <= v <= OPSET_RANGE[1],
+               f"must be in [{OPSET_RANGE[0]}, {OPSET_RANGE[1]}] (the ONNX exporter's range)")
 
 RANGES: dict[str, Rule] = {
     "seed": NON_NEGATIVE,
     "model.num_classes": POSITIVE,
     "data.validation_size": NON_NEGATIVE,
-    "data.image_size": POSITIVE,
+    "data.image_size": IMAGE_SIDE,
     "data.train_subset": POSITIVE,
     "data.test_subset": POSITIVE,
     "train.iterations": POSITIVE,
@@ -46,8 +56,14 @@ RANGES: dict[str, Rule] = {
     "prune.rates.*": FRACTION,
     "lottery.rounds": NON_NEGATIVE,
     "lottery.rewind_to": NON_NEGATIVE,
-    "lottery.ticket_tolerance": NON_NEGATIVE,
-    "export.opset": POSITIVE,
+    "lottery.ticket_tolerance": TOLERANCE,
+    "export.opset": OPSET,
+}
+
+# The run folder is runs/<name>-<hash>: a name must not be a path (/abs, ../..) or a hidden file.
+NAME_RULE = "a plain folder name: letters, digits, '.', '_', '-', starting with a letter or digit, at most 100 characters"
+PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
+    "name": (re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"), NAME_RULE),
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -80,6 +96,9 @@ def check_value(pattern: str, value: object) -> str | None:
     rule = RANGES.get(pattern)
     if rule is not None and isinstance(value, (int, float)) and not rule[0](value):
         return f"{value!r} {rule[1]}"
+    regex = PATTERNS.get(pattern)
+    if regex is not None and isinstance(value, str) and not regex[0].fullmatch(value):
+        return f"{value!r} is not {regex[1]}"
     return None
 
 
@@ -88,6 +107,8 @@ def rule_text(pattern: str, help_text: str = "") -> str:
     parts = []
     if pattern in RANGES:
         parts.append(RANGES[pattern][1].removeprefix("must be "))
+    if pattern in PATTERNS:
+        parts.append(PATTERNS[pattern][1])
     if pattern in CHOICES and not all(choice in help_text for choice in CHOICES[pattern]):
         parts.append("one of " + ", ".join(CHOICES[pattern]))
     if pattern in CROSS_RULES:

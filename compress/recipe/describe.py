@@ -27,6 +27,8 @@ def schema_rows(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, st
             rules.append(f"items: {rule_text(path + '[]', help_text)}")
         if is_mapping(bare) and rule_text(f"{path}.*", help_text):
             rules.append(f"values: {rule_text(path + '.*', help_text)}")
+        if not f.metadata.get("results", True):
+            rules.append("not in the run hash: cannot change results")
         rules = [r for r in rules if r]
         if rules:
             help_text += f" [{'; '.join(rules)}]"

@@ -65,9 +65,28 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    """8 hex digits of sha256 over canonical JSON (sorted keys): stable across YAML formatting."""
-    canonical = json.dumps(recipe_to_dict(recipe), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:8]
+    """The run-dir hash: 8 hex digits of sha256 over canonical JSON (sorted keys, stable across YAML
+    formatting) of the fields that change results *and* differ from their schema defaults.
+
+    As in open_lth: fields marked ``results=False`` in the schema (``name``, ``export.*``,
+    ``train.device``, ``train.checkpoint_every``, ``data.root``, ``data.download``) are left out, so
+    changing them reuses the run dir instead of retraining; leaving defaults out means a new field
+    added later with a default keeps every old hash, and writing a default explicitly or omitting it
+    hash alike. The price: changing an existing default changes what old hashes mean.
+    """
+    return _sha256(_non_default(recipe))[:8]
+
+
+def result_fields(recipe: Recipe) -> dict[str, Any]:
+    """Every field that can change results, defaults included, as nested plain data (no ``name``,
+    ``export`` or device): what a run dir's rounds must agree on to be resumed or compared."""
+    return _result_fields(recipe)
+
+
+def results_hash(recipe: Recipe) -> str:
+    """16 hex digits of sha256 over ``result_fields(recipe)``: changes when any such field does,
+    including one added later, unlike ``recipe_hash``."""
+    return _sha256(result_fields(recipe))[:16]
 
 
 def where(recipe: Recipe, key_path: str) -> str:
@@ -95,6 +114,43 @@ def _is_section(path: tuple[Any, ...]) -> bool:
             return False
         cls = field_types(cls)[part]
     return isinstance(cls, type) and dataclasses.is_dataclass(cls)
+
+
+def _sha256(data: Any) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _result_fields(section: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        if not f.metadata.get("results", True):
+            continue
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            inner = _result_fields(value)
+            if inner:  # a section of bookkeeping fields only (export) is left out whole
+                out[f.name] = inner
+        else:
+            out[f.name] = _plain(value)
+    return out
+
+
+def _non_default(section: Any) -> dict[str, Any]:
+    # A section's default is its class's default instance, so this compares field by field.
+    default = type(section)()
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        if not f.metadata.get("results", True):
+            continue
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            inner = _non_default(value)
+            if inner:
+                out[f.name] = inner
+        elif _plain(value) != _plain(getattr(default, f.name)):
+            out[f.name] = _plain(value)
+    return out
 
 
 def _attach(recipe: Recipe, locs: Locations) -> Recipe:

@@ -2,6 +2,9 @@
 
 Key paths (``train.optimizer.lr``) are a contract shared by the YAML files, ``--set`` overrides,
 tools and users' code. The loader (``compress.recipe.loader``) validates types and ranges.
+
+A field marked ``results=False`` (where files go, which device, what is exported) cannot change
+trained weights or accuracies; ``recipe_hash`` leaves it out, so changing it keeps the run dir.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def doc(text: str, **kwargs: Any) -> Any:
-    """A dataclass field with help text (``field(metadata={"help": ...})``)."""
-    return field(metadata={"help": text, **kwargs.pop("metadata", {})}, **kwargs)
+def doc(text: str, *, results: bool = True, **kwargs: Any) -> Any:
+    """A dataclass field with help text (``field(metadata={"help": ..., "results": ...})``).
+
+    ``results=False``: the field cannot change training results, so it is left out of the run hash.
+    """
+    return field(metadata={"help": text, "results": results, **kwargs.pop("metadata", {})}, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = doc("dataset name (compress.list_datasets())", default="fashion_mnist")
-    root: str | None = doc("data folder or tarball; null = $COMPRESS_DATA, then the user cache", default=None)
+    root: str | None = doc("data folder or tarball; null = $COMPRESS_DATA, then the user cache", default=None,
+                           results=False)
     validation_size: int = doc("examples held out of the training set for early stopping", default=5000)
     augment: bool = doc("CIFAR-style random crop (pad 4) + horizontal flip during training", default=False)
     image_size: int | None = doc("resize images to this side (e.g. for timm models); null = native", default=None)
@@ -43,7 +50,8 @@ class DataConfig:
                                    default=None)
     test_subset: int | None = doc("evaluate on a seeded random N of the test set (quick smoke runs); "
                                   "null = all", default=None)
-    download: bool = doc("let torchvision download missing files when the network allows", default=True)
+    download: bool = doc("let torchvision download missing files when the network allows", default=True,
+                         results=False)
 
 
 @dataclass(frozen=True)
@@ -72,10 +80,11 @@ class TrainConfig:
     schedule: ScheduleConfig = doc("learning-rate schedule", default_factory=ScheduleConfig)
     eval_every: int = doc("evaluate validation and test sets every N iterations", default=100)
     eval_batch_size: int = doc("batch size for evaluation", default=1000)
-    checkpoint_every: int = doc("write a resumable checkpoint every N iterations", default=500)
-    device: str = doc(f"one of {', '.join(DEVICES)} (auto = CUDA when present)", default="auto")
+    checkpoint_every: int = doc("write a resumable checkpoint every N iterations", default=500, results=False)
+    device: str = doc(f"one of {', '.join(DEVICES)} (auto = CUDA when present)", default="auto", results=False)
     bf16: bool = doc("CUDA only: bf16 autocast", default=False)
     channels_last: bool = doc("CUDA only: channels_last memory format", default=False)
+    sync_batchnorm: bool = doc("under torchrun, convert BatchNorm to SyncBatchNorm so N processes match one", default=True)
 
 
 @dataclass(frozen=True)
@@ -101,22 +110,25 @@ class LotteryConfig:
     controls: tuple[str, ...] = doc(f"control experiments per round: {', '.join(CONTROLS)}", default=())
     one_shot: bool = doc("prune to the final sparsity in one step after the dense round", default=False)
     ticket_tolerance: float = doc(
-        "winning ticket = sparsest round whose early-stop test accuracy is within this many "
-        "accuracy points (fraction) of the dense round",
+        "winning ticket = sparsest round whose early-stop test accuracy is within this fraction of "
+        "accuracy of the dense round (0.005 = 0.5 points)",
         default=0.005,
     )
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    onnx: bool = doc("export the winning ticket to ONNX and verify it with onnxruntime", default=True)
-    compact: bool = doc("also export an exactly compacted model (dead units removed)", default=False)
-    opset: int = doc("ONNX opset version", default=17)
+    onnx: bool = doc("export the winning ticket to ONNX and verify it with onnxruntime", default=True,
+                     results=False)
+    compact: bool = doc("also export an exactly compacted model (dead units removed)", default=False,
+                        results=False)
+    opset: int = doc("ONNX opset version", default=17, results=False)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    name: str = doc("experiment name; the default run dir is runs/<name>-<hash>", default="experiment")
+    name: str = doc("experiment name; the default run dir is runs/<name>-<hash>", default="experiment",
+                    results=False)  # already part of the folder name
     seed: int = doc("seed for init, data split and order", default=0)
     model: ModelConfig = doc("the network", default_factory=ModelConfig)
     data: DataConfig = doc("the dataset", default_factory=DataConfig)

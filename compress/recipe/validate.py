@@ -24,7 +24,7 @@ from compress.recipe.keys import (
     type_name,
 )
 from compress.recipe.schema import LAYER_KINDS, Recipe
-from compress.recipe.yamlio import Locations
+from compress.recipe.yamlio import Locations, LooseInt, loose_int_problem
 
 
 class Builder:
@@ -75,7 +75,7 @@ class Builder:
                 if not isinstance(key, str):
                     raise self.error(path, f"key {key!r} is not a string")
                 if entry is not None:  # null drops an entry, e.g. one inherited through extends
-                    out[key] = self.value(entry, item, (*path, key), pattern + ".*")
+                    out[str(key)] = self.value(entry, item, (*path, key), pattern + ".*")
             return out
         if bare is Any:
             return self.plain(value, path)
@@ -86,6 +86,10 @@ class Builder:
         return converted
 
     def scalar(self, value: Any, bare: type, path: KeyPath) -> Any:
+        if isinstance(value, LooseInt):  # 010, 0x10, 1_000, 1:30: text, never a number
+            if bare is str:
+                return str(value)
+            raise self.error(path, loose_int_problem(value))
         ok = {
             bool: isinstance(value, bool),
             int: isinstance(value, int) and not isinstance(value, bool),
@@ -100,6 +104,8 @@ class Builder:
 
     def plain(self, value: Any, path: KeyPath) -> Any:
         """Free-form values (``model.kwargs``) stay YAML-shaped so dump -> load gives them back equal."""
+        if isinstance(value, LooseInt):  # model.kwargs: {depth: 010} would be 8 in YAML 1.1
+            raise self.error(path, loose_int_problem(value))
         if value is None or isinstance(value, (str, bool, int, float)):
             return value
         if isinstance(value, (list, tuple)):
@@ -108,7 +114,7 @@ class Builder:
             for key in value:
                 if not isinstance(key, str):
                     raise self.error(path, f"key {key!r} is not a string")
-            return {k: self.plain(v, (*path, k)) for k, v in value.items()}
+            return {str(k): self.plain(v, (*path, k)) for k, v in value.items()}
         raise self.error(path, f"{_show(value)} is not a plain YAML value")
 
 
@@ -141,6 +147,7 @@ def _check_recipe(recipe: Recipe, b: Builder) -> None:
         if key in recipe.model.kwargs:
             raise b.error(("model", "kwargs", key), f"set {field_path} instead")
     _check_model(recipe.model.name, b)
+    _check_model_kwargs(recipe.model.name, recipe.model.kwargs, b)
     _check_dataset(recipe.data.name, b)
     for i, text in enumerate(recipe.prune.exclude):
         _check_selector(text, ("prune", "exclude", i), b)
@@ -158,6 +165,15 @@ def _check_model(name: str, b: Builder) -> None:
         return  # timm's own list is checked when the model is built (listing it here is slow)
     if name not in MODELS:
         raise b.error(("model", "name"), f"{MODELS.unknown_message(name)}; or timm/<name> for any timm model")
+
+
+def _check_model_kwargs(name: str, kwargs: dict[str, Any], b: Builder) -> None:
+    # At load time too, so --dry-run and a bad recipe fail with file:line before any data is read.
+    from compress.models.build import kwargs_problem
+
+    problem = kwargs_problem(name, kwargs)
+    if problem:
+        raise b.error(("model", "kwargs", problem[0]), problem[1])
 
 
 def _check_dataset(name: str, b: Builder) -> None:

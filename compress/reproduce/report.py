@@ -13,16 +13,13 @@ import shutil
 import sys
 from pathlib import Path
 
-import matplotlib
 import matplotlib.ticker
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from compress import paths  # noqa: E402
-from compress.io import save_bytes, save_json, save_text  # noqa: E402
-from compress.reproduce.aggregate import KINDS, aggregate_experiment  # noqa: E402
-from compress.reproduce.suite import Experiment, invocations, run_dir  # noqa: E402
+from compress import paths
+from compress.io import save_bytes, save_json, save_text
+from compress.reproduce.aggregate import KINDS, aggregate_experiment
+from compress.reproduce.suite import Experiment, invocations, run_dir
 
 DEFAULT_OUT = {"full": Path("benchmarks/results/reproduction"), "smoke": Path("runs/reproduction-smoke/results")}
 DISCUSSION = "discussion.md"
@@ -140,7 +137,6 @@ def _axis_style(axis, ylabel: str, rounds: list[dict]) -> None:
 def _save(figure, path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
     save_bytes(buffer.getvalue(), path)
 
 
@@ -151,7 +147,8 @@ def plot_experiment(result: dict, out: Path) -> list[str]:
         return []
     kinds = [k for k in _present(rounds) if k != "dense"]
     names = []
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    figure = Figure(figsize=(11, 4.2))  # no pyplot: a notebook's backend is never switched
+    axes = figure.subplots(1, 2, sharey=True)
     for axis, key, label in ((axes[0], None, "early-stop test accuracy (%)"),
                              (axes[1], "test_accuracy", "end-of-training test accuracy (%)")):
         for kind in kinds:
@@ -167,7 +164,8 @@ def plot_experiment(result: dict, out: Path) -> list[str]:
     names.append(f"{result['experiment']}_accuracy.png")
     _save(figure, out / names[-1])
 
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure = Figure(figsize=(6.4, 4.2))
+    axis = figure.subplots()
     for kind in kinds:
         xs, ys, errors = _series(rounds, kind, "early_stop_iteration")
         color, marker = STYLE[kind]

@@ -2,14 +2,20 @@
 
 Batches are a pure function of (seed, iteration) -- see ``TensorSplit.batches`` -- so a run restarted
 from a checkpoint at iteration k sees exactly the batches an uninterrupted run would.
+
+Divergence: each step's loss is copied into a device-side window (no host sync per step); at every
+evaluation and checkpoint the window is checked once, and a nan/inf loss (or weight) stops training with
+``TrainingDiverged`` naming the iteration, before anything of the diverged state is written.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,12 +26,16 @@ from tqdm.auto import tqdm
 
 from compress import distributed
 from compress.errors import UserError
-from compress.io import append_jsonl, save_text, save_torch
+from compress.io import CorruptArtifactError, append_jsonl, load_torch, save_text, save_torch
 from compress.recipe.schema import TrainConfig
 from compress.training.evaluate import evaluate
 from compress.training.optim import build_optimizer, build_schedule
 
 StepCallback = Callable[[int], None]
+
+
+class TrainingDiverged(UserError):
+    """The training loss (or the weights) became nan or inf: the learning rate is too high for this model."""
 
 
 @dataclass
@@ -67,6 +77,49 @@ def _evaluate_point(model: nn.Module, data, config: TrainConfig, iteration: int,
             "val_accuracy": val_accuracy, "test_loss": test_loss, "test_accuracy": test_accuracy}
 
 
+def _diverged(config: TrainConfig, what: str) -> TrainingDiverged:
+    return TrainingDiverged(f"training diverged: {what} (train.optimizer.lr = {config.optimizer.lr:g}); "
+                            "lower train.optimizer.lr (or add train.schedule.warmup)")
+
+
+def _sync_window(losses: torch.Tensor, synced: int, steps: int) -> int:
+    """Under torchrun, replace this rank's losses ``synced:steps`` by their mean over the ranks (the loss
+    of the global batch), so every rank sees the same values -- and stops at the same step."""
+    if steps > synced:
+        losses[synced:steps] = distributed.all_reduce_mean(losses[synced:steps])
+    return steps
+
+
+def _window_loss(window: torch.Tensor, first: int, config: TrainConfig) -> float:
+    """The mean training loss of the steps ``first``, ``first + 1``, ... held in ``window`` (one host sync);
+    raises ``TrainingDiverged`` naming the first step whose loss is nan or inf."""
+    mean = float(window.double().mean())
+    if not math.isfinite(mean):  # a cross-entropy is >= 0: the mean is finite iff every step's loss is
+        bad = int((~torch.isfinite(window)).nonzero()[0, 0])
+        raise _diverged(config, f"the training loss is {float(window[bad])} at iteration {first + bad}")
+    return mean
+
+
+def _check_weights(model: nn.Module, first: int, last: int, config: TrainConfig) -> None:
+    """One host sync: a step can blow the weights up while its own loss (computed before it) is finite."""
+    params = [p.detach() for p in model.parameters()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise _diverged(config, f"the weights became nan or inf during iterations {first}..{last}")
+
+
+def _load_checkpoint(path: Path, device: torch.device, begin: int) -> dict | None:
+    """The checkpoint, or None when it is truncated: it is moved aside and the training restarts."""
+    try:
+        return load_torch(path, map_location=device)
+    except CorruptArtifactError as error:
+        distributed.barrier()  # every rank has read it before rank 0 moves it
+        if distributed.is_main():
+            path.replace(path.with_name(path.name + ".corrupt"))
+            print(f"warning: {error}; moved aside as {path.name}.corrupt, training restarts from iteration "
+                  f"{begin}", file=sys.stderr)
+        return None
+
+
 def _early_stop(history: list[dict]) -> dict:
     """The evaluation with the lowest validation loss (test loss when there is no validation split)."""
     key = "val_loss" if not math.isnan(history[0]["val_loss"]) else "test_loss"
@@ -87,6 +140,7 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
     """
     if not 0 <= begin < config.iterations:
         raise UserError(f"begin={begin} must lie in [0, train.iterations={config.iterations})")
+    distributed.check_batch_size(config.batch_size)
     device = next(model.parameters()).device
     autocast = config.bf16 and device.type == "cuda"
     if config.channels_last and device.type == "cuda":
@@ -96,59 +150,75 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
     history: list[dict] = []
     start = begin
     elapsed = 0.0
+    # the loss of each step since the last evaluation, on the device: no host sync per step
+    losses = torch.zeros(min(config.eval_every, config.iterations), device=device)
+    steps_since_eval = synced = 0  # entries of ``losses`` so far; of those, already averaged over the ranks
+    state = None
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = _load_checkpoint(Path(checkpoint_path), device, begin)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         _set_rng_state(state["rng"])
         start, history, elapsed = state["iteration"], state["history"], state["wall_s"]
-        if metrics_path is not None and distributed.is_main():  # drop lines after the checkpoint: redone
-            save_text("".join(json.dumps(point) + "\n" for point in history), metrics_path)
+        window = state.get("window", [])[:len(losses)]  # the global batch's losses since the last evaluation
+        steps_since_eval = synced = len(window)
+        losses[:steps_since_eval] = torch.tensor(window, dtype=losses.dtype)
+    if metrics_path is not None and distributed.is_main() and Path(metrics_path).exists():
+        # lines after the checkpoint (or all of them, without one) are redone: drop them
+        save_text("".join(json.dumps(point) + "\n" for point in history), metrics_path)
 
     def checkpoint(iteration: int) -> None:
         if checkpoint_path is not None and distributed.is_main():
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "rng": _rng_state(), "iteration": iteration,
-                        "history": history, "wall_s": elapsed + time.perf_counter() - began}, checkpoint_path)
+                        "history": history, "window": losses[:steps_since_eval].tolist(),
+                        "wall_s": elapsed + time.perf_counter() - began}, checkpoint_path)
 
     began = time.perf_counter()
-    # DDP wraps the model as it is now: the prune reparametrisation must already be installed.
-    net = nn.parallel.DistributedDataParallel(model) if distributed.active() else model
-    model.train()
     batches = data.train.batches(config.batch_size, seed, start=start, augment=augment)
-    loss_sum = torch.zeros((), device=device)
-    steps_since_eval = 0
     bar = tqdm(total=config.iterations, initial=start, desc=desc, leave=False,
                disable=not progress or not distributed.is_main(),
                mininterval=0.5, unit="it", dynamic_ncols=True)
-    for iteration in range(start + 1, config.iterations + 1):
-        x, y = distributed.shard(*next(batches))
-        if config.channels_last and x.dim() == 4 and device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        loss_sum += loss.detach()
-        steps_since_eval += 1
-        if on_step is not None:
-            on_step(iteration)
-        if iteration % config.eval_every == 0 or iteration == config.iterations:
-            point = _evaluate_point(model, data, config, iteration, float(loss_sum) / steps_since_eval, autocast)
-            loss_sum.zero_()
-            steps_since_eval = 0
-            history.append(point)
-            if metrics_path is not None and distributed.is_main():
-                append_jsonl(point, metrics_path)
-            bar.set_postfix(loss=f"{point['train_loss']:.3f}", test_acc=f"{point['test_accuracy']:.4f}",
-                            refresh=False)
-        if iteration % config.checkpoint_every == 0 and iteration < config.iterations:
-            checkpoint(iteration)
-        bar.update(1)
-    bar.close()
+    # under torchrun: BatchNorm over the global batch (put back on exit), then DDP wraps the model as it
+    # is now -- the prune reparametrisation must already be installed.
+    with distributed.sync_batchnorm(model) if config.sync_batchnorm else nullcontext(), bar:
+        net = nn.parallel.DistributedDataParallel(model) if distributed.active() else model
+        model.train()
+        for iteration in range(start + 1, config.iterations + 1):
+            x, y = distributed.shard(*next(batches))
+            if config.channels_last and x.dim() == 4 and device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = F.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses[steps_since_eval] = loss.detach()
+            steps_since_eval += 1
+            if on_step is not None:
+                on_step(iteration)
+            first = iteration - steps_since_eval + 1
+            if iteration % config.eval_every == 0 or iteration == config.iterations:
+                synced = _sync_window(losses, synced, steps_since_eval)
+                train_loss = _window_loss(losses[:steps_since_eval], first, config)
+                _check_weights(model, first, iteration, config)
+                point = _evaluate_point(model, data, config, iteration, train_loss, autocast)
+                steps_since_eval = synced = 0
+                history.append(point)
+                if metrics_path is not None and distributed.is_main():
+                    append_jsonl(point, metrics_path)
+                bar.set_postfix(loss=f"{point['train_loss']:.3f}", test_acc=f"{point['test_accuracy']:.4f}",
+                                refresh=False)
+            if iteration % config.checkpoint_every == 0 and iteration < config.iterations:
+                if steps_since_eval:  # not checked just above: no checkpoint of a diverged state
+                    synced = _sync_window(losses, synced, steps_since_eval)
+                    _window_loss(losses[:steps_since_eval], first, config)
+                    _check_weights(model, first, iteration, config)
+                checkpoint(iteration)
+            bar.update(1)
     if not history:  # resumed at the very end: nothing left to run, evaluate once
         history.append(_evaluate_point(model, data, config, config.iterations, float("nan"), autocast))
     best = _early_stop(history)

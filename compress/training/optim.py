@@ -22,13 +22,30 @@ def _fused(params: list[torch.nn.Parameter]) -> dict:
     return {"fused": True} if supported and params else {}
 
 
+def _fused_or_not(cls: type[torch.optim.Optimizer], params: list[torch.nn.Parameter],
+                  **kwargs) -> torch.optim.Optimizer:
+    """``cls`` with fused kernels when this torch has them for these parameters, else its default.
+
+    Feature detection, not a version floor: CPU fused Adam/SGD arrived in torch 2.4 and fused SGD on
+    CUDA in 2.3; before, the constructor refuses ``fused=True`` (RuntimeError: unsupported device,
+    or TypeError: no such argument). The fallback is the same update, computed op by op.
+    """
+    fused = _fused(params)
+    if fused:
+        try:
+            return cls(params, **kwargs, **fused)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return cls(params, **kwargs)
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
     params = list(params)
     if config.name == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **_fused(params))
+        return _fused_or_not(torch.optim.Adam, params, lr=config.lr, weight_decay=config.weight_decay)
     if config.name == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay, **_fused(params))
+        return _fused_or_not(torch.optim.SGD, params, lr=config.lr, momentum=config.momentum,
+                             nesterov=config.nesterov, weight_decay=config.weight_decay)
     raise UserError(f"train.optimizer.name: {config.name!r} is not one of {', '.join(OPTIMIZERS)}")
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from compress.bench import (
     AutoBackend,
     Backend,
     LinearChain,
+    Source,
     linear_chains,
     magnitude_ticket,
     make_backend,
@@ -102,41 +105,112 @@ def test_auto_picks_a_timed_candidate(built):
     assert auto.backend_for(1000).name == auto.choices[4]["backend"]  # nearest timed batch size
 
 
-class _Stalling(Backend):
-    def __init__(self, inner: Backend) -> None:
-        super().__init__("stalling")
-        self.inner = inner
+class _Fake(Backend):
+    """``2 x`` after ``delay`` seconds; counts its calls (auto's candidates, with latencies we set)."""
+
+    def __init__(self, name: str, delay: float) -> None:
+        super().__init__(name)
+        self.delay = delay
+        self.calls = 0
+        self._lock = threading.Lock()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(0.005)
-        return self.inner(x)
+        with self._lock:
+            self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        return x * 2
 
 
-def test_auto_demotes_a_pick_that_stalls_to_dense():
-    model, example = ticket("lenet300_100")
-    with pinned_threads(1):
-        auto = make_backend("auto", model, example, batch_sizes=(2,), budget_s=0.005)
-    slot = auto._slots[2]
-    slot.backend, slot.fallback = _Stalling(auto.candidates["torch_sparse"]), auto.candidates["ort_dense"]
-    x = torch.randn(2, 1, 28, 28)
-    outputs = [auto(x) for _ in range(3)]
-    assert auto.backend_for(2).name == "ort_dense" and "lost a head-to-head" in auto.choices[2]["demoted"]
-    assert auto.choices[2]["backend"] == "ort_dense"
-    assert all(float((out - outputs[0]).abs().max()) <= TOLERANCE for out in outputs)
+def _fake_auto(monkeypatch, warm: bool = True) -> tuple[AutoBackend, dict[str, _Fake], list[int]]:
+    """auto over a fast sparse and a slow dense fake (no Linear: no per-layer candidates); ``timed``
+    counts the timing runs (``measure_interleaved`` calls), the only way auto times anything."""
+    import compress.bench.auto as auto_module
+
+    timed: list[int] = []
+    real = auto_module.measure_interleaved
+
+    def spy(*args, **kwargs):
+        timed.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(auto_module, "measure_interleaved", spy)
+    fakes = {"torch_dense": _Fake("torch_dense", 0.002), "torch_sparse": _Fake("torch_sparse", 0.0)}
+    source = Source("fake", model=nn.Sequential(nn.Conv2d(1, 1, 1)), example_input=torch.randn(1, 1, 2, 2))
+    auto = AutoBackend(source, dict(fakes), batch_sizes=(2,), budget_s=0.01, rounds=2,
+                       **({} if warm else {"warm": False}))  # warm=True is the default
+    return auto, fakes, timed
 
 
-def test_auto_keeps_a_pick_that_is_slow_only_because_the_machine_is():
-    model, example = ticket("lenet300_100")
-    with pinned_threads(1):
-        auto = make_backend("auto", model, example, batch_sizes=(2,), budget_s=0.005)
-    slot = auto._slots[2]
-    slot.backend, slot.fallback = _Stalling(auto.candidates["torch_sparse"]), _Stalling(_Stalling(
-        auto.candidates["ort_dense"]))  # the fallback is even slower
-    x = torch.randn(2, 1, 28, 28)
-    for _ in range(3):
-        auto(x)
-    assert auto.backend_for(2).name == "stalling" and "demoted" not in auto.choices[2]
-    assert slot.needed == 6
+def test_auto_choice_is_fixed_after_warm_up_and_calls_only_dispatch(monkeypatch):
+    auto, fakes, timed = _fake_auto(monkeypatch)
+    assert auto.backend_for(2).name == "torch_sparse" and timed == [1]
+    timed.clear()
+    dense_calls, sparse_calls = fakes["torch_dense"].calls, fakes["torch_sparse"].calls
+    fakes["torch_sparse"].delay = 0.01  # the pick turns slow (a busy machine): auto must not react in a call
+    x = torch.randn(2, 1, 2, 2)
+    outputs = [auto(x) for _ in range(8)]
+    assert not timed  # no timing run after warm-up
+    assert fakes["torch_dense"].calls == dense_calls  # no extra inference of another candidate
+    assert fakes["torch_sparse"].calls == sparse_calls + 8  # exactly the calls asked for
+    assert auto.backend_for(2).name == "torch_sparse" and auto.choices[2]["backend"] == "torch_sparse"
+    assert all(torch.equal(out, x * 2) for out in outputs)
+
+
+def test_auto_is_safe_to_call_from_several_threads(monkeypatch):
+    auto, fakes, timed = _fake_auto(monkeypatch)
+    timed.clear()
+    before = {name: fake.calls for name, fake in fakes.items()}
+    fakes["torch_sparse"].delay = 0.005  # slower than at warm-up, as under the load of concurrent calls
+    x = torch.randn(2, 1, 2, 2)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outputs = list(pool.map(lambda _: (auto(x), auto.backend_for(2).name), range(64)))
+    assert all(torch.equal(out, x * 2) and name == "torch_sparse" for out, name in outputs)
+    assert not timed and fakes["torch_dense"].calls == before["torch_dense"]
+    assert fakes["torch_sparse"].calls == before["torch_sparse"] + 64
+    assert auto.summary() == {2: "torch_sparse"}
+
+
+def test_concurrent_first_calls_warm_up_once(monkeypatch):
+    decisions: list[int] = []
+    real = AutoBackend._decide
+
+    def counting(self):
+        decisions.append(1)
+        time.sleep(0.05)  # keep the other threads waiting at the lock
+        return real(self)
+
+    monkeypatch.setattr(AutoBackend, "_decide", counting)
+    auto, fakes, timed = _fake_auto(monkeypatch, warm=False)
+    assert not auto.warm and not timed and not auto.choices
+    x = torch.randn(2, 1, 2, 2)
+    barrier = threading.Barrier(6)
+
+    def first_call(_):
+        barrier.wait()
+        return auto(x)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outputs = list(pool.map(first_call, range(6)))
+    assert decisions == [1] and timed == [1] and auto.warm
+    assert all(torch.equal(out, x * 2) for out in outputs) and auto.summary() == {2: "torch_sparse"}
+
+
+def test_real_auto_gives_the_same_outputs_from_several_threads(built, monkeypatch):
+    import compress.bench.auto as auto_module
+
+    name, model, backends, _ = built
+    auto = backends["auto"]
+    chosen = auto.summary()
+    monkeypatch.setattr(auto_module, "measure_interleaved", lambda *a, **k: pytest.fail("timed after warm-up"))
+    xs = {batch: torch.randn(batch, *SHAPES[name], generator=torch.Generator().manual_seed(batch)) for batch in (1, 4)}
+    with torch.no_grad():
+        expected = {batch: model(x) for batch, x in xs.items()}
+    with pinned_threads(1), ThreadPoolExecutor(max_workers=4) as pool:
+        outputs = list(pool.map(lambda batch: (batch, auto(xs[batch])), [1, 4] * 12))
+    for batch, out in outputs:
+        assert float((out - expected[batch]).abs().max()) <= TOLERANCE
+    assert auto.summary() == chosen
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")

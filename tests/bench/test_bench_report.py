@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,19 +26,29 @@ from compress.pruning import get_masks, plain_state_dict
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_measure_reports_the_median_and_respects_the_budget():
-    start = time.perf_counter()
-    timing = measure(lambda: time.sleep(0.002), warmup=1, min_repeats=5, budget_s=0.05)
-    assert time.perf_counter() - start < 1.0
-    assert timing.repeats >= 5
-    assert 1.9 <= timing.median_ms < 20 and timing.min_ms <= timing.median_ms
+# How well the harness times (medians against a direct timing, the budget kept, fast < slow) is
+# measured in benchmarks/test_timing_harness.py; here only what it returns.
+
+
+def test_measure_reports_the_median_of_its_repeats():
+    calls = []
+    timing = measure(lambda: calls.append(1), warmup=2, min_repeats=5, max_repeats=7, budget_s=0.05)
+    assert 5 <= timing.repeats <= 7 and len(calls) >= 1 + timing.repeats
+    assert 0 <= timing.min_ms <= timing.median_ms and timing.iqr_ms >= 0
+    with pytest.raises(ValueError, match="min_repeats"):
+        measure(lambda: None, min_repeats=0)
 
 
 def test_measure_interleaved_times_every_candidate():
-    timings = measure_interleaved({"fast": lambda: None, "slow": lambda: time.sleep(0.001)}, rounds=3,
+    calls = {"a": 0, "b": 0}
+
+    def bump(name: str) -> None:
+        calls[name] += 1
+
+    timings = measure_interleaved({"a": lambda: bump("a"), "b": lambda: bump("b")}, rounds=3,
                                   warmup=1, min_repeats=3, budget_s=0.02)
-    assert timings["fast"].median_ms < timings["slow"].median_ms
-    assert all(t.repeats >= 3 for t in timings.values())
+    assert set(timings) == {"a", "b"} and all(t.repeats >= 3 and t.median_ms >= 0 for t in timings.values())
+    assert all(count >= 1 + 3 + timings[name].repeats for name, count in calls.items())  # warm-up, untimed, timed
     with pytest.raises(ValueError, match="rounds"):
         measure_interleaved({"x": lambda: None}, rounds=0)
 
@@ -122,3 +131,19 @@ def test_tool_user_errors_are_one_line(args, fragment):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("content", [b"this is a text file, not a model\n", None, b""],
+                         ids=["text", "torch-pt", "empty"])
+@pytest.mark.parametrize("name", ["model.onnx", "model.pt"])
+def test_tool_refuses_a_file_that_is_not_onnx(tmp_path, content, name):
+    path = tmp_path / name
+    if content is None:
+        torch.save({"weight": torch.ones(3)}, path)
+    else:
+        path.write_bytes(content)
+    result = run_tool("--onnx", str(path), "--batch-sizes", "1", "--budget", "0.01", "--threads", "1")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "not an ONNX model" in lines[0], result.stderr

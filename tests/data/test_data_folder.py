@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from compress.data import FolderSplit, TensorSplit, find_data, load_dataset
+from compress.errors import UserError
 from compress.recipe.schema import DataConfig
 
 CLASSES = ("cat", "dog", "emu")
@@ -174,3 +175,107 @@ def test_cifar10_rejects_a_folder_of_other_classes(tmp_path, data_env):
     tree = make_tree(tmp_path / "not-cifar")
     with pytest.raises(ValueError, match="does not look like CIFAR-10"):
         load_dataset(DataConfig(name="cifar10", root=str(tree), validation_size=2), seed=0)
+
+
+# --- hardening: bad images, empty test folders, temp folders of killed extractions ---------------------
+
+def write_jpeg(path: Path, size: int = 12, truncate: float | None = None) -> None:
+    """A noisy JPEG; ``truncate`` keeps only that fraction of its bytes (a copy cut short)."""
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (size, size, 3), generator=generator, dtype=torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    path.write_bytes(data[: int(len(data) * truncate)] if truncate else data)
+
+
+@pytest.mark.parametrize("bad", ["train/dog/0003.png", "test/emu/0001.png", "train/cat/0000.png"])
+def test_corrupt_image_in_a_folder_names_the_file(tmp_path, data_env, bad):
+    tree = make_tree(tmp_path / "tree")
+    (tree / bad).write_bytes(b"\x89PNG\r\n\x1a\n but then garbage")  # 0000: the file probed for the shape
+    with pytest.raises(UserError) as error:
+        load_dataset(DataConfig(name="imagefolder", root=str(tree), validation_size=2), seed=0)
+    message = str(error.value)
+    assert "\n" not in message and str(tree / bad) in message and "replace or delete" in message
+
+
+def test_truncated_jpeg_in_a_tarball_names_the_member_and_the_archive(tmp_path, data_env):
+    tree = make_tree(tmp_path / "tree")
+    write_jpeg(tree / "train" / "dog" / "0009.jpg")
+    write_jpeg(tree / "train" / "emu" / "0009.jpg", truncate=0.6)
+    archive = make_tarball(tree, tmp_path / "cut.tar.gz", top="top")
+    with pytest.raises(UserError) as error:
+        load_dataset(DataConfig(name="imagefolder", root=str(archive), validation_size=2), seed=0)
+    message = str(error.value)
+    assert "\n" not in message and f"top/train/emu/0009.jpg in {archive}" in message
+    assert "truncated" in message and "in the archive" in message
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_corrupt_image_in_a_streamed_folder_is_one_line(tmp_path, data_env, monkeypatch, workers):
+    tree = make_tree(tmp_path / "tree")
+    write_jpeg(tree / "test" / "dog" / "0005.jpg", truncate=0.5)  # test images are not decoded for the stats
+    monkeypatch.setenv("COMPRESS_DATA_MEMORY_LIMIT", "1")
+    monkeypatch.setenv("COMPRESS_WORKERS", workers)
+    splits = load_dataset(DataConfig(name="imagefolder", root=str(tree), validation_size=2, image_size=12), seed=0)
+    assert isinstance(splits.test, FolderSplit)
+    with pytest.raises(UserError) as error:
+        list(splits.test.eval_batches(4))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("cannot decode image")
+    assert str(tree / "test" / "dog" / "0005.jpg") in message
+
+
+@pytest.mark.parametrize("test_name", ["test", "val"])
+def test_empty_test_folder_is_refused_at_load_time(tmp_path, data_env, test_name):
+    tree = make_tree(tmp_path / "tree", n_test=0, test_name=test_name)  # class folders, no images
+    with pytest.raises(UserError) as error:
+        load_dataset(DataConfig(name="imagefolder", root=str(tree), validation_size=2), seed=0)
+    message = str(error.value)
+    assert "\n" not in message and str(tree / test_name) in message and "no images" in message
+    for child in (tree / test_name).iterdir():  # no class folders at all
+        child.rmdir()
+    with pytest.raises(UserError, match=str(tree / test_name)):
+        load_dataset(DataConfig(name="imagefolder", root=str(tree), validation_size=2), seed=0)
+
+
+def test_stale_extraction_folders_of_dead_processes_are_removed(tarball, data_env):
+    import socket
+    import subprocess
+    import sys
+
+    from compress.data.folder import extraction_target
+    from compress.data.locate import short_hash
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = short_hash(socket.gethostname(), length=8)
+    target = extraction_target(tarball, "tiny-folder")
+    target.parent.mkdir(parents=True)
+
+    def plant(name: str) -> Path:
+        folder = target.parent / name
+        (folder / "train").mkdir(parents=True)
+        (folder / "train" / "partial.png").write_bytes(b"x" * 100)
+        return folder
+
+    stale = plant(f".{target.name}.extracting-{host}-{dead.pid}-0badc0de.tmp")
+    live = plant(f".{target.name}.extracting-{host}-1-0badc0de.tmp")  # pid 1 is always running
+    elsewhere = plant(f".{target.name}.extracting-0123abcd-{dead.pid}-0badc0de.tmp")  # another machine's
+    foreign = plant(f".{target.name}.abcdefgh.tmp")  # not named by this code
+    load_dataset(DataConfig(name="imagefolder", root=str(tarball), validation_size=3), seed=0)
+    assert not stale.exists() and live.exists() and elsewhere.exists() and foreign.exists()
+    assert target.is_dir()
+    stale = plant(stale.name)  # a kill after another process finished the extraction: cleaned up too
+    load_dataset(DataConfig(name="imagefolder", root=str(tarball), validation_size=3), seed=0)
+    assert not stale.exists() and live.exists()
+
+
+def test_interrupted_extraction_leaves_nothing(tarball, data_env, monkeypatch):
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset(DataConfig(name="imagefolder", root=str(tarball)), seed=0)
+    assert extracted(data_env) == []

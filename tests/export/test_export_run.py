@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -118,3 +119,72 @@ def test_export_onnx_takes_a_ticket_path(run_dir, tmp_path):
     report = export_onnx(run_dir / paths.TICKET, tmp_path / "t.onnx")
     assert report.input_shape == [1, 28, 28] and report.inputs.startswith("random normal")
     assert len(report.zeros) == 3 and report.max_abs_diff <= 1e-4
+
+
+class _Payload:
+    """Unpickling this runs ``Path(marker).touch()``: what a crafted run file could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("name", [paths.FINAL, paths.MASK])
+def test_export_round_refuses_a_file_that_would_run_code(run_dir, tmp_path, name):
+    from compress.errors import ArtifactError
+
+    marker = tmp_path / "pwned"
+    target = paths.round_dir(run_dir, 2) / name
+    torch.save({"weight": _Payload(marker)}, target)
+    with pytest.raises(ArtifactError, match="refused") as error:
+        export_run(run_dir, round=2)
+    assert str(target) in str(error.value) and "\n" not in str(error.value)
+    assert not marker.exists()
+
+
+def test_export_round_names_a_truncated_final_pt(run_dir):
+    from compress.errors import UserError
+
+    target = paths.round_dir(run_dir, 2) / paths.FINAL
+    target.write_bytes(target.read_bytes()[:200])
+    with pytest.raises(UserError, match="truncated or corrupt") as error:
+        export_run(run_dir, round=2)
+    assert str(target) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_export_round_rebuilds_the_model_without_pretrained_weights(run_dir, monkeypatch):
+    import compress.models
+
+    ticket = torch.load(run_dir / paths.TICKET, weights_only=True)
+    ticket["model"]["pretrained"] = True  # a pretrained timm run: the trained weights are what count
+    save_torch(ticket, run_dir / paths.TICKET)
+    configs = []
+    real = compress.models.build_model
+
+    def spy(config, *args, **kwargs):
+        configs.append(config)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(compress.models, "build_model", spy)
+    export_run(run_dir, round=2)
+    assert configs and all(config.pretrained is False for config in configs)
+
+
+def test_export_run_out_may_be_a_folder(run_dir, tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    result = export_run(run_dir, round=2, out=folder)
+    assert result["path"] == str(folder / "ticket.onnx") and (folder / "ticket.onnx").is_file()
+    assert (folder / "ticket.export.json").is_file()
+
+
+def test_tool_out_an_existing_folder_writes_ticket_onnx_there(run_dir, tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    result = subprocess.run([sys.executable, str(TOOL), "--run", str(run_dir), "--out", str(folder)],
+                            capture_output=True, text=True, timeout=300, cwd=TOOL.parents[1])
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (folder / "ticket.onnx").is_file() and str(folder / "ticket.onnx") in result.stdout

@@ -11,11 +11,11 @@ from compress.models import create_model
 
 
 def _masks(run_dir, round_index, experiment="ticket"):
-    return torch.load(paths.experiment_dir(run_dir, round_index, experiment) / paths.MASK, weights_only=False)
+    return torch.load(paths.experiment_dir(run_dir, round_index, experiment) / paths.MASK, weights_only=True)
 
 
 def _final(run_dir, round_index, experiment="ticket"):
-    return torch.load(paths.experiment_dir(run_dir, round_index, experiment) / paths.FINAL, weights_only=False)
+    return torch.load(paths.experiment_dir(run_dir, round_index, experiment) / paths.FINAL, weights_only=True)
 
 
 def test_imp_run_invariants(tmp_path, make_recipe):
@@ -28,9 +28,9 @@ def test_imp_run_invariants(tmp_path, make_recipe):
         masks = _masks(run, round_index)
         state = _final(run, round_index)
         for name, mask in masks.items():
-            # pruned weights are exactly zero after training
-            effective = state[f"{name}.weight_orig"] * state[f"{name}.weight_mask"]
-            assert bool((effective[mask == 0] == 0).all())
+            # the mask the model trained with is the mask the round recorded, exactly 0/1
+            assert torch.equal(state[f"{name}.weight_mask"], mask)
+            assert set(mask.unique().tolist()) <= {0.0, 1.0}
             # weights remaining = product of the per-layer rates, within one weight per layer per round
             expected = mask.numel() * (1 - rates[name]) ** round_index
             assert abs(int(mask.sum()) - expected) <= max(1, round_index)
@@ -59,7 +59,20 @@ def test_imp_run_invariants(tmp_path, make_recipe):
     assert (run / paths.REPORT).exists() and (run / "accuracy.png").stat().st_size > 1000
     model = load_ticket(run / paths.TICKET)
     assert hasattr(model[1], "weight_mask")
-    assert torch.load(run / paths.TICKET, weights_only=False)["info"]["round"] == summary["ticket"]["round"]
+    ticket = torch.load(run / paths.TICKET, weights_only=True)
+    assert ticket["info"]["round"] == summary["ticket"]["round"]
+    # the stored weights are folded: pruned entries exactly zero, though training moved weight_orig there
+    chosen = _final(run, ticket["info"]["round"])
+    for name, mask in ticket["masks"].items():
+        pruned = mask == 0
+        if bool(pruned.any()):
+            assert bool((chosen[f"{name}.weight_orig"][pruned] != 0).any()), "vacuous check"
+            assert bool((ticket["trained_state"][f"{name}.weight"][pruned] == 0).all())
+            assert bool((ticket["rewind_state"][f"{name}.weight"][pruned] == 0).all())
+    fresh = create_model("lenet300_100", num_classes=10)
+    fresh.load_state_dict(ticket["trained_state"])  # a fresh, unpruned model takes the ticket as it is
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(fresh.eval()(x), model(x))
 
 
 def test_same_seed_same_masks(tmp_path, make_recipe):
@@ -120,3 +133,26 @@ def test_conv4_on_the_cifar10_jpeg_copy_end_to_end(tmp_path, cifar10_tar):
     assert summary["rounds"][0]["test_accuracy"] > 0.15  # chance is 0.10; 40 steps of Adam already learn
     # conv 10%, fc 20%, output 10%: the 2.1M-weight first FC layer dominates
     assert 0.80 < summary["rounds"][1]["weights_remaining"] < 0.82
+
+
+def test_the_run_time_invariant_check_catches_a_drifted_mask_buffer(make_recipe):
+    """An EMA or a stray ``load_state_dict`` averaging the 0/1 buffers must not pass as a ticket."""
+    import pytest
+
+    from compress.lottery.experiment import check_ticket_invariants
+
+    model = create_model("lenet300_100")
+    search = LotterySearch(model, make_recipe())
+    masks = search.next_masks()
+    search.prune(masks)
+    check_ticket_invariants(model, masks)  # intact: passes
+    with torch.no_grad():
+        model[1].weight_mask.mul_(0.5).add_(0.5)  # what an EMA of masks with ones would do
+    with pytest.raises(RuntimeError, match="mask buffer of '1' changed"):
+        check_ticket_invariants(model, masks)
+    import torch.nn.utils.prune as prune
+
+    search.prune(masks)
+    prune.remove(model[3], "weight")
+    with pytest.raises(RuntimeError, match="'3' lost its torch prune"):
+        check_ticket_invariants(model, masks)

@@ -71,3 +71,28 @@ def test_random_masks_keep_per_layer_counts():
     for name in masks:
         assert int(randomized[name].sum()) == int(masks[name].sum())
     assert not torch.equal(randomized["a"], masks["a"])
+
+
+def test_random_control_under_channel_granularity_prunes_whole_channels():
+    mask = torch.ones(8, 3, 3, 3)
+    mask[[1, 4, 6]] = 0  # a channel ticket: three dead output channels
+    fc = torch.ones(5, 12)
+    fc[[0, 3]] = 0
+    random = random_masks_like({"conv": mask, "fc": fc}, torch.Generator().manual_seed(0), granularity="channel")
+    for name, original in {"conv": mask, "fc": fc}.items():
+        channels = random[name].flatten(1)
+        # every channel is wholly alive or wholly dead, and as many channels live as in the ticket
+        assert bool(((channels == 0).all(dim=1) | (channels == 1).all(dim=1)).all())
+        assert int(channels.any(dim=1).sum()) == int(original.flatten(1).any(dim=1).sum())
+    assert not torch.equal(random["conv"], mask)
+
+
+def test_global_scope_pools_rates_that_differ_only_by_float_noise():
+    from compress.models import create_model
+    from compress.pruning import build_plan
+    from compress.recipe.schema import PruneConfig
+
+    model = create_model("lenet300_100")
+    targets = build_plan(model, PruneConfig(scope="global", rates={"1": 0.2, "3": 0.2000001, "output": 0.1}))
+    groups = {target.name: target.group for target in targets}
+    assert groups["1"] == groups["3"] != groups["5"]

@@ -73,7 +73,7 @@ def test_dump_keeps_schema_order_and_plain_types() -> None:
 def test_dump_round_trips_awkward_values(tmp_path: Path) -> None:
     recipe = recipe_from_dict({
         "name": "1e-3",  # a string YAML 1.2 would read as a number
-        "model": {"kwargs": {"depth": 3, "widths": [8, 16], "act": "yes", "opt": None, "nested": {"a": 1.5}}},
+        "model": {"name": "timm/resnet18", "kwargs": {"depth": 3, "widths": [8, 16], "act": "yes", "opt": None, "nested": {"a": 1.5}}},
         "train": {"optimizer": {"lr": 3e-6}},
         "prune": {"rates": {"conv": 0.0, "re:features\\.0": 0.5, "layer1.*": 0.25}, "exclude": ["type:Linear"]},
     })

@@ -1,0 +1,125 @@
+"""The run directory's safety: one writer at a time, stale temporary files, and run identity.
+
+* **Lock.** A process that writes a run dir holds an exclusive ``flock`` on ``.compress.lock`` in it;
+  a second process gets a one-line error instead of mixing its files in. The kernel drops the lock
+  when the holder dies (even by ``kill -9``), so a killed run never leaves a stale lock.
+* **Temporary files.** An atomic write (``compress.io``) leaves ``.<name>.<random>.tmp`` behind when
+  it is killed mid-write. Only files of exactly that form, for the names a run writes, in the run
+  dir's own layout, are removed -- and only while holding the lock, so no live writer owns them.
+* **Identity.** Each round records what determines it (``identity.json``: the hash of the recipe's
+  result-relevant fields and of the data source). Resuming refuses a round made by anything else,
+  so a run never silently continues another run's rounds.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+from pathlib import Path
+
+from compress import paths
+from compress.errors import UserError
+from compress.io import load_json, save_json
+
+LOCK = ".compress.lock"
+IDENTITY = "identity.json"
+# names a run dir holds, at its top, in round_NN/ and in round_NN/<control>/ (the atomic writes' targets)
+_WRITTEN = {paths.RECIPE, paths.SUMMARY, paths.REPORT, paths.TICKET, paths.TICKET_ONNX, paths.REWIND,
+            paths.INIT, paths.MASK, paths.METRICS, paths.SPARSITY, paths.FINAL, paths.CHECKPOINT,
+            paths.RESULT, IDENTITY, "export.json", "accuracy.png", "early_stop.png", "ticket.compact.onnx"}
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{6,}\.tmp$")
+_ROUND = re.compile(r"^round_\d{2,}$")
+
+
+class RunDirLock:
+    """An exclusive, non-blocking ``flock`` on the run dir; ``read_only`` when the folder cannot be written."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.handle = None
+        self.read_only = False
+
+    def acquire(self) -> RunDirLock:
+        path = self.run_dir / LOCK
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")  # noqa: SIM115  (held open for the run's lifetime)
+        except OSError as error:
+            if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and self.run_dir.is_dir():
+                self.read_only = True  # a finished run can still be read; any write names the file
+                return self
+            raise
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"{self.run_dir} is in use by {holder}: wait for it to finish, or pass another "
+                            "--out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> RunDirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files a killed atomic write left in this run dir's layout; return them.
+
+    Call only while holding the lock. Nothing else is touched: not other hidden ``.tmp`` files, not
+    other folders below ``run_dir`` (a user's ``--out .`` may hold anything).
+    """
+    run_dir = Path(run_dir)
+    folders = [run_dir]
+    for entry in _subdirs(run_dir):
+        if _ROUND.match(entry.name):
+            folders += [entry, *_subdirs(entry)]
+    removed = []
+    for folder in folders:
+        for entry in folder.iterdir():
+            match = _TEMP.match(entry.name)
+            if match and match["name"] in _WRITTEN and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return [entry for entry in folder.iterdir() if entry.is_dir() and not entry.is_symlink()]
+
+
+def check_identity(folder: Path, identity: dict, what: str) -> None:
+    """Record ``identity`` in ``folder`` (first visit) or refuse when the folder was made by something else."""
+    folder = Path(folder)
+    recorded_path = folder / IDENTITY
+    if recorded_path.exists():
+        try:
+            recorded = load_json(recorded_path)
+        except ValueError:
+            recorded = None
+        if recorded != identity:
+            changed = sorted(k for k in identity if not isinstance(recorded, dict) or recorded.get(k) != identity[k])
+            raise UserError(f"{folder}: {what} was made by a different {' and '.join(changed) or 'run'} "
+                            f"(see {recorded_path}); resuming would mix runs: pass another --out or delete "
+                            "the folder")
+        return
+    if folder.is_dir() and any(entry.name != IDENTITY for entry in folder.iterdir()):
+        raise UserError(f"{folder}: holds files but no {IDENTITY} (not made by this version of compress, or "
+                        "not a run dir): pass another --out or delete the folder")
+    save_json(identity, recorded_path)
