@@ -296,3 +296,13 @@ Command: `COMPRESS_THREADS={threads} pytest benchmarks/test_sparse_inference.py 
   next layer. `granularity`: "weight" or "channel".
 - Inputs: random normal, batch 1 (latency) and batch 64 (throughput = 64 / median).
 """
+
+
+def wall_times(function, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``function()``, timed one by one (the benchmarks' baselines)."""
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - began)
+    return times

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_cases import wall_times
 
 from compress.data import TensorSplit, load_dataset
 from compress.recipe.schema import DataConfig
@@ -25,12 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _best_of(function, repeats: int = 5) -> float:
     """Fastest of several timings: robust to other processes competing for the cores."""
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return min(times)
+    return min(wall_times(function, repeats))
 
 
 def test_batch_stream_costs_about_one_gather(benchmark):

@@ -11,6 +11,8 @@ import statistics
 import time
 from functools import partial
 
+from bench_cases import wall_times
+
 from compress.bench import measure, measure_interleaved
 
 SLEEP_S = 0.002  # a call whose true duration is known (sleep's granularity is well below it)
@@ -19,12 +21,7 @@ BUDGET_S = 0.05
 
 def _direct_ms(fn, calls: int = 30) -> float:
     """Median wall time of ``fn()`` in ms, each call timed on its own: the baseline."""
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
+    return statistics.median(wall_times(fn, calls)) * 1e3
 
 
 def test_measure_median_matches_a_direct_timing(benchmark):

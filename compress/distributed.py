@@ -89,10 +89,9 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class _GlobalBatchNorm(torch.autograd.Function):
-    """Batch normalisation by the statistics of all ranks' slices together, with the closed-form backward
-    of ``torch.batch_norm`` (differentiating the two-pass formula through autograd loses ~1e-3 relative
-    accuracy in float32): 2 all-reduces forward, 1 backward. The weight and bias gradients stay local
-    (DDP averages them); the input gradient is that of one process normalising the whole batch."""
+    """Batch normalisation by the statistics of all ranks' slices together, with BatchNorm's closed-form
+    backward: 2 all-reduces forward (sum, then centred sum of squares), 1 backward. The weight and bias
+    gradients stay local (DDP averages them); the input gradient is that of the whole batch's loss."""
 
     @staticmethod
     def forward(ctx, input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
@@ -193,20 +192,20 @@ def sync_batchnorm(model: nn.Module) -> Iterator[list[str]]:
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     done: dict[int, nn.Module] = {}
     names: list[str] = []
-    if active():
-        for parent_name, parent in list(model.named_modules()):
+    try:
+        for parent_name, parent in list(model.named_modules()) if active() else []:
             for child_name, child in list(parent.named_children()):
                 if not isinstance(child, _BatchNorm) or isinstance(child, (nn.SyncBatchNorm, AllReduceBatchNorm)):
                     continue
                 name = f"{parent_name}.{child_name}" if parent_name else child_name
                 if id(child) not in done:
                     if hasattr(child, "weight_orig"):
-                        raise UserError(f"train.sync_batchnorm: {name!r} is pruned; BatchNorm cannot be")
+                        raise UserError(f"train.sync_batchnorm: BatchNorm {name!r} is pruned, which compress "
+                                        "never does; set train.sync_batchnorm: false to train it as it is")
                     done[id(child)] = _synced(child, name)
                     names.append(name)
                 swaps.append((parent, child_name, child))
                 setattr(parent, child_name, done[id(child)])
-    try:
         yield names
     finally:
         for parent, child_name, original in reversed(swaps):

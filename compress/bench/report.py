@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 
 from compress.bench.backends import BASELINE
-from compress.io import save_json, save_text
+from compress.io import save_bytes, save_json, save_text
 
 
 def cpu_model() -> str:
@@ -131,9 +132,7 @@ def plot_speedups(records: list[dict], path: Path, title: str = "Speedup over de
     """Bars: measured speedup per backend and batch size, one panel per model (at most ``PANELS_PER_ROW``
     a row); dashed: the FLOP limit (``speed_limit``)."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend is never switched
 
     measured = [r for r in records if r.get("speedup_vs_dense_ort") is not None]
     if not measured:
@@ -143,13 +142,13 @@ def plot_speedups(records: list[dict], path: Path, title: str = "Speedup over de
     columns_of_panels = min(len(models), PANELS_PER_ROW)
     panel_rows = -(-len(models) // columns_of_panels)
     fig_width = 3.6 * columns_of_panels + 1
-    fig, grid = plt.subplots(panel_rows, columns_of_panels, figsize=(fig_width, 0.4 + 3.8 * panel_rows),
-                             squeeze=False, sharey=True)
+    fig = Figure(figsize=(fig_width, 0.4 + 3.8 * panel_rows))
+    grid = fig.subplots(panel_rows, columns_of_panels, squeeze=False, sharey=True)
     axes = list(grid.flat)
     for ax in axes[len(models):]:
         ax.set_visible(False)  # the last row's empty slots
     width = 0.8 / len(backends)
-    colors = plt.get_cmap("tab10")
+    colors = matplotlib.colormaps["tab10"]
     for ax, model in zip(axes, models, strict=False):
         rows = [r for r in measured if r["model"] == model]
         batches = sorted({r["batch_size"] for r in rows})
@@ -189,10 +188,9 @@ def plot_speedups(records: list[dict], path: Path, title: str = "Speedup over de
     fig.tight_layout(rect=(0, (0.06 * legend_rows + 0.01) / panel_rows, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)  # atomic, like compress.io
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    save_bytes(buffer.getvalue(), path)
     return path
 
 

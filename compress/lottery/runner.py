@@ -115,6 +115,7 @@ class LotteryRun:
             remove_stale_temp_files(self.run_dir)  # ours alone: the lock says no live writer owns them
         distributed.barrier()
         self.progress = progress
+        distributed.check_batch_size(recipe.train.batch_size)  # before any data is read or round trained
         self.device = resolve_device(recipe.train.device)
         set_threads()  # only when COMPRESS_THREADS is set; a caller's own setting is kept otherwise
         seed_everything(recipe.seed)

@@ -74,7 +74,7 @@ def recipe_hash(recipe: Recipe) -> str:
     added later with a default keeps every old hash, and writing a default explicitly or omitting it
     hash alike. The price: changing an existing default changes what old hashes mean.
     """
-    return _sha256(_non_default(recipe))[:8]
+    return _sha256(_result_fields(recipe, changed_only=True))[:8]
 
 
 def result_fields(recipe: Recipe) -> dict[str, Any]:
@@ -121,34 +121,19 @@ def _sha256(data: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _result_fields(section: Any) -> dict[str, Any]:
+def _result_fields(section: Any, changed_only: bool = False) -> dict[str, Any]:
+    """The fields that change results; ``changed_only``: just those that differ from the schema default."""
+    default = type(section)() if changed_only else None  # a section's default is its default instance
     out: dict[str, Any] = {}
     for f in dataclasses.fields(section):
         if not f.metadata.get("results", True):
             continue
         value = getattr(section, f.name)
         if dataclasses.is_dataclass(value):
-            inner = _result_fields(value)
+            inner = _result_fields(value, changed_only)
             if inner:  # a section of bookkeeping fields only (export) is left out whole
                 out[f.name] = inner
-        else:
-            out[f.name] = _plain(value)
-    return out
-
-
-def _non_default(section: Any) -> dict[str, Any]:
-    # A section's default is its class's default instance, so this compares field by field.
-    default = type(section)()
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(section):
-        if not f.metadata.get("results", True):
-            continue
-        value = getattr(section, f.name)
-        if dataclasses.is_dataclass(value):
-            inner = _non_default(value)
-            if inner:
-                out[f.name] = inner
-        elif _plain(value) != _plain(getattr(default, f.name)):
+        elif default is None or _plain(value) != _plain(getattr(default, f.name)):
             out[f.name] = _plain(value)
     return out
 

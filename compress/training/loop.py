@@ -93,7 +93,7 @@ def _sync_window(losses: torch.Tensor, synced: int, steps: int) -> int:
 def _window_loss(window: torch.Tensor, first: int, config: TrainConfig) -> float:
     """The mean training loss of the steps ``first``, ``first + 1``, ... held in ``window`` (one host sync);
     raises ``TrainingDiverged`` naming the first step whose loss is nan or inf."""
-    mean = float(window.double().mean())
+    mean = float(window.mean())
     if not math.isfinite(mean):  # a cross-entropy is >= 0: the mean is finite iff every step's loss is
         bad = int((~torch.isfinite(window)).nonzero()[0, 0])
         raise _diverged(config, f"the training loss is {float(window[bad])} at iteration {first + bad}")
@@ -151,7 +151,7 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
     start = begin
     elapsed = 0.0
     # the loss of each step since the last evaluation, on the device: no host sync per step
-    losses = torch.zeros(min(config.eval_every, config.iterations), device=device)
+    losses = torch.zeros(min(config.eval_every, config.iterations), dtype=torch.float64, device=device)
     steps_since_eval = synced = 0  # entries of ``losses`` so far; of those, already averaged over the ranks
     state = None
     if checkpoint_path is not None and Path(checkpoint_path).exists():
