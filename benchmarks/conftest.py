@@ -44,8 +44,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 notes.append(f"{label} batch {batch}: auto picked {choice['backend']} ({choice['rule']}; "
                              "build-time medians ms: "
                              + ", ".join(f"{n} {ms:.4g}" for n, ms in choice["median_ms"].items())
-                             + (f"; per-layer picks: {layers}" if layers else "") + ")"
-                             + (f"; then at run time: {choice['demoted']}" if "demoted" in choice else ""))
+                             + (f"; per-layer picks: {layers}" if layers else "") + ")")
     records = sorted(_SESSION.records, key=_order)
     sections = ([("Channel tickets", channel_section(records, _SESSION.built, machine))]
                 if any(r.get("granularity") == "channel" for r in records) else [])
