@@ -3,6 +3,7 @@
 1. Loop throughput: compress.train vs a plain loop over the same in-memory Fashion-MNIST tensors
    (LeNet-300-100, batch 60, Adam 1.2e-3, one evaluation at the end in both).
 2. Masking overhead: one training step of a pruned model (torch.nn.utils.prune hooks) vs unpruned.
+   ``LotterySearch.on_step`` overhead: the same pruned training step with and without it.
 3. A full IMP run (3,000 iterations per round, 5 rounds, reinit control) via compress.find_ticket
    vs a hand-written IMP with torch.nn.utils.prune doing the same trainings, evaluations and pruning.
 
@@ -25,7 +26,7 @@ from bench_cases import wall_times
 
 from compress.data import load_dataset
 from compress.io import load_json, save_json, save_text
-from compress.lottery import find_ticket
+from compress.lottery import LotterySearch, find_ticket
 from compress.models import create_model
 from compress.pruning import apply_masks
 from compress.recipe import recipe_from_dict
@@ -153,6 +154,57 @@ def test_masking_overhead_per_step(benchmark, data):
                                  "(torch.nn.utils.prune) vs the same model unpruned, best of 5",
                                  "overhead_fraction": overhead})
     print(f"\nmasking overhead per step: {overhead * 100:.1f}%")
+
+
+def test_on_step_overhead(benchmark, data):
+    """What ``LotterySearch.on_step()`` adds to a training step (budget: 1%).
+
+    Two figures: the time inside on_step() (timed around each call) over a plain step -- an upper bound,
+    as detaching the pruned weights frees the last forward's graph node there, which the prune hook
+    would otherwise free in the next forward -- and loop against loop, which is the true cost but
+    swings by a few percent on a loaded machine.
+    """
+    x, y = data.train.images[:60], data.train.labels[:60]
+    torch.manual_seed(0)
+    model = create_model("lenet300_100")
+    search = LotterySearch(model, _recipe(), iterations=10**9)  # no level ends while timing
+    optimizer = build_optimizer(model.parameters(), OptimizerConfig())
+
+    spent = [0.0]
+
+    def steps(with_search: bool, count: int = 200):
+        def run():
+            for _ in range(count):
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if with_search:
+                    began = time.perf_counter()
+                    search.on_step()
+                    spent[0] += time.perf_counter() - began
+        return run
+
+    plain, driven = steps(False), steps(True)
+    plain()
+    driven()
+    # interleaved, many short runs: load from other processes hits both sides alike
+    plain_times, driven_times = [], []
+    spent[0] = 0.0
+    for _ in range(15):
+        plain_times += wall_times(plain, 1)
+        driven_times += wall_times(driven, 1)
+    inside = spent[0] / (15 * 200) / (min(plain_times) / 200)
+    benchmark.pedantic(driven, rounds=3, iterations=1)
+    best = min(*driven_times, benchmark.stats.stats.min) / min(plain_times) - 1
+    median = sorted(driven_times)[7] / sorted(plain_times)[7] - 1
+    _record("on_step_overhead", {"what": "200 fused-Adam steps, LeNet-300-100, batch 60, pruned, with vs without "
+                                 "LotterySearch.on_step() after each, 15 interleaved runs each",
+                                 "inside_on_step_fraction": inside, "overhead_fraction_best": best, "overhead_fraction_median": median,
+                                 "step_us": min(plain_times) / 200 * 1e6})
+    print(f"\non_step: {inside * 100:.2f}% of a step inside the call; loop vs loop {best * 100:+.2f}% (best of 15), "
+          f"{median * 100:+.2f}% (median)")
+    assert inside < 0.01
 
 
 def hand_written_imp(data, rounds: int, iterations: int) -> None:

@@ -1,7 +1,7 @@
 """compress: find lottery tickets with torch.nn.utils.prune.
 
 Public API (imported lazily so ``import compress`` stays cheap):
-    load_recipe, Recipe, LotterySearch, find_ticket, run_recipe, load_ticket,
+    load_recipe, Recipe, LotterySearch, StepEvent, find_ticket, run_recipe, load_ticket,
     create_model, list_models, load_dataset, list_datasets, train, export_onnx
 """
 
@@ -24,6 +24,7 @@ _EXPORTS = {
     "list_datasets": "compress.data",
     "train": "compress.training",
     "LotterySearch": "compress.lottery",
+    "StepEvent": "compress.lottery.events",
     "find_ticket": "compress.lottery",
     "load_ticket": "compress.lottery",
     "run_recipe": "compress.pipeline",

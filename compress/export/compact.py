@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.models.unwrap import unwrap_model
 from compress.pruning import fold_masks
 
 _WEIGHTED = (nn.Linear, nn.Conv2d)
@@ -83,6 +84,7 @@ class Compaction:
 
 class _Compactor:
     def __init__(self, model: nn.Module) -> None:
+        model = unwrap_model(model)  # torch.compile / DDP / DataParallel / EMA: the plain module inside
         if not isinstance(model, nn.Sequential):
             raise UserError(f"compact_model supports nn.Sequential models ({SUPPORTED}); "
                              f"{type(model).__name__} is not one -- export it without compaction")

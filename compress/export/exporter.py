@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.models.unwrap import unwrap_model
 
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript)"
 INPUT_NAME = "input"
@@ -78,7 +79,9 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, opset: int, outputs: 
     """Serialised ONNX of ``model`` (in eval mode, on CPU) with batch dimension 0 dynamic.
 
     On failure: ValueError naming the innermost module that cannot be exported on its own.
+    A torch.compile / DDP / DataParallel / EMA wrapper is unwrapped first.
     """
+    model = unwrap_model(model)
     try:
         return _export(model, (example_input,), opset, outputs)
     except Exception as error:  # the exporter raises many types (RuntimeError, OnnxExporterError, ...)
@@ -95,6 +98,7 @@ def failing_module(model: nn.Module, example_input: torch.Tensor, opset: int) ->
     first child that fails when exported alone with the inputs it received in a forward pass. Top-down,
     so a big model costs a few exports per level, not one per module. None: only the root's own code fails.
     """
+    model = unwrap_model(model)
     recorded: dict[str, tuple] = {}
 
     def recorder(name: str):

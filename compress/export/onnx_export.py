@@ -24,6 +24,7 @@ from compress.export.verify import (
     ort_outputs,
 )
 from compress.io import save_bytes
+from compress.models.unwrap import unwrap_model
 from compress.pruning import fold_masks, get_masks
 from compress.pruning.macs import count_params, mac_counts
 
@@ -80,9 +81,10 @@ class ExportReport:
 
 
 def _resolve(model_or_ticket) -> tuple[nn.Module, tuple[int, ...] | None]:
-    """The model, and one example's shape when a ticket tells it."""
+    """The model (unwrapped from torch.compile / DDP / DataParallel / EMA), and one example's shape when
+    a ticket tells it."""
     if isinstance(model_or_ticket, nn.Module):
-        return model_or_ticket, None
+        return unwrap_model(model_or_ticket), None
     if isinstance(model_or_ticket, (str, Path, dict)):
         from compress.lottery.ticket import read_ticket, ticket_model
 
@@ -136,6 +138,10 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
                 example_input: torch.Tensor | None = None, *, opset: int = 17,
                 verify_inputs: torch.Tensor | None = None, compact: bool = False) -> ExportReport:
     """Export a (pruned) model to ``path`` and verify it; ``compact`` also writes ``<stem>.compact.onnx``.
+
+    A wrapped model -- ``torch.compile``, ``DistributedDataParallel``, ``DataParallel``, an EMA
+    wrapper -- is unwrapped first (``compress.models.unwrap.unwrap_model``); the compiled graph is never
+    run, the plain module inside it is what gets exported.
 
     The masks are folded into plain weights on a copy (the given model keeps its prune
     reparametrisation). The file is written -- atomically -- only after every check passed:
@@ -195,7 +201,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
 
 
 def _compact_first(model: nn.Module) -> Compaction:
-    compaction = run_compaction(model)
+    compaction = run_compaction(unwrap_model(model))
     compaction.module = _plain_zeros(compaction.module.cpu().float().eval())
     return compaction
 

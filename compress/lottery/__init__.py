@@ -3,9 +3,16 @@
 from compress.lottery.dry_run import dry_run, plan_table
 from compress.lottery.runner import LotteryRun, choose_ticket, default_run_dir, find_ticket, read_summary
 from compress.lottery.search import LotterySearch, one_shot_rates
-from compress.lottery.ticket import load_ticket, read_ticket, ticket_model
+from compress.lottery.ticket import (
+    load_ticket,
+    load_ticket_into,
+    read_ticket,
+    save_ticket_from_model,
+    ticket_model,
+)
 
 __all__ = [
     "LotteryRun", "LotterySearch", "choose_ticket", "default_run_dir", "dry_run", "find_ticket", "load_ticket",
-    "one_shot_rates", "plan_table", "read_summary", "read_ticket", "ticket_model",
+    "load_ticket_into", "one_shot_rates", "plan_table", "read_summary", "read_ticket", "save_ticket_from_model",
+    "ticket_model",
 ]

@@ -2,41 +2,35 @@
 
 from __future__ import annotations
 
+import warnings
+
 from compress.data import dataset_info, find_data
-from compress.lottery.search import one_shot_rates
+from compress.lottery.search import one_shot_rates, plan_rows
 from compress.models import build_model
-from compress.pruning import build_plan
+from compress.pruning.plan import plan_layers
 from compress.recipe import Recipe, dump_recipe
 
 
 def plan_table(recipe: Recipe, where=None) -> str:
-    """Prunable parameters: name, shape, count, per-round rate, weights remaining after each round."""
+    """Every prunable parameter: name, role (stem / hidden / output), shape, count, per-round rate,
+    weights remaining after each round shown, and for one that is not pruned the reason (kept, output,
+    rate 0); warnings of the role inference follow the table."""
     info = dataset_info(recipe.data.name)
     num_classes = recipe.model.num_classes or info.num_classes or 10
     image_size = recipe.data.image_size or info.image_size or 32
     model = build_model(recipe.model, num_classes, info.in_channels or 3, image_size, seed=recipe.seed)
-    targets = build_plan(model, recipe.prune, where)
-    modules = dict(model.named_modules())
+    with warnings.catch_warnings(record=True) as caught:  # shown in the table, where they are read
+        warnings.simplefilter("always", UserWarning)
+        layers = plan_layers(model, recipe.prune, where)
     rounds = 1 if recipe.lottery.one_shot and recipe.lottery.rounds else recipe.lottery.rounds
-    rates = {t.name: t.rate for t in targets}
+    rates = {layer.name: layer.rate for layer in layers if layer.rate > 0}
     if recipe.lottery.one_shot:
         rates = one_shot_rates(rates, recipe.lottery.rounds)
-    shown = sorted({0, *range(1, rounds + 1, max(1, rounds // 6)), rounds})
-    header = f"{'parameter':<28} {'shape':<18} {'count':>10} {'rate':>6} " + " ".join(f"{f'r{r}':>7}" for r in shown)
-    lines = [header, "-" * len(header)]
-    totals = [0.0] * len(shown)
-    total_count = 0
-    for target in targets:
-        weight = modules[target.name].weight
-        count = weight.numel()
-        total_count += count
-        remaining = [count * (1 - rates[target.name]) ** r for r in shown]
-        totals = [a + b for a, b in zip(totals, remaining, strict=True)]
-        lines.append(f"{target.name + '.weight':<28} {'x'.join(map(str, weight.shape)):<18} {count:>10,} "
-                     f"{rates[target.name]:>6.3f} " + " ".join(f"{n / count * 100:6.2f}%" for n in remaining))
-    lines.append("-" * len(header))
-    lines.append(f"{'total (' + str(len(targets)) + ' tensors)':<28} {'':<18} {total_count:>10,} {'':>6} "
-                 + " ".join(f"{n / total_count * 100:6.2f}%" for n in totals))
+    rows = plan_rows(model, layers, rates, rounds)
+    lines = format_plan(rows, rounds)
+    lines += [f"warning: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
+    if not rates:
+        lines.append("(nothing is pruned: every rate is 0 or every module kept; a run would stop with an error)")
     if recipe.prune.scope == "global":
         lines.append("(global scope: per-layer figures are what a layer-wise cut at the same rate would leave; "
                      "the totals are exact)")
@@ -48,3 +42,28 @@ def dry_run(recipe: Recipe, where=None) -> str:
     data_line = f"data: {recipe.data.name} {'found at ' + location if found else 'NOT found: ' + location}"
     return "\n".join(["# resolved recipe", dump_recipe(recipe).rstrip(), "", data_line, "",
                       plan_table(recipe, where)])
+
+
+def format_plan(rows: list[dict], rounds: int) -> list[str]:
+    """``LotterySearch.plan()`` rows as the table ``--dry-run`` and a run's start print."""
+    shown = sorted({0, *range(1, rounds + 1, max(1, rounds // 6)), rounds})
+    width = max([32, *(len(row["name"]) + 8 for row in rows)])
+    header = (f"{'parameter':<{width}} {'role':<6} {'shape':<14} {'count':>10} {'rate':>6} "
+              + " ".join(f"{f'r{r}':>7}" for r in shown) + "  not pruned because")
+    lines = [header, "-" * len(header)]
+    totals = [0.0] * len(shown)
+    total_count = sum(row["count"] for row in rows)
+    for row in rows:
+        remaining = [row["count"] * row["remaining"][r] for r in shown]
+        totals = [a + b for a, b in zip(totals, remaining, strict=True)]
+        rate_text = f"{row['rate']:>6.3f}" if row["rate"] else f"{'-':>6}"
+        lines.append(f"{row['name'] + '.weight':<{width}} {row['role']:<6} {'x'.join(map(str, row['shape'])):<14} "
+                     f"{row['count']:>10,} {rate_text} " + " ".join(f"{f * 100:6.2f}%" for f in
+                                                                    (row["remaining"][r] for r in shown))
+                     + (f"  {row['reason']}" if row["reason"] else ""))
+    lines.append("-" * len(header))
+    pruned = sum(1 for row in rows if row["rate"])
+    label = f"total ({pruned} of {len(rows)} tensors pruned)"
+    lines.append(f"{label:<{width}} {'':<6} {'':<14} {total_count:>10,} {'':>6} "
+                 + " ".join(f"{n / max(total_count, 1) * 100:6.2f}%" for n in totals))
+    return lines

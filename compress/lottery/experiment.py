@@ -24,10 +24,13 @@ RESULT_FIELDS = ("test_accuracy", "early_stop_iteration", "early_stop_test_accur
                  "wall_s")
 
 
-def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_state: dict, masks: dict,
+def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_state: dict | None, masks: dict,
                    recipe, data, begin: int, desc: str, progress: bool,
                    on_step: Callable[[int, nn.Module], None] | None = None) -> dict:
     """Train ``masks`` from ``start_state`` at iteration ``begin``; skip when the result exists.
+
+    ``start_state=None``: ``make_model()`` returns a model already at its start (the ticket: the
+    ``LotterySearch``'s own model, placed and rewound by the search). It is called only when training runs.
 
     Leaves: mask.pt, metrics.jsonl, sparsity.json, final.pt (state dict with masks), result.json.
     """
@@ -38,7 +41,8 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
         return load_json(result_path)
     model = make_model()
     apply_masks(model, masks)
-    load_plain_state_dict(model, start_state)
+    if start_state is not None:
+        load_plain_state_dict(model, start_state)
     mask_path = folder / paths.MASK
     if not mask_path.exists() and distributed.is_main():
         save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)

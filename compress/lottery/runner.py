@@ -19,23 +19,18 @@ from compress import distributed, paths
 from compress.data import load_dataset
 from compress.errors import UserError, one_line
 from compress.io import CorruptArtifactError, load_json, load_torch, save_json, save_text, save_torch
+from compress.lottery.controls import CONTROLS, REINIT_SEED_STRIDE, ControlInput, control_seed
 from compress.lottery.experiment import RESULT_FIELDS, run_experiment
 from compress.lottery.report import write_report
 from compress.lottery.rundir import RunDirLock, check_identity, remove_stale_temp_files
 from compress.lottery.search import LotterySearch
 from compress.lottery.ticket import save_ticket
 from compress.models import build_model
-from compress.pruning import (
-    apply_masks,
-    folded_state_dict,
-    load_plain_state_dict,
-    plain_state_dict,
-    random_masks_like,
-)
+from compress.pruning import load_plain_state_dict, plain_state_dict
 from compress.recipe import Recipe, dump_recipe, load_recipe, recipe_hash, recipe_to_dict, results_hash
 from compress.runtime import resolve_device, seed_everything, set_threads
 
-REINIT_SEED_STRIDE = 10_007
+__all__ = ["REINIT_SEED_STRIDE", "LotteryRun", "choose_ticket", "default_run_dir", "find_ticket", "read_summary"]
 RUNS = Path("runs")
 
 
@@ -127,6 +122,10 @@ class LotteryRun:
                             "set it to null to take the dataset's")
         self.identity = {"recipe": results_hash(recipe), "data": self.data.identity_hash}
         self.search = LotterySearch(self.make_model(recipe.seed), recipe, where)
+        if progress and distributed.is_main():  # what will be pruned, and what not, before hours of training
+            from compress.lottery.dry_run import format_plan
+
+            print("\n".join(format_plan(self.search.plan(), self.search.rounds)), file=sys.stderr)
         self.init_state = plain_state_dict(self.search.model)
         self.begin = recipe.lottery.rewind_to
 
@@ -200,16 +199,56 @@ class LotteryRun:
             previous = paths.round_dir(self.run_dir, round_index - 1)
             trained = self._load(previous / paths.FINAL, recompute=self._retrain(round_index - 1),
                                  also=(previous / paths.RESULT,))
-            masks = self.search.masks_after(round_index - 1, trained)
+            # the search stands where the previous round ended, then takes the same transition a user's
+            # loop takes: prune the trained weights (and rewind, which the ticket then starts from)
+            self._place_search(round_index - 1, _masks_in(trained, self.search.names), self.recipe.train.iterations)
+            self.search.model.load_state_dict(trained)
+            self.search.prune_and_rewind()
+            masks = self.search.masks
         if (mask_path.parent / paths.RESULT).exists():  # a finished round whose mask.pt was lost: restore it
             save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)
         return masks
 
+    # -- the search, placed from the run's files (the runner keeps no IMP state of its own) ----------
+    def _place_search(self, level: int, masks: dict, step_count: int) -> None:
+        """Stand the search at ``level`` with ``masks`` and the run's rewind point (weights untouched)."""
+        if self.begin == 0:
+            rewind = self.init_state
+        elif level > 0:
+            rewind = self.rewind_state()
+        else:  # the dense round takes the snapshot itself; a resumed one may already have it
+            rewind = self._load(self.run_dir / paths.REWIND) if (self.run_dir / paths.REWIND).exists() else None
+        state = self.search.state_dict()
+        state.update(level=level, step_count=step_count, done=False, rewind=rewind,
+                     masks={name: masks[name] for name in self.search.names})
+        self.search.load_state_dict(state)
+
+    def _level_start(self, round_index: int, masks: dict) -> torch.nn.Module:
+        """The search's model as round ``round_index`` starts: its masks, and init or the rewound weights."""
+        self._place_search(round_index, masks, 0 if round_index == 0 else self.begin)
+        if round_index == 0:
+            load_plain_state_dict(self.search.model, self.init_state)
+        else:
+            self.search.rewind()
+        return self.search.model
+
+    def _dense_start(self, masks: dict) -> torch.nn.Module:
+        checkpoint = paths.round_dir(self.run_dir, 0) / paths.CHECKPOINT
+        if self.begin > 0 and not (self.run_dir / paths.REWIND).exists() and checkpoint.exists():
+            # a checkpoint is only ever written after the rewind point it needs; without that file the
+            # snapshot cannot be taken again from the middle of the round: train the round from the start
+            distributed.barrier()
+            if distributed.is_main():
+                checkpoint.unlink()
+                print(f"warning: {paths.REWIND} is missing; round 0 restarts from iteration 0", file=sys.stderr)
+            distributed.barrier()
+        return self._level_start(0, masks)
+
     def run_ticket(self, round_index: int, masks: dict) -> dict:
         folder = paths.round_dir(self.run_dir, round_index)
-        on_step = self._save_rewind_point if round_index == 0 and self.begin > 0 else None
-        start = self.init_state if round_index == 0 else self.rewind_state()
-        return run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
+        on_step = self._dense_step if round_index == 0 and self.begin > 0 else None
+        start = (lambda: self._dense_start(masks)) if round_index == 0 else (lambda: self._level_start(round_index, masks))
+        return run_experiment(folder, make_model=start, start_state=None, masks=masks,
                               recipe=self.recipe, data=self.data, begin=0 if round_index == 0 else self.begin,
                               desc=f"round {round_index} ticket", progress=self.progress, on_step=on_step)
 
@@ -226,22 +265,20 @@ class LotteryRun:
                                  for name in self.recipe.lottery.controls}
         return entry
 
-    def _save_rewind_point(self, iteration: int, model: torch.nn.Module) -> None:
-        """During the dense round, keep the weights at iteration ``rewind_to`` (atomic, once)."""
+    def _dense_step(self, iteration: int, model: torch.nn.Module) -> None:
+        """The dense round steps the search, which snapshots at ``rewind_to``; the snapshot goes to a file."""
+        had_snapshot = self.search.rewind_state is not None
+        self.search.step(iteration)
         target = self.run_dir / paths.REWIND
-        if iteration == self.begin and not target.exists() and distributed.is_main():
-            save_torch(plain_state_dict(model), target)
+        if not had_snapshot and self.search.rewind_state is not None and not target.exists() and distributed.is_main():
+            save_torch(self.search.rewind_state, target)
 
     def run_control(self, name: str, round_index: int, masks: dict, start: dict) -> dict:
         folder = paths.experiment_dir(self.run_dir, round_index, name)
-        seed = self.recipe.seed + REINIT_SEED_STRIDE * round_index + 1
-        if name == "reinit":
-            start = plain_state_dict(self.make_model(seed))
-        elif name == "random_prune":
-            # the same count per layer -- of weights, or of whole channels under channel granularity
-            masks = random_masks_like({k: v.cpu() for k, v in masks.items()}, torch.Generator().manual_seed(seed),
-                                      granularity=self.recipe.prune.granularity)
-            masks = distributed.broadcast_masks({k: v.to(self.device) for k, v in masks.items()})
+        control = CONTROLS.get(name)
+        start, masks = control(ControlInput(round_index=round_index, masks=masks, start_state=start,
+                                            seed=control_seed(self.recipe.seed, round_index),
+                                            granularity=self.recipe.prune.granularity, make_model=self.make_model))
         result = run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
                                 recipe=self.recipe, data=self.data, begin=self.begin,
                                 desc=f"round {round_index} {name}", progress=self.progress)
@@ -300,17 +337,19 @@ class LotteryRun:
         masks = load_torch(folder / paths.MASK)
         trained = self._load(folder / paths.FINAL, recompute=self._retrain(chosen["round"]),
                              also=(folder / paths.RESULT,))
-        self.search.model.load_state_dict(trained)
-        start = self.init_state if chosen["round"] == 0 else self.rewind_state()
-        rewound = self.make_model()
-        apply_masks(rewound, masks)
-        load_plain_state_dict(rewound, start)
         # folded (pruned entries exactly zero): each loads into a fresh, unpruned model as it is
+        self._level_start(chosen["round"], masks)
+        rewind_state = _cpu(self.search.folded_state_dict())
+        self.search.model.load_state_dict(trained)
         save_ticket(self.run_dir / paths.TICKET, model_config={**recipe_to_dict(self.recipe)["model"]},
                     shape=self.shape, masks={k: v.cpu() for k, v in masks.items()},
-                    rewind_state=_cpu(folded_state_dict(rewound)),
-                    trained_state=_cpu(folded_state_dict(self.search.model)),
+                    rewind_state=rewind_state, trained_state=_cpu(self.search.folded_state_dict()),
                     info={**chosen, "recipe": self.recipe.name})
+
+
+def _masks_in(state: dict, names: list[str]) -> dict:
+    """The mask buffers of a pruned model's state dict, by module name."""
+    return {name: state[f"{name}.weight_mask" if name else "weight_mask"] for name in names}
 
 
 def _cpu(state: dict) -> dict:

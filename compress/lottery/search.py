@@ -1,6 +1,17 @@
-"""Iterative magnitude pruning with rewinding, driven by any training loop (the user's or ours).
+"""Iterative magnitude pruning with rewinding: the one IMP state machine behind every driver.
 
-    search = compress.LotterySearch(model, recipe)
+The CLI runner, a user's own loop and trainer callbacks all drive this class. Two ways to drive it:
+
+Step-driven (callbacks; one call per optimizer step, the search counts)::
+
+    search = compress.LotterySearch(model, recipe)          # iterations per level: recipe.train.iterations
+    search.watch(optimizer, scheduler)                      # optional: reset / rewind them at each rewind
+    while not search.done:
+        ...                                                 # one training step (batch number search.step_count)
+        event = search.on_step()                            # snapshot at rewind_to; prune + rewind at the end
+
+Level-driven (the README's loop)::
+
     for level in search.levels():            # level 0 is dense; one level per pruning round after it
         optimizer = make_optimizer(model)    # fresh optimizer state every level (see below)
         for i, batch in enumerate(my_batches, start=1):
@@ -13,34 +24,62 @@ optimizer's per-parameter state (Adam moments, momentum) belongs to the trajecto
 away, so a level must start with fresh state: build a new optimizer, or call
 ``reset_optimizer(opt)``. Parameters keep their identity (``weight_orig``) across levels, so an
 optimizer or a DistributedDataParallel wrapper built once stays attached to the right tensors.
+
+Checkpoints: save ``search.state_dict()`` beside the model's and optimizer's; to resume, build the
+model, then the search (it installs the prune reparametrisation, so a pruned ``model.state_dict()``
+loads), then ``search.load_state_dict(...)`` and ``model.load_state_dict(...)``.
+
+Copies: ``on_step`` / ``step`` detach the pruned ``weight`` tensors, so ``copy.deepcopy(model)`` works
+between steps (a copy's forward recomputes ``weight`` from ``weight_orig * weight_mask``). An EMA of the
+model averages the 0/1 mask buffers too; call ``search.copy_masks_to(ema_model)`` after each EMA update.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.lottery.events import STATE_FORMAT, StepEvent, check_state, search_settings
+from compress.models.unwrap import unwrap_model
 from compress.pruning import (
     Masks,
     apply_masks,
     build_plan,
     check_shrinks,
     effective_weights,
+    folded_state_dict,
     get_masks,
+    is_pruned,
     load_plain_state_dict,
-    magnitude_masks,
     ones_masks,
     plain_state_dict,
-    random_step_masks,
+    refresh_weights,
     sparsity_report,
 )
+from compress.pruning.masks import PRUNING_METHODS
+from compress.pruning.plan import LayerPlan, plan_layers
 
 if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
+
+
+def plan_rows(model: nn.Module, layers: list[LayerPlan], rates: dict[str, float], rounds: int) -> list[dict]:
+    """``LotterySearch.plan`` / ``--dry-run`` rows: ``rates`` are the per-level rates of the pruned layers."""
+    modules = dict(model.named_modules())
+    rows = []
+    for layer in layers:
+        weight = modules[layer.name].weight_orig if is_pruned(modules[layer.name]) else modules[layer.name].weight
+        rate = rates.get(layer.name, 0.0)
+        rows.append({"name": layer.name, "role": layer.role, "kind": layer.kind, "shape": tuple(weight.shape),
+                     "count": weight.numel(), "rate": rate, "reason": layer.reason,
+                     "remaining": [(1 - rate) ** level for level in range(rounds + 1)]})
+    return rows
 
 
 def one_shot_rates(rates: dict[str, float], rounds: int) -> dict[str, float]:
@@ -51,7 +90,9 @@ def one_shot_rates(rates: dict[str, float], rounds: int) -> dict[str, float]:
 class LotterySearch:
     """Masks installed with torch.nn.utils.prune, a rewind snapshot, and the IMP schedule of levels."""
 
-    def __init__(self, model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None) -> None:
+    def __init__(self, model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None, *,
+                 iterations: int | None = None) -> None:
+        model = unwrap_model(model)  # torch.compile / DDP: the masks live on the module they wrap
         self.model = model
         self.prune_config = recipe.prune
         self.rounds = 1 if recipe.lottery.one_shot and recipe.lottery.rounds else recipe.lottery.rounds
@@ -59,26 +100,131 @@ class LotterySearch:
         self.rewind_to = recipe.lottery.rewind_to
         self.one_shot = recipe.lottery.one_shot
         self.seed = recipe.seed
+        self.iterations = recipe.train.iterations if iterations is None else iterations
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise UserError(f"iterations: {self.iterations!r} must be a positive int (steps per level)")
+        if self.rewind_to >= self.iterations:
+            raise UserError(f"lottery.rewind_to = {self.rewind_to} must be < iterations per level "
+                            f"({self.iterations}): the rewind point would never be reached")
+        self.method = PRUNING_METHODS.get(recipe.prune.method)
         self.targets = build_plan(model, recipe.prune, where)
         if not self.targets:
             raise UserError("prune: no module is pruned (every rate is 0 or every module excluded)")
         self.names = [target.name for target in self.targets]
+        self.settings = search_settings(recipe, self.names, self.iterations)
         # Install the reparametrisation now, with all-ones masks, so parameters never change identity.
         apply_masks(model, ones_masks(model, self.names))
+        modules = dict(model.named_modules())
+        self._modules = [modules[name] for name in self.names]  # on_step touches these without a lookup
+        self._attributes = [vars(module) for module in self._modules]
         self.level = 0
+        self.done = False
+        self.step_count = 0
         self.rewind_state: dict[str, torch.Tensor] | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._scheduler: Any = None
+        # the watched scheduler's state and its optimizer's hyperparameters at level 0, step 0
+        self._schedule_start: dict | None = None
         if self.rewind_to == 0:
             self.snapshot()
 
-    # -- the rewind point ---------------------------------------------------------------------------
+    @property
+    def start_step(self) -> int:
+        """The step count a level starts at: 0 for the dense level, ``rewind_to`` after a rewind."""
+        return 0 if self.level == 0 else self.rewind_to
+
+    # -- driving it, step by step ---------------------------------------------------------------------
+    def on_step(self) -> StepEvent:
+        """Call once after every optimizer step; the search counts the steps itself.
+
+        At level 0 it snapshots the rewind point when the count reaches ``rewind_to``; when it reaches
+        ``iterations`` the level is finished: prune + rewind (+ the watched optimizer and scheduler), or,
+        after the last level, ``done``. Cheap (no tensor arithmetic on ordinary steps).
+        """
+        if self.done:
+            raise UserError(f"on_step() after the search is done (level {self.rounds} was the last)")
+        step = self.step_count + 1
+        self._detach_weights()
+        taken = False
+        if self.level == 0 and step == self.rewind_to and self.rewind_state is None:
+            self.snapshot()
+            taken = True
+        if step < self.iterations:
+            self.step_count = step
+            return StepEvent(step, taken, False, False, self.level)
+        if self.level >= self.rounds:
+            self.step_count, self.done = step, True
+            return StepEvent(step, taken, True, True, self.level)
+        self._advance()  # sets step_count to the new level's start; on failure nothing moved
+        return StepEvent(step, taken, True, False, self.level)
+
+    def _detach_weights(self) -> None:
+        # After a training step ``weight`` is a non-leaf tensor of the last forward, which deepcopy refuses.
+        # Detaching only frees that forward's graph node early (the hook's next setattr would); recomputing
+        # orig * mask here would cost 2-5% of a LeNet step. The prune hook recomputes ``weight`` at the next
+        # forward (``compress.pruning.refresh_weights`` does it now). Written straight into the module's
+        # __dict__, where the hook keeps ``weight``: nn.Module.__setattr__ costs microseconds per layer.
+        for attributes in self._attributes:
+            weight = attributes.get("weight")
+            if weight is not None and weight.requires_grad:
+                attributes["weight"] = weight.detach()
+
+    # -- driving it, level by level -------------------------------------------------------------------
+    def step(self, iteration: int) -> None:
+        """Call after each optimizer step with the 1-based step count of the current level.
+
+        Snapshots the rewind point at ``rewind_to`` during level 0 (a step past it without a snapshot is an
+        error at once); levels end with ``prune_and_rewind()``, not here.
+        """
+        if self.done:
+            raise UserError("step() after the search is done")
+        if self.level == 0 and self.rewind_state is None:
+            if iteration == self.rewind_to:
+                self.snapshot()
+            elif iteration > self.rewind_to:
+                raise UserError(f"missed the rewind snapshot at step {self.rewind_to}: step({iteration}) came "
+                                "first; is your step counter 0-based? call search.step(i) after every optimizer "
+                                "step with i = 1, 2, ...")
+        self.step_count = iteration
+        self._detach_weights()
+
+    def levels(self) -> Iterator[int]:
+        """Yields the current level (0 dense, then 1 .. rounds) until ``done``; train, then ``prune_and_rewind``."""
+        while not self.done:
+            level = self.level
+            yield level
+            if not self.done and self.level == level:
+                raise UserError(f"level {level} ended without prune_and_rewind(): call it after training each level")
+
+    def prune_and_rewind(self) -> bool:
+        """Prune the trained model, rewind it and advance ``level``; False (and ``done``) after the last level."""
+        if self.done:
+            raise UserError(f"prune_and_rewind() after the search is done (level {self.rounds} was the last)")
+        if self.level >= self.rounds:
+            self.done = True
+            return False
+        self._advance()
+        return True
+
+    def _advance(self) -> None:
+        """Prune + rewind into the next level; every check runs before anything changes."""
+        if self.rewind_state is None:
+            raise UserError(f"missed the rewind snapshot at step {self.rewind_to}: call search.step(i) (1-based) "
+                            "or search.on_step() after every optimizer step of level 0")
+        masks = self.next_masks()
+        apply_masks(self.model, masks)
+        self.rewind()
+        self.level += 1
+        self.step_count = self.start_step
+        if self._optimizer is not None:
+            self.reset_optimizer(self._optimizer)
+        if self._scheduler is not None:
+            self.rewind_scheduler(self._scheduler)
+
+    # -- the rewind point -----------------------------------------------------------------------------
     def snapshot(self) -> None:
         """Record the current weights, biases and buffers (BatchNorm statistics) as the rewind point."""
         self.rewind_state = plain_state_dict(self.model)
-
-    def step(self, iteration: int) -> None:
-        """Call after each optimizer step of level 0 with the 1-based step count."""
-        if self.level == 0 and iteration == self.rewind_to and self.rewind_state is None:
-            self.snapshot()
 
     def rewind(self) -> None:
         """Survivors go back to the snapshot bit for bit; masks stay."""
@@ -91,7 +237,43 @@ class LotterySearch:
         """Forget per-parameter state (Adam moments, momentum buffers) before a new level."""
         optimizer.state.clear()
 
-    # -- pruning ------------------------------------------------------------------------------------
+    def watch(self, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> None:
+        """Reset ``optimizer`` and rewind ``scheduler`` automatically at every rewind (``on_step`` and
+        ``prune_and_rewind`` call ``reset_optimizer`` / ``rewind_scheduler``).
+
+        At level 0, step 0 (build them, then watch, before the first step) the scheduler's state and its
+        optimizer's hyperparameters (lr, momentum, ...) are recorded as the schedule's start, which
+        ``state_dict`` saves; later (a resumed run) the start comes from ``load_state_dict``.
+        """
+        if scheduler is not None:
+            if self.level == 0 and self.step_count == 0:
+                groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+                          for group in scheduler.optimizer.param_groups]
+                self._schedule_start = {"state": copy.deepcopy(scheduler.state_dict()), "groups": groups}
+            elif self._schedule_start is None:
+                raise UserError(f"watch(scheduler) at level {self.level}, step {self.step_count}: the search must "
+                                "see the schedule's start; watch it before the first step, or load a search state "
+                                "saved with a watched scheduler first")
+        self._optimizer = optimizer
+        self._scheduler = scheduler
+
+    def rewind_scheduler(self, scheduler: Any) -> None:
+        """Restart a torch LR scheduler at ``start_step``: restore the start ``watch`` recorded (with the
+        optimizer's lr), then ``scheduler.step()`` ``start_step`` times -- the same arithmetic as the first
+        run, so the rewound level's learning rates equal the dense level's from ``rewind_to`` on, bit for
+        bit. For schedulers stepped once per optimizer step, without arguments."""
+        if self._schedule_start is None:
+            raise UserError("rewind_scheduler: call search.watch(optimizer, scheduler) right after building "
+                            "the scheduler, so the search knows where the schedule starts")
+        for group, saved in zip(scheduler.optimizer.param_groups, self._schedule_start["groups"], strict=True):
+            group.update(copy.deepcopy(saved))
+        scheduler.load_state_dict(copy.deepcopy(self._schedule_start["state"]))
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore")
+            for _ in range(self.start_step):
+                scheduler.step()
+
+    # -- pruning --------------------------------------------------------------------------------------
     @property
     def masks(self) -> Masks:
         return get_masks(self.model)
@@ -102,44 +284,70 @@ class LotterySearch:
 
     def next_masks(self) -> Masks:
         """Masks for the next level from the current (trained) weights; pure, nothing is applied."""
-        current = {name: mask for name, mask in self.masks.items() if name in self.names}
-        if self.prune_config.method == "random":
-            generator = torch.Generator().manual_seed(self.seed * 1000 + self.level)
-            new = random_step_masks(current, self.rates(), generator)
-        else:
-            new = magnitude_masks(effective_weights(self.model, self.names), current, self.rates(),
-                                  {t.name: t.group for t in self.targets}, self.prune_config.granularity)
+        current = {name: module.weight_mask.detach().clone() for name, module in zip(self.names, self._modules,
+                                                                                   strict=True)}
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.level)
+        new = self.method(effective_weights(self.model, self.names), current, self.rates(),
+                          groups={t.name: t.group for t in self.targets},
+                          granularity=self.prune_config.granularity, generator=generator)
         check_shrinks(current, new)
         return new
 
-    def masks_after(self, level: int, trained_state: dict[str, torch.Tensor]) -> Masks:
-        """The masks of level ``level + 1`` from level ``level``'s trained state dict (masks included).
-
-        For a driver that keeps each level's weights in files (the CLI runner): the search's model takes
-        that state and the search stands at ``level``, as if it had just trained it.
-        """
-        self.model.load_state_dict(trained_state)
-        self.level = level
-        return self.next_masks()
-
     def prune(self, masks: Masks | None = None) -> Masks:
+        """Apply ``masks`` (default: ``next_masks()``); low level: neither rewinds nor advances ``level``."""
         masks = self.next_masks() if masks is None else masks
         apply_masks(self.model, masks)
         return masks
 
-    def levels(self) -> Iterator[int]:
-        """Yields 0 (dense) .. rounds; the caller trains, then calls ``prune_and_rewind``."""
-        while self.level <= self.rounds:
-            yield self.level
-            self.level += 1
+    def copy_masks_to(self, model: nn.Module) -> None:
+        """Give ``model`` (an EMA or other copy of this model) exactly this search's 0/1 masks.
 
-    def prune_and_rewind(self) -> bool:
-        """Prune the trained model and rewind it for the next level; False after the last level."""
-        if self.level >= self.rounds:
-            return False
-        self.prune()
-        self.rewind()
-        return True
+        An EMA update averages every float buffer, the mask buffers included; call this after each update.
+        """
+        modules = dict(model.named_modules())
+        masks = {}
+        for name, own in zip(self.names, self._modules, strict=True):
+            if name not in modules:
+                raise UserError(f"copy_masks_to: the model has no module {name!r} (not a copy of the searched model)")
+            masks[name] = own.weight_mask.detach()
+        apply_masks(model, masks)
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Level, step count, done, rewind snapshot, masks, the watched schedule's start and the settings;
+        loads with ``torch.load(weights_only=True)``."""
+        rewind = None if self.rewind_state is None else {k: v.clone() for k, v in self.rewind_state.items()}
+        return {"format": STATE_FORMAT, "settings": copy.deepcopy(self.settings), "level": self.level,
+                "step_count": self.step_count, "done": self.done, "rewind": rewind,
+                "schedule_start": copy.deepcopy(self._schedule_start),
+                "masks": {name: module.weight_mask.detach().clone()
+                          for name, module in zip(self.names, self._modules, strict=True)}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue a saved search: installs its masks, rewind snapshot and position. Weights are the
+        model's business (``model.load_state_dict``). A state of other prune / lottery settings is refused."""
+        shapes = {name: tuple(module.weight_mask.shape) for name, module in zip(self.names, self._modules, strict=True)}
+        check_state(state, self.settings, self.names, shapes, self.rounds, self.iterations, self.rewind_to)
+        for name, module in zip(self.names, self._modules, strict=True):
+            if not is_pruned(module):
+                raise UserError(f"{name!r} lost its torch prune reparametrisation; build a new search")
+        apply_masks(self.model, state["masks"])
+        rewind = state["rewind"]
+        self.rewind_state = None if rewind is None else {k: v.clone() for k, v in rewind.items()}
+        self.level, self.step_count, self.done = state["level"], state["step_count"], state["done"]
+        if state.get("schedule_start") is not None:
+            self._schedule_start = copy.deepcopy(state["schedule_start"])
+
+    # -- results --------------------------------------------------------------------------------------
+    def folded_state_dict(self) -> dict[str, torch.Tensor]:
+        """Plain state dict with the masks folded in: a fresh, unpruned model loads it to be the ticket."""
+        return folded_state_dict(self.model)
+
+    def plan(self) -> list[dict]:
+        """Every prunable parameter: name, role (stem / hidden / output), shape, rate per level, the fraction
+        of its weights left after each level 0..rounds, and why it is not pruned (kept, output, rate 0)."""
+        return plan_rows(self.model, plan_layers(self.model, self.prune_config), self.rates(), self.rounds)
 
     def report(self) -> dict:
+        refresh_weights(self.model)
         return sparsity_report(self.model, self.names)

@@ -7,8 +7,9 @@ from compress.models.registry import (
     TIMM_PREFIX,
     create_model,
     list_models,
-    output_layer_name,
     register_model,
 )
+from compress.models.unwrap import strip_wrapper_prefix, unwrap_model
 
-__all__ = ["MODELS", "TIMM_PREFIX", "build_model", "create_model", "list_models", "output_layer_name", "register_model"]
+__all__ = ["MODELS", "TIMM_PREFIX", "build_model", "create_model", "list_models", "register_model",
+           "strip_wrapper_prefix", "unwrap_model"]

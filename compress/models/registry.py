@@ -27,17 +27,3 @@ def create_model(name: str, num_classes: int = 10, in_channels: int | None = Non
 
 def list_models(pattern: str = "*") -> list[str]:
     return MODELS.list(pattern)
-
-
-def output_layer_name(model: nn.Module) -> str | None:
-    """The classifier: timm's ``get_classifier`` when there is one, else the last Linear module."""
-    if hasattr(model, "get_classifier"):
-        classifier = model.get_classifier()
-        for name, module in model.named_modules():
-            if module is classifier:
-                return name
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last = name
-    return last

@@ -10,8 +10,14 @@ import torch
 import torch.nn.utils.prune as prune
 
 from compress.errors import UserError
+from compress.registry import Registry
 
 Masks = dict[str, torch.Tensor]
+
+# ``prune.method`` names a function here. Each gets the effective weights, the current masks, the rate per
+# target, the pool (group) of each target, the granularity and a generator seeded per (seed, level), and
+# returns the next masks (pure: nothing is applied). Adding a method is one registered function.
+PRUNING_METHODS: Registry = Registry("pruning method")
 
 
 def count_to_prune(amount: int | float, surviving: int) -> int:
@@ -119,6 +125,20 @@ def random_step_masks(masks: Masks, rates: dict[str, float], generator: torch.Ge
         scores = torch.rand(masks[name].shape, generator=generator).to(masks[name].device)
         result[name] = prune_lowest(scores, masks[name], rate)
     return result
+
+
+@PRUNING_METHODS.register("magnitude")
+def magnitude_method(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[str, float], *,
+                     groups: dict[str, str], granularity: str, generator: torch.Generator) -> Masks:
+    """IMP's own rule: the smallest |w| among the survivors (``generator`` unused)."""
+    return magnitude_masks(weights, masks, rates, groups, granularity)
+
+
+@PRUNING_METHODS.register("random")
+def random_method(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[str, float], *,
+                  groups: dict[str, str], granularity: str, generator: torch.Generator) -> Masks:
+    """A baseline: the same fraction of survivors, chosen uniformly at random per layer."""
+    return random_step_masks(masks, rates, generator)
 
 
 def check_shrinks(old: Masks, new: Masks) -> None:

@@ -1,7 +1,8 @@
 """Load, check, dump and hash recipes.
 
 * ``load_recipe(path, overrides)``: YAML file -> frozen ``Recipe``; every problem is one
-  ``RecipeError`` line ``file:line: key.path: what is wrong``.
+  ``RecipeError`` line ``file:line: key.path: what is wrong``. ``sections=("prune", "lottery")``
+  reads only those sections (plus ``name``, ``seed``), for users who bring their own training loop.
 * ``extends: base.yaml`` (relative to the extending file, chains allowed, cycles rejected)
   deep-merges the files: the extending file wins key by key; a list or scalar replaces the
   base's value wholesale.
@@ -24,34 +25,52 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from compress.recipe.errors import RecipeError
 from compress.recipe.keys import PathError, field_types, resolve_path
 from compress.recipe.overrides import Overrides, apply_overrides
 from compress.recipe.schema import Recipe
-from compress.recipe.validate import build_recipe
+from compress.recipe.validate import PARTIAL_SECTIONS, build_recipe
 from compress.recipe.yamlio import FlowDict, FlowList, Locations, dump_yaml, read_tree
 
 _LOCATIONS_ATTR = "_recipe_locations"
 
 
-def load_recipe(path: str | os.PathLike[str], overrides: Overrides | None = None) -> Recipe:
-    """Read a recipe file (following ``extends``), apply overrides, check everything."""
+def load_recipe(path: str | os.PathLike[str], overrides: Overrides | None = None, *,
+                sections: Sequence[str] | None = None) -> Recipe:
+    """Read a recipe file (following ``extends``), apply overrides, check everything.
+
+    ``sections`` (e.g. ``PARTIAL_SECTIONS = ("prune", "lottery")``, for one's own training loop):
+    read and check only those sections plus ``name`` and ``seed``. Other sections in the file are
+    ignored unread (the returned recipe holds their schema defaults), so a file holding only
+    ``prune`` / ``lottery`` / ``seed`` loads, and nothing is looked up in the model or dataset
+    registries or checked against ``train`` (``lottery.rewind_to`` vs ``train.iterations``).
+    """
     source = os.fspath(path)
     data, locs = read_tree(source)
     data, locs = apply_overrides(data, locs, overrides)
-    return _attach(build_recipe(data, locs, os.path.normpath(source)), locs)
+    return _attach(build_recipe(data, locs, os.path.normpath(source), _sections(sections, source)), locs)
 
 
 def recipe_from_dict(data: Mapping[str, Any], source: str = "<dict>",
-                     overrides: Overrides | None = None) -> Recipe:
-    """Check a nested mapping as if it were a recipe file named ``source`` (no line numbers)."""
+                     overrides: Overrides | None = None, *, sections: Sequence[str] | None = None) -> Recipe:
+    """Check a nested mapping as if it were a recipe file named ``source`` (no line numbers);
+    ``sections`` as in ``load_recipe``."""
     if not isinstance(data, Mapping):
         raise RecipeError(f"a recipe must be a mapping of sections, got {type(data).__name__}", source)
     merged, locs = apply_overrides(_plain_dicts(data), {}, overrides)
-    return _attach(build_recipe(merged, locs, source), locs)
+    return _attach(build_recipe(merged, locs, source, _sections(sections, source)), locs)
+
+
+def _sections(sections: Sequence[str] | None, source: str) -> tuple[str, ...] | None:
+    if sections is None:
+        return None
+    if isinstance(sections, str):  # sections="prune" would check the sections p, r, u, n, e
+        raise RecipeError(f"sections must be a list of section names, e.g. {list(PARTIAL_SECTIONS)}, "
+                          f"not the string {sections!r}", source)
+    return tuple(sections)
 
 
 def recipe_to_dict(recipe: Any) -> dict[str, Any]:

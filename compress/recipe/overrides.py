@@ -7,6 +7,7 @@ something else, so ``--set name=2024`` names the run "2024" instead of failing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from compress.recipe.schema import Recipe
 from compress.recipe.yamlio import Locations, deep_merge, parse_value
 
 Overrides = Mapping[str, Any] | Sequence[str]
+_ROLE_WORD = re.compile(r"(^|[\[,]\s*)(@[A-Za-z_]\w*)")
 
 
 def parse_overrides(overrides: Overrides | None) -> list[tuple[str, Any, str]]:
@@ -59,7 +61,13 @@ def apply_overrides(data: dict[str, Any], locs: Locations,
 
 def _typed(text: str, hint: Any, key: str, origin: str) -> Any:
     try:
-        value = parse_value(text)
+        try:
+            value = parse_value(text)
+        except yaml.YAMLError:
+            if "@" not in text:
+                raise
+            # role selectors: YAML cannot start a plain word with '@', so --set prune.keep=[@stem] quotes it
+            value = parse_value(_ROLE_WORD.sub(r"\1'\2'", text))
     except yaml.YAMLError as error:
         problem = " ".join(str(getattr(error, "problem", None) or error).split())
         raise RecipeError(f"cannot parse value {text!r} as YAML ({problem})", origin, key) from None

@@ -97,10 +97,18 @@ class PruneConfig:
         "or by selector; a selector key wins over a kind",
         default_factory=lambda: {"conv": 0.1, "linear": 0.2, "output": 0.1},
     )
-    exclude: tuple[str, ...] = doc(
-        "selectors of modules never pruned: glob on the module name, 're:<regex>' or 'type:<ClassName>'",
+    output: str | None = doc(
+        "selector of the output layer (the classifier: role output, rates.output, @classifier); "
+        "null = inferred (timm's get_classifier(), else the last Linear / 1x1 conv that feeds no other; "
+        "ambiguity is an error naming the candidates)",
+        default=None,
+    )
+    keep: tuple[str, ...] = doc(
+        "selectors of modules never pruned: a glob on the module name (a parent module covers its "
+        "children, e.g. head), 're:<regex>', 'type:<ClassName>', '@stem' or '@classifier' (quoted in YAML)",
         default=(),
     )
+    exclude: tuple[str, ...] = doc("older name of prune.keep; both lists are never pruned", default=())
 
 
 @dataclass(frozen=True)

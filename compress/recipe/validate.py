@@ -118,39 +118,65 @@ class Builder:
         raise self.error(path, f"{_show(value)} is not a plain YAML value")
 
 
-def build_recipe(data: dict[str, Any], locs: Locations, source: str) -> Recipe:
+# The sections a recipe for one's own training loop needs (``load_recipe(..., sections=...)``).
+PARTIAL_SECTIONS = ("prune", "lottery")
+_ALWAYS = ("name", "seed")  # top-level scalars, checked in every mode
+
+
+def build_recipe(data: dict[str, Any], locs: Locations, source: str,
+                 sections: tuple[str, ...] | None = None) -> Recipe:
+    """``sections``: check only these sections (and ``name`` / ``seed``); the others are dropped
+    unread and keep their schema defaults, and no rule that involves them or a registry runs."""
     builder = Builder(locs, source)
+    if sections is not None:
+        known = [f.name for f in dataclasses.fields(Recipe) if f.name not in _ALWAYS]
+        for i, section in enumerate(sections):
+            if section not in known:
+                raise RecipeError(f"sections[{i}]: unknown section {section!r}{did_you_mean(section, known)}; "
+                                  f"sections are {', '.join(known)}", source)
+        if isinstance(data, dict):
+            data = {key: value for key, value in data.items() if key in sections or key in _ALWAYS
+                    or key not in known}  # an unknown key stays, so a typo is still reported
     recipe = builder.section(Recipe, data, ())
-    _check_recipe(recipe, builder)
+    _check_recipe(recipe, builder, sections)
     return recipe
 
 
-def _check_recipe(recipe: Recipe, b: Builder) -> None:
-    """Rules that involve more than one key or a registry."""
+def _check_recipe(recipe: Recipe, b: Builder, sections: tuple[str, ...] | None = None) -> None:
+    """Rules that involve more than one key or a registry; with ``sections`` only those within them."""
+    def checked(*names: str) -> bool:
+        return sections is None or all(name in sections for name in names)
+
     train, lottery = recipe.train, recipe.lottery
     schedule, opt = train.schedule, train.optimizer
-    if lottery.rewind_to >= train.iterations:
+    if checked("train", "lottery") and lottery.rewind_to >= train.iterations:
         raise b.error(("lottery", "rewind_to"), f"{lottery.rewind_to} is beyond the training budget "
                                                 f"(train.iterations = {train.iterations})")
-    if schedule.name == "step" and not schedule.milestones:
-        raise b.error(("train", "schedule", "milestones"), "the step schedule needs at least one milestone")
-    for i in range(1, len(schedule.milestones)):
-        if schedule.milestones[i] <= schedule.milestones[i - 1]:
-            raise b.error(("train", "schedule", "milestones", i), "milestones must be strictly increasing")
-    if opt.nesterov and (opt.name != "sgd" or opt.momentum <= 0):
-        raise b.error(("train", "optimizer", "nesterov"),
-                      "Nesterov momentum needs optimizer sgd with momentum > 0")
+    if checked("train"):
+        if schedule.name == "step" and not schedule.milestones:
+            raise b.error(("train", "schedule", "milestones"), "the step schedule needs at least one milestone")
+        for i in range(1, len(schedule.milestones)):
+            if schedule.milestones[i] <= schedule.milestones[i - 1]:
+                raise b.error(("train", "schedule", "milestones", i), "milestones must be strictly increasing")
+        if opt.nesterov and (opt.name != "sgd" or opt.momentum <= 0):
+            raise b.error(("train", "optimizer", "nesterov"),
+                          "Nesterov momentum needs optimizer sgd with momentum > 0")
     for i, control in enumerate(lottery.controls):
         if control in lottery.controls[:i]:
             raise b.error(("lottery", "controls", i), f"duplicate control {control!r}")
-    for key, field_path in (("num_classes", "model.num_classes"), ("pretrained", "model.pretrained")):
-        if key in recipe.model.kwargs:
-            raise b.error(("model", "kwargs", key), f"set {field_path} instead")
-    _check_model(recipe.model.name, b)
-    _check_model_kwargs(recipe.model.name, recipe.model.kwargs, b)
-    _check_dataset(recipe.data.name, b)
-    for i, text in enumerate(recipe.prune.exclude):
-        _check_selector(text, ("prune", "exclude", i), b)
+    if checked("model"):
+        for key, field_path in (("num_classes", "model.num_classes"), ("pretrained", "model.pretrained")):
+            if key in recipe.model.kwargs:
+                raise b.error(("model", "kwargs", key), f"set {field_path} instead")
+        _check_model(recipe.model.name, b)
+        _check_model_kwargs(recipe.model.name, recipe.model.kwargs, b)
+    if checked("data"):
+        _check_dataset(recipe.data.name, b)
+    if recipe.prune.output is not None:
+        _check_selector(recipe.prune.output, ("prune", "output"), b)
+    for key in ("keep", "exclude"):
+        for i, text in enumerate(getattr(recipe.prune, key)):
+            _check_selector(text, ("prune", key, i), b)
     for key in recipe.prune.rates:
         if key not in LAYER_KINDS:
             _check_selector(key, ("prune", "rates", key), b)
@@ -184,14 +210,13 @@ def _check_dataset(name: str, b: Builder) -> None:
 
 
 def _check_selector(text: str, path: KeyPath, b: Builder) -> None:
-    from compress.pruning.selectors import Selector
+    from compress.pruning.selectors import SELECTOR_HELP, Selector
 
     head, colon, _ = text.partition(":")
     if colon and head not in ("re", "type"):
         # Module names never hold ':', so this glob could never match: it is a mistyped prefix.
         hint = did_you_mean(head, ("re", "type"))
-        raise b.error(path, f"selector {text!r}: unknown prefix {head + ':'!r}{hint}; "
-                            "use a glob on the module name, 're:<regex>' or 'type:<ClassName>'")
+        raise b.error(path, f"selector {text!r}: unknown prefix {head + ':'!r}{hint}; use {SELECTOR_HELP}")
     if text.startswith("type:") and not text[5:].isidentifier():
         raise b.error(path, f"selector {text!r}: expected a class name after 'type:', e.g. type:Conv2d")
     try:

@@ -266,7 +266,8 @@ def _yaml_error(error: yaml.YAMLError, filename: str) -> RecipeError:
         if isinstance(error, YamlLimitError):
             return RecipeError(f"{error.problem}; a recipe is a small YAML file", where)
         problem = ": ".join(part for part in (error.context, error.problem) if part)
-        return RecipeError(f"invalid YAML: {_redact(problem or type(error).__name__)}", where)
+        hint = "; quote selectors that start with @, e.g. ['@stem', '@classifier']" if "'@'" in problem else ""
+        return RecipeError(f"invalid YAML: {_redact(problem or type(error).__name__)}{hint}", where)
     return RecipeError(f"invalid YAML: {_redact(str(error))}", filename)
 
 

@@ -155,5 +155,7 @@ def test_uneven_batch_split_is_refused_before_training(tmp_path):
     refusals = [line for line in result.stderr.splitlines()
                 if line.startswith("error: train.batch_size=33 does not split evenly over 2 processes")]
     assert len(refusals) == 2, result.stderr[-3000:]  # one line from each rank, no traceback
-    assert len(re.findall(r"exitcode\s*: 2 ", result.stderr)) == 2  # the CLI's code for a user's mistake
+    # the CLI's code for a user's mistake; torchrun may stop the second rank once the first has exited,
+    # so it reports one or two failures
+    assert 1 <= len(re.findall(r"exitcode\s*: 2 ", result.stderr)) <= 2
     assert not list(out.rglob(paths.METRICS)) and not list(out.rglob(paths.CHECKPOINT))

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from compress.models import create_model, list_models, output_layer_name
+from compress.models import create_model, list_models
+from compress.pruning.plan import infer_output
 
 PAPER_PARAMS = {"lenet300_100": 266_610, "conv2": 4_301_642, "conv4": 2_425_930, "conv6": 2_262_602}
 TIMM_NAMES = ["timm/resnet18", "timm/mobilenetv3_small_100"]
@@ -49,9 +50,9 @@ def test_unknown_model_lists_available():
 
 def test_list_models_pattern_and_output_layer():
     assert list_models("conv*") == ["conv2", "conv4", "conv6"]
-    assert output_layer_name(create_model("lenet300_100")) == "5"
-    assert output_layer_name(create_model("resnet20")) == "fc"
-    assert output_layer_name(create_model("timm/resnet18")) == "fc"
+    assert infer_output(create_model("lenet300_100")) == ["5"]
+    assert infer_output(create_model("resnet20")) == ["fc"]
+    assert infer_output(create_model("timm/resnet18")) == ["fc"]
 
 
 def test_same_seed_same_init():

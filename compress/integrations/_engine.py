@@ -1,0 +1,70 @@
+"""What both callbacks share: the search, and the global step <-> (level, step) arithmetic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch.nn as nn
+
+from compress.errors import UserError
+
+if TYPE_CHECKING:
+    from compress.lottery import LotterySearch
+    from compress.recipe.schema import Recipe
+
+
+def rounds_of(recipe: Recipe) -> int:
+    """Pruning rounds after the dense level (one-shot prunes once)."""
+    lottery = recipe.lottery
+    return 1 if lottery.one_shot and lottery.rounds else lottery.rounds
+
+
+def level_spans(iterations: int, rewind_to: int, rounds: int) -> list[tuple[int, int]]:
+    """``(first, last)`` 0-based batch indices of each level: level 0 trains 0..iterations-1, every later
+    level resumes at the rewind point, rewind_to..iterations-1 (the schedule and data order with it)."""
+    if not 0 <= rewind_to < iterations:
+        raise UserError(f"lottery.rewind_to={rewind_to} must lie in [0, iterations={iterations})")
+    return [(0, iterations - 1)] + [(rewind_to, iterations - 1)] * rounds
+
+
+def total_steps(iterations: int, rewind_to: int, rounds: int) -> int:
+    """Optimizer steps of the whole search: what ``max_steps`` of a Trainer must be."""
+    return iterations + rounds * (iterations - rewind_to)
+
+
+def locate(global_step: int, iterations: int, rewind_to: int, rounds: int) -> tuple[int, int]:
+    """``(level, steps done within the level)`` after ``global_step`` optimizer steps of the search."""
+    if global_step < iterations:
+        return 0, global_step
+    level, into = divmod(global_step - iterations, iterations - rewind_to)
+    if level >= rounds:
+        return rounds, iterations
+    return level + 1, rewind_to + into
+
+
+def steps_done(search: LotterySearch) -> int:
+    """Optimizer steps the search has counted, over all its levels (the inverse of ``locate``)."""
+    if search.done:
+        return total_steps(search.iterations, search.rewind_to, search.rounds)
+    if search.level == 0:
+        return search.step_count
+    return (search.iterations + (search.level - 1) * (search.iterations - search.rewind_to)
+            + search.step_count - search.rewind_to)
+
+
+def make_search(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None,
+                iterations: int | None = None) -> LotterySearch:
+    from compress.lottery import LotterySearch
+
+    return LotterySearch(model, recipe, where, iterations=iterations)
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside accelerate's ``AcceleratedOptimizer`` (a torch optimizer as is)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def unwrap_scheduler(scheduler: Any) -> Any:
+    """The torch LR scheduler inside accelerate's ``AcceleratedScheduler`` (a torch scheduler as is)."""
+    return getattr(scheduler, "scheduler", scheduler)

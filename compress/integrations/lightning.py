@@ -1,0 +1,142 @@
+"""A Lightning callback that runs a lottery-ticket search inside one ``Trainer.fit``.
+
+    ticket = LotteryTicketCallback(recipe, module="net")          # prune pl_module.net per the recipe
+    trainer = L.Trainer(max_steps=ticket.total_steps, callbacks=[ticket])
+    trainer.fit(lit_module, train_dataloaders=DataLoader(ticket.batches(data.train), batch_size=None))
+
+Each level trains ``iterations`` optimizer steps (level 0) or ``iterations - rewind_to`` (later levels,
+rewound to the weights at step ``rewind_to``). After the level's last step the callback prunes per the
+recipe, rewinds the survivors, clears the optimizer's per-parameter state and restarts its step-interval
+LR scheduler at ``rewind_to``; after the last level it stops the fit (``trainer.should_stop``). One
+optimizer, one optimizer step per batch (``accumulate_grad_batches=1``).
+
+Any dataloader works. ``ticket.batches(split)`` replays the toolkit's batch order (rewound with the
+weights at every level, resumed at the right batch from a checkpoint); with it and the recipe's model,
+optimizer and schedule (``compress.training.build_optimizer`` / ``build_schedule``) the masks are bit for
+bit those ``find_ticket.py`` finds for the same recipe.
+
+Unlike Lightning's ``ModelPruning(use_lottery_ticket_hypothesis=True)``, which resets to the weights of
+the start of a fit, this rewinds to any step k, prunes with the recipe's rates, granularity and method,
+and its state lives in Lightning checkpoints: ``trainer.fit(..., ckpt_path=...)`` continues the search.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+import torch.nn as nn
+
+from compress.errors import UserError
+from compress.integrations._engine import make_search, rounds_of, steps_done, total_steps
+from compress.integrations.data import TicketBatches
+
+if TYPE_CHECKING:
+    from compress.recipe.schema import Recipe
+
+__all__ = ["LotteryTicketCallback", "TicketBatches"]
+
+
+class LotteryTicketCallback(pl.Callback):
+    """Iterative magnitude pruning with rewinding, driven by ``Trainer.fit``'s optimizer steps.
+
+    ``module``: the attribute path of the submodule to prune (``"net"``, ``"backbone.encoder"``); None
+    prunes the LightningModule itself. ``where``/``iterations`` as for ``compress.LotterySearch``
+    (``iterations`` defaults to ``recipe.train.iterations``). ``search`` is the ``LotterySearch`` once
+    the fit is set up (``search.masks``, ``search.report()``).
+    """
+
+    def __init__(self, recipe: Recipe, module: str | None = None, *, where: Callable[[str], str] | None = None,
+                 iterations: int | None = None) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.module = module
+        self.where = where
+        self.iterations = iterations or recipe.train.iterations
+        self.rewind_to = recipe.lottery.rewind_to
+        self.rounds = rounds_of(recipe)
+        self.search: Any = None
+        self._pending: dict | None = None  # a checkpoint's state, loaded before the search exists
+
+    @property
+    def state_key(self) -> str:
+        """Where a checkpoint keeps this callback's state: one per pruned submodule."""
+        return self._generate_state_key(module=self.module)
+
+    @property
+    def total_steps(self) -> int:
+        """``max_steps`` for the Trainer: every level's optimizer steps together."""
+        return total_steps(self.iterations, self.rewind_to, self.rounds)
+
+    @property
+    def steps_done(self) -> int:
+        return 0 if self.search is None else steps_done(self.search)
+
+    def batches(self, split: Any, batch_size: int | None = None, seed: int | None = None) -> TicketBatches:
+        """The toolkit's batch order for the whole search (``DataLoader(..., batch_size=None)``); from a
+        checkpoint it resumes at the batch of the step the search stands at."""
+        return TicketBatches(split, batch_size or self.recipe.train.batch_size,
+                             self.recipe.seed if seed is None else seed, iterations=self.iterations,
+                             rewind_to=self.rewind_to, rounds=self.rounds, position=lambda: self.steps_done)
+
+    # -- Lightning hooks ----------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        model: nn.Module = pl_module if self.module is None else pl_module.get_submodule(self.module)
+        if self.search is not None:  # a second fit continues the search, on the same model only
+            if self.search.model is not model:
+                raise UserError("a LotteryTicketCallback drives one model: make a new callback for this one")
+            return
+        # installed now, before configure_optimizers and before a checkpoint's weights are loaded: the
+        # module's state dict then has the weight_orig / weight_mask entries a checkpoint holds
+        self.search = make_search(model, self.recipe, self.where, iterations=self.iterations)
+        if self._pending is not None:
+            self.search.load_state_dict(self._pending)
+            self._pending = None
+        max_steps = trainer.max_steps
+        if max_steps is not None and 0 <= max_steps < self.total_steps:
+            warnings.warn(f"Trainer(max_steps={max_steps}) stops before the lottery search ends: it needs "
+                          f"{self.total_steps} optimizer steps ({self.rounds + 1} levels); set "
+                          "max_steps=callback.total_steps", stacklevel=2)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the optimizer and schedulers exist now; a checkpoint's optimizer / scheduler state loads after
+        # this hook, so the search records where the schedule starts, as ``watch`` wants
+        if len(trainer.optimizers) > 1:
+            raise UserError("LotteryTicketCallback drives one optimizer; configure_optimizers returned "
+                            f"{len(trainer.optimizers)}")
+        configs = trainer.lr_scheduler_configs
+        if len(configs) > 1 or any(config.interval != "step" for config in configs):
+            raise UserError("LotteryTicketCallback rewinds one LR scheduler stepped every optimizer step: return "
+                            "{'scheduler': ..., 'interval': 'step'} from configure_optimizers")
+        self.search.watch(trainer.optimizers[0] if trainer.optimizers else None,
+                          configs[0].scheduler if configs else None)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.accumulate_grad_batches != 1:
+            raise UserError("LotteryTicketCallback counts optimizer steps as batches: use "
+                            "accumulate_grad_batches=1")
+        if self.search.done:
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # Lightning has stepped the optimizer and the step-interval scheduler by now; at a level's end the
+        # search prunes, rewinds, clears the optimizer's state and restarts the scheduler at rewind_to
+        if self.search.on_step().done:
+            trainer.should_stop = True
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.search is None else {"search": self.search.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "search" not in state_dict:
+            return
+        if self.search is None:
+            self._pending = state_dict["search"]
+        else:
+            self.search.load_state_dict(state_dict["search"])

@@ -1,0 +1,57 @@
+"""Control experiments of a round (``lottery.controls``): one registered function each.
+
+A control gets the round's ticket (its masks and its rewound start state) and returns the start state
+and masks it trains instead; everything else (schedule, data, budget, files) is the ticket's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from compress import distributed
+from compress.pruning import Masks, plain_state_dict, random_masks_like
+from compress.registry import Registry
+
+REINIT_SEED_STRIDE = 10_007
+
+
+@dataclass(frozen=True)
+class ControlInput:
+    """What a control may use: the ticket of round ``round_index`` and a seed of its own."""
+
+    round_index: int
+    masks: Masks
+    start_state: dict[str, torch.Tensor]
+    seed: int
+    granularity: str
+    make_model: Callable[..., nn.Module]
+
+
+Control = Callable[[ControlInput], tuple[dict[str, torch.Tensor], Masks]]
+CONTROLS: Registry[Control] = Registry("control")
+
+
+def control_seed(recipe_seed: int, round_index: int) -> int:
+    """Distinct per round and from the recipe's own seed."""
+    return recipe_seed + REINIT_SEED_STRIDE * round_index + 1
+
+
+@CONTROLS.register("reinit")
+def reinit(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
+    """The ticket's masks on a fresh random initialisation: does the init matter?"""
+    return plain_state_dict(ticket.make_model(ticket.seed)), ticket.masks
+
+
+@CONTROLS.register("random_prune")
+def random_prune(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
+    """The ticket's start weights under random masks of the same count per layer (of weights, or of whole
+    channels under channel granularity): does the mask matter?"""
+    masks = random_masks_like({k: v.cpu() for k, v in ticket.masks.items()}, torch.Generator().manual_seed(ticket.seed),
+                              granularity=ticket.granularity)
+    device = next(iter(ticket.masks.values())).device
+    # computed identically on every rank from the same seed; the broadcast makes that a checked fact
+    return ticket.start_state, distributed.broadcast_masks({k: v.to(device) for k, v in masks.items()})
