@@ -65,7 +65,7 @@ def resolve_source(source: SourceLike, example_input: torch.Tensor | None = None
     if isinstance(source, nn.Module):
         return Source(label or type(source).__name__.lower(), model=source, example_input=example)
     if isinstance(source, dict):
-        from compress.lottery.ticket import ticket_model
+        from compress.ticket import ticket_model
 
         return Source(label or source["model"]["name"], model=ticket_model(source),
                       example_input=example if example is not None else _ticket_example(source))
@@ -79,7 +79,7 @@ def resolve_source(source: SourceLike, example_input: torch.Tensor | None = None
             raise UserError(f"{path}: no {paths.TICKET} in this directory (a run writes it after its first round)")
         label = label or path.name
         path = path / paths.TICKET
-    from compress.lottery.ticket import read_ticket, ticket_model
+    from compress.ticket import read_ticket, ticket_model
 
     ticket = read_ticket(path)
     return Source(label or ticket["model"]["name"], model=ticket_model(ticket),

@@ -86,7 +86,7 @@ def _resolve(model_or_ticket) -> tuple[nn.Module, tuple[int, ...] | None]:
     if isinstance(model_or_ticket, nn.Module):
         return unwrap_model(model_or_ticket), None
     if isinstance(model_or_ticket, (str, Path, dict)):
-        from compress.lottery.ticket import read_ticket, ticket_model
+        from compress.ticket import read_ticket, ticket_model
 
         ticket = model_or_ticket if isinstance(model_or_ticket, dict) else read_ticket(Path(model_or_ticket))
         shape = ticket["shape"]

@@ -116,7 +116,7 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
     first test examples of the run's dataset (never downloaded here); when they cannot be loaded,
     seeded random inputs, and ``inputs`` says why.
     """
-    from compress.lottery.ticket import read_ticket, ticket_model
+    from compress.ticket import read_ticket, ticket_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -3,7 +3,7 @@
 from compress.lottery.dry_run import dry_run, plan_table
 from compress.lottery.runner import LotteryRun, choose_ticket, default_run_dir, find_ticket, read_summary
 from compress.lottery.search import LotterySearch, one_shot_rates
-from compress.lottery.ticket import (
+from compress.ticket import (
     load_ticket,
     load_ticket_into,
     read_ticket,

@@ -24,11 +24,11 @@ from compress.lottery.experiment import RESULT_FIELDS, run_experiment
 from compress.lottery.report import write_report
 from compress.lottery.rundir import RunDirLock, check_identity, remove_stale_temp_files
 from compress.lottery.search import LotterySearch
-from compress.lottery.ticket import save_ticket
 from compress.models import build_model
 from compress.pruning import load_plain_state_dict, plain_state_dict
 from compress.recipe import Recipe, dump_recipe, load_recipe, recipe_hash, recipe_to_dict, results_hash
 from compress.runtime import resolve_device, seed_everything, set_threads
+from compress.ticket import save_ticket
 
 __all__ = ["REINIT_SEED_STRIDE", "LotteryRun", "choose_ticket", "default_run_dir", "find_ticket", "read_summary"]
 RUNS = Path("runs")

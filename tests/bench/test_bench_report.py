@@ -19,9 +19,9 @@ from compress.bench import (
     pinned_threads,
 )
 from compress.bench.report import write_results
-from compress.lottery.ticket import save_ticket
 from compress.models import create_model
 from compress.pruning import get_masks, plain_state_dict
+from compress.ticket import save_ticket
 
 REPO = Path(__file__).resolve().parents[2]
 

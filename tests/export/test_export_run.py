@@ -14,7 +14,6 @@ import torch
 from compress import paths
 from compress.export import export_run
 from compress.io import save_text, save_torch
-from compress.lottery.ticket import save_ticket
 from compress.models import build_model
 from compress.pruning import (
     apply_masks,
@@ -25,6 +24,7 @@ from compress.pruning import (
     prunable_modules,
 )
 from compress.recipe import DataConfig, ModelConfig, Recipe, dump_recipe, recipe_to_dict
+from compress.ticket import save_ticket
 
 torch.set_num_threads(1)
 

@@ -7,14 +7,6 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.lottery.ticket import (
-    USER_FACTORY,
-    load_ticket,
-    load_ticket_into,
-    read_ticket,
-    save_ticket_from_model,
-    ticket_model,
-)
 from compress.models import create_model
 from compress.pruning import (
     apply_masks,
@@ -26,6 +18,14 @@ from compress.pruning import (
     ones_masks,
     plain_state_dict,
     prunable_modules,
+)
+from compress.ticket import (
+    USER_FACTORY,
+    load_ticket,
+    load_ticket_into,
+    read_ticket,
+    save_ticket_from_model,
+    ticket_model,
 )
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""``ticket.pt``: masks, rewound weights and trained weights, loadable into a fresh, unpruned model.
+"""``ticket.pt``, the format a run writes and export, bench and users read (a leaf: it imports no lottery code).
 
 Both weight sets are stored folded (pruned entries exactly zero), so ``model.load_state_dict(
 ticket["trained_state"])`` on a model built from ``ticket["model"]`` gives the ticket without torch
