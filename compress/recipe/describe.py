@@ -7,7 +7,7 @@ from typing import Any
 
 from compress.recipe.checks import rule_text
 from compress.recipe.keys import field_types, is_mapping, is_sequence, strip_optional, type_name
-from compress.recipe.schema import Recipe
+from compress.recipe.schema import Recipe, field_default
 
 
 def schema_rows(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, str, str]]:
@@ -55,13 +55,8 @@ def describe_schema() -> str:
 
 
 def _show_default(f: dataclasses.Field[Any]) -> str:
-    if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        value = f.default_factory()
-    else:
-        return "(required)"
-    return _flow(value)
+    value = field_default(f)
+    return "(required)" if value is dataclasses.MISSING else _flow(value)
 
 
 def _flow(value: Any) -> str:

@@ -33,7 +33,7 @@ from compress.recipe.checks import (
     rule_text,
 )
 from compress.recipe.keys import field_types, is_mapping, is_sequence, strip_optional
-from compress.recipe.schema import Recipe
+from compress.recipe.schema import Recipe, field_default
 
 EDITOR_HINT = ("Point an editor at this file with a first line '# yaml-language-server: "
                "$schema=recipe.schema.json' in a recipe (path relative to the recipe). "
@@ -117,11 +117,8 @@ def _nullable(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        value = f.default_factory()
-    else:
+    value = field_default(f)
+    if value is dataclasses.MISSING:
         return None
     return list(value) if isinstance(value, tuple) else value
 

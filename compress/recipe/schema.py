@@ -9,7 +9,7 @@ trained weights or accuracies; ``recipe_hash`` leaves it out, so changing it kee
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 LAYER_KINDS = ("conv", "linear", "output")
@@ -20,6 +20,13 @@ CONTROLS = ("reinit", "random_prune")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def field_default(f: Any) -> Any:
+    """A dataclass field's default value (a fresh one for ``default_factory``), or ``dataclasses.MISSING``."""
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING
 
 
 def doc(text: str, *, results: bool = True, **kwargs: Any) -> Any:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from test_export_onnx import ort_run, pruned  # the same helpers as the plain-model tests
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
@@ -15,14 +15,9 @@ from compress.export import compact_model, export_onnx
 from compress.models import create_model
 from compress.models.unwrap import strip_wrapper_prefix, unwrap_model
 from compress.pruning import (
-    apply_masks,
-    effective_weights,
     fold_masks,
     get_masks,
     is_pruned,
-    magnitude_masks,
-    ones_masks,
-    prunable_modules,
 )
 
 torch.set_num_threads(1)
@@ -30,18 +25,7 @@ torch.set_num_threads(1)
 
 def pruned_lenet(rate: float = 0.9) -> nn.Module:
     torch.manual_seed(0)
-    model = create_model("lenet300_100", num_classes=10)
-    names = [name for name, _ in prunable_modules(model)]
-    masks = magnitude_masks(effective_weights(model, names), ones_masks(model, names),
-                            {n: rate for n in names}, {n: n for n in names})
-    return apply_masks(model, masks).eval()
-
-
-def ort_run(path, x: torch.Tensor) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    return pruned(create_model("lenet300_100", num_classes=10), rate)
 
 
 def check_export(wrapped: nn.Module, plain: nn.Module, tmp_path, compact: bool = False) -> None:
