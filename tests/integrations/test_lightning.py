@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 L = pytest.importorskip("lightning.pytorch")
 
-from conftest import (  # noqa: E402
+from integration_cases import (  # noqa: E402
     assert_masks_equal,
     assert_planned_fractions,
     assert_pruned_zero,
@@ -107,7 +107,7 @@ def test_resume_mid_level_continues_to_the_same_masks(recipe, data, tmp_path):
 
 
 def test_rewind_to_zero_and_one_shot(data, tmp_path):
-    from conftest import tiny
+    from integration_cases import tiny
 
     recipe = tiny(rewind_to=0, one_shot=True)
     expected = find_ticket_masks(recipe, tmp_path / "cli")
@@ -119,7 +119,7 @@ def test_rewind_to_zero_and_one_shot(data, tmp_path):
 
 def test_any_dataloader_and_too_few_steps_warns(data):
     """A user's own shuffled DataLoader: not find_ticket's masks, but the plan holds at every level."""
-    from conftest import tiny
+    from integration_cases import tiny
 
     recipe = tiny(rounds=2, rewind_to=2)
     ticket = LotteryTicketCallback(recipe, module="net", iterations=8)

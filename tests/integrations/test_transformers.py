@@ -9,7 +9,7 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from conftest import (  # noqa: E402
+from integration_cases import (  # noqa: E402
     assert_masks_equal,
     assert_planned_fractions,
     assert_pruned_zero,
