@@ -20,6 +20,8 @@ def main() -> int:
                                       "runs/reproduction-smoke/results for smoke)")
     parser.add_argument("--runs", help="where the run dirs live (default: runs/reproduction-<suite>)")
     parser.add_argument("--jobs", type=int, default=1, help="(experiment, seed) runs in parallel processes")
+    parser.add_argument("--executor", choices=("inline", "local", "ray"),
+                        help="where the runs go (default: inline for --jobs 1, else local worker processes)")
     parser.add_argument("--only", action="append", metavar="EXPERIMENT", help="run only this experiment "
                         "(repeatable); the report still covers every experiment with run dirs")
     parser.add_argument("--seed", dest="seeds", type=int, action="append", metavar="SEED",
@@ -37,7 +39,7 @@ def main() -> int:
     out, runs = default_paths(args.suite, args.out, args.runs)
     if not args.aggregate_only:
         run_suite(select(experiments, args.only), runs, args.jobs, argv=["python", "tools/reproduce.py", *sys.argv[1:]],
-                  seeds=args.seeds)
+                  seeds=args.seeds, executor=args.executor)
     written = write_results(experiments, runs, out, args.suite)
     print(f"results in {written}")
     return 0

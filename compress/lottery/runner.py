@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
 import torch
@@ -20,6 +21,15 @@ from compress.data import load_dataset
 from compress.errors import UserError, one_line
 from compress.io import CorruptArtifactError, load_json, load_torch, save_json, save_text, save_torch
 from compress.lottery.controls import CONTROLS, REINIT_SEED_STRIDE, ControlInput, control_seed
+from compress.lottery.executors import (
+    Executor,
+    TrainingJob,
+    choose_executor,
+    local_context,
+    open_executor,
+    run_job,
+    warm_up,
+)
 from compress.lottery.experiment import RESULT_FIELDS, run_experiment
 from compress.lottery.report import write_report
 from compress.lottery.rundir import RunDirLock, check_identity, remove_stale_temp_files
@@ -92,10 +102,23 @@ def ticket_rule(tolerance: float, key: str = "early_stop_val_accuracy") -> str:
 
 
 class LotteryRun:
-    """Owns data, model factory and the run dir (locked while this process writes it) for one recipe."""
+    """Owns data, model factory and the run dir (locked while this process writes it) for one recipe.
 
-    def __init__(self, recipe: Recipe, run_dir: Path | None = None, progress: bool = True, where=None) -> None:
+    The ticket trainings form a chain and run here, in order; each round's controls go to the executor
+    (``lottery.executor``, or ``executor=`` here: ``compress.lottery.executors``) as soon as that round's
+    mask and rewind point exist. Given the same torch threads per training, results do not depend on the
+    executor (only ``wall_s`` does).
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: Path | None = None, progress: bool = True, where=None, *,
+                 executor: str | None = None, address: str | None = None) -> None:
         self.recipe = recipe
+        self.executor_spec = choose_executor(executor or recipe.lottery.executor,
+                                             has_parallel_work=bool(recipe.lottery.controls and recipe.lottery.rounds),
+                                             device=resolve_device(recipe.train.device),
+                                             distributed_active=distributed.active(),
+                                             iterations=recipe.train.iterations)
+        self.address = address
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
         self.lock = RunDirLock(run_dir).acquire() if distributed.is_main() else None
         try:
@@ -252,18 +275,30 @@ class LotteryRun:
                               recipe=self.recipe, data=self.data, begin=0 if round_index == 0 else self.begin,
                               desc=f"round {round_index} ticket", progress=self.progress, on_step=on_step)
 
-    def run_round(self, round_index: int) -> dict:
+    def run_round(self, round_index: int, executor: Executor | None = None) -> dict:
+        """Ticket and controls of one round, here and in order (``executor``: the controls go there)."""
+        entry, controls = self.start_round(round_index, executor)
+        if controls:
+            entry["controls"] = {name: _result_fields(future.result()) for name, future in controls.items()}
+        return entry
+
+    def start_round(self, round_index: int, executor: Executor | None = None) -> tuple[dict, dict[str, Future]]:
+        """Train the round's ticket here; hand its controls to ``executor`` (default: run them now).
+
+        Returns the round's entry (without ``controls``) and a future of each control's result.
+        """
         if distributed.is_main():
             check_identity(paths.round_dir(self.run_dir, round_index), self.identity, f"round {round_index}")
         distributed.barrier()
         masks = self.masks_for_round(round_index)
         ticket = self.run_ticket(round_index, masks)
         entry = {"round": round_index, **_result_fields(ticket)}
+        controls: dict[str, Future] = {}
         if round_index > 0:
             start = self.rewind_state()
-            entry["controls"] = {name: self.run_control(name, round_index, masks, start)
-                                 for name in self.recipe.lottery.controls}
-        return entry
+            for name in self.recipe.lottery.controls:
+                controls[name] = self.submit_control(executor, name, round_index, masks, start)
+        return entry, controls
 
     def _dense_step(self, iteration: int, model: torch.nn.Module) -> None:
         """The dense round steps the search, which snapshots at ``rewind_to``; the snapshot goes to a file."""
@@ -274,35 +309,96 @@ class LotteryRun:
             save_torch(self.search.rewind_state, target)
 
     def run_control(self, name: str, round_index: int, masks: dict, start: dict) -> dict:
+        return _result_fields(self.submit_control(None, name, round_index, masks, start).result())
+
+    def submit_control(self, executor: Executor | None, name: str, round_index: int, masks: dict,
+                       start: dict) -> Future:
+        """The control's inputs are made here (in the run's order); its training goes to ``executor``."""
         folder = paths.experiment_dir(self.run_dir, round_index, name)
+        if executor is not None and not executor.inline and (folder / paths.RESULT).exists():
+            done: Future = Future()  # finished before: nothing to send
+            done.set_result(load_json(folder / paths.RESULT))
+            return done
         control = CONTROLS.get(name)
         start, masks = control(ControlInput(round_index=round_index, masks=masks, start_state=start,
                                             seed=control_seed(self.recipe.seed, round_index),
                                             granularity=self.recipe.prune.granularity, make_model=self.make_model))
-        result = run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
-                                recipe=self.recipe, data=self.data, begin=self.begin,
-                                desc=f"round {round_index} {name}", progress=self.progress)
-        return _result_fields(result)
+        if executor is None:
+            done = Future()
+            done.set_result(run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
+                                           recipe=self.recipe, data=self.data, begin=self.begin,
+                                           desc=f"round {round_index} {name}", progress=self.progress))
+            return done
+        job = TrainingJob(recipe=self._recipe_dict, folder=str(folder.resolve()), start_state=_cpu(start),
+                          masks=_cpu(masks), begin=self.begin, desc=f"round {round_index} {name}",
+                          progress=self.progress and executor.inline, data_identity=self.data.identity_hash)
+        return executor.submit(run_job, job)
 
     # -- the whole run --------------------------------------------------------------------------
+    def open_executor(self) -> Executor:
+        spec = self.executor_spec
+        return open_executor(spec.name, spec.workers, address=self.address)
+
     def run(self) -> dict:
+        """The ticket chain here, in order; each round's controls on the executor as soon as they can start.
+
+        A round counts as finished (summary written, line printed) once its ticket and controls are, in
+        round order: the summary and report are those of the sequential run.
+        """
         rounds: list[dict] = []
         total = self.search.rounds + 1
         main = distributed.is_main()
-        bar = tqdm(range(total), desc=self.recipe.name, disable=not self.progress or not main, unit="round")
-        summary: dict = {}
-        for round_index in bar:
-            finished_before = self._finished(round_index)
-            entry = self.run_round(round_index)
-            rounds.append(entry)
-            # a rerun of finished rounds writes nothing until the end (and nothing at all if nothing changed)
-            if main and (not finished_before or round_index == total - 1):
-                summary = self.write_summary(rounds)
-                tqdm.write(self._round_line(entry))
-            bar.set_postfix(remaining=f"{entry['weights_remaining']:.3f}", refresh=False)
-        bar.close()
+        bar = tqdm(total=total, desc=self.recipe.name, disable=not self.progress or not main, unit="round")
+        state = {"summary": {}}
+        started: list[tuple[dict, dict[str, Future], bool]] = []
+
+        warming: list[Future] = []
+
+        def finish() -> None:
+            """Record the rounds, in order, whose trainings are all done."""
+            _raise_failed([*warming, *(future for _, controls, _ in started[len(rounds):] for future in controls.values())])
+            while len(rounds) < len(started):
+                entry, controls, finished_before = started[len(rounds)]
+                if not all(future.done() for future in controls.values()):
+                    return
+                if controls:
+                    entry["controls"] = {name: _result_fields(controls[name].result()) for name in controls}
+                rounds.append(entry)
+                # a rerun of finished rounds writes nothing until the end (and nothing at all if nothing changed)
+                if main and (not finished_before or len(rounds) == total):
+                    state["summary"] = self.write_summary(rounds)
+                    tqdm.write(self._round_line(entry))
+                bar.set_postfix(remaining=f"{entry['weights_remaining']:.3f}", refresh=False)
+                bar.update(1)
+
+        executor = self.open_executor()
+        failed = True
+        try:
+            with local_context(self._recipe_dict, self.recipe, self.data, self.device, self.make_model), \
+                    _threads_for(executor):
+                if not executor.inline and not all(self._finished(r) for r in range(1, total)):
+                    # the workers start (import torch, load the data) while round 0's ticket trains; a
+                    # finished run starts none
+                    warming = [executor.submit(warm_up, self._recipe_dict) for _ in range(executor.workers)]
+                for round_index in range(total):
+                    finished_before = self._finished(round_index)
+                    entry, controls = self.start_round(round_index, executor)
+                    started.append((entry, controls, finished_before))
+                    finish()
+                while len(rounds) < total:
+                    pending = [f for _, controls, _ in started[len(rounds):] for f in controls.values()]
+                    wait(pending, return_when=FIRST_COMPLETED)
+                    finish()
+            failed = False
+        finally:
+            executor.close(cancel=failed)
+            bar.close()
         distributed.barrier()
-        return summary if main else {"rounds": rounds}
+        return state["summary"] if main else {"rounds": rounds}
+
+    @property
+    def _recipe_dict(self) -> dict:
+        return recipe_to_dict(self.recipe)
 
     def _finished(self, round_index: int) -> bool:
         names = ["ticket", *(self.recipe.lottery.controls if round_index > 0 else ())]
@@ -356,14 +452,41 @@ def _cpu(state: dict) -> dict:
     return {key: value.cpu() for key, value in state.items()}
 
 
+def _raise_failed(futures: list[Future]) -> None:
+    """A training that failed stops the run at once (not when its round's turn comes)."""
+    for future in futures:
+        if future.done() and not future.cancelled() and future.exception() is not None:
+            future.result()
+
+
+class _threads_for:
+    """While parallel workers train, this process (the ticket chain) takes one worker's share of the cores."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.threads = getattr(executor, "threads", None) if not executor.inline else None
+        self.before = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.before)
+
+
 def _result_fields(result: dict) -> dict:
     return {key: result[key] for key in ("weights_remaining", "macs_remaining", *RESULT_FIELDS) if key in result}
 
 
-def find_ticket(recipe: Recipe, out: Path | None = None, progress: bool = True, where=None) -> dict:
-    """Run (or resume) the lottery-ticket search of ``recipe``; returns the summary."""
+def find_ticket(recipe: Recipe, out: Path | None = None, progress: bool = True, where=None, *,
+                executor: str | None = None, address: str | None = None) -> dict:
+    """Run (or resume) the lottery-ticket search of ``recipe``; returns the summary.
+
+    ``executor`` (default ``recipe.lottery.executor``): where the controls train, e.g. ``inline`` or
+    ``local:2`` (``compress.lottery.executors``); ``address``: a Ray cluster's, for ``ray``.
+    """
     distributed.init_from_env()
-    run = LotteryRun(recipe, out, progress, where)
+    run = LotteryRun(recipe, out, progress, where, executor=executor, address=address)
     try:
         summary = run.run()
     finally:

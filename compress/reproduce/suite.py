@@ -2,6 +2,8 @@
 
 Each (experiment, seed) pair is an ordinary lottery run dir under ``runs_root/<experiment>/seed<k>``,
 so a killed suite resumes for free: rerunning the command skips finished rounds and trainings.
+The pairs run on the lottery runner's executors (``compress.lottery.executors``): ``inline`` one after
+the other, ``local`` in ``jobs`` worker processes, or ``ray``; each run trains its own controls inline.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 from compress.errors import UserError
@@ -127,7 +128,9 @@ def _run_one(experiment: Experiment, seed: int, runs_root: str, threads: int) ->
 
     # find_ticket itself leaves torch's thread count alone (it does not read COMPRESS_THREADS).
     set_threads(threads)
-    recipe = load_recipe(RECIPES / experiment.recipe, overrides=experiment.overrides_for(seed))
+    # the suite parallelises over runs: a run's own controls train in order, in its process
+    recipe = load_recipe(RECIPES / experiment.recipe,
+                         overrides=[*experiment.overrides_for(seed), "lottery.executor=inline"])
     start = time.perf_counter()
     find_ticket(recipe, run_dir(Path(runs_root), experiment.name, seed), progress=False)
     return {"experiment": experiment.name, "seed": seed, "wall_s": time.perf_counter() - start}
@@ -140,14 +143,18 @@ def threads_per_job(jobs: int) -> int:
 
 
 def run_suite(experiments: list[Experiment], runs_root: Path, jobs: int = 1, argv: list[str] | None = None,
-              seeds: list[int] | None = None) -> dict:
+              seeds: list[int] | None = None, executor: str | None = None) -> dict:
     """Run (or resume) every (experiment, seed) pair, ``jobs`` at a time; returns this invocation's record.
 
     ``seeds`` restricts the run to those seeds (e.g. to add seeds while another process owns seed 0:
-    two processes must never share a run dir).
+    two processes must never share a run dir). ``executor``: ``inline``, ``local`` or ``ray`` (default:
+    ``inline`` for one job, ``local`` for more).
     """
+    from compress.lottery.executors import open_executor
+
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
+    executor = executor or ("inline" if jobs == 1 else "local")
     runs_root = Path(runs_root)
     runs_root.mkdir(parents=True, exist_ok=True)
     threads = threads_per_job(jobs)
@@ -165,13 +172,15 @@ def run_suite(experiments: list[Experiment], runs_root: Path, jobs: int = 1, arg
         print(f"done {result['experiment']} seed {result['seed']} in {result['wall_s']:.0f} s",
               file=sys.stderr, flush=True)
 
-    if jobs == 1:  # in this process: no interpreter start-ups (what keeps the CI smoke fast)
+    # inline: in this process, no interpreter start-ups (what keeps the CI smoke fast); local: spawned
+    # workers (not forked: a forked child inherits torch's thread pools in an undefined state)
+    with open_executor(executor, jobs, threads=threads) as pool:
+        futures = []
         for e, seed in pairs:
-            report(_run_one(e, seed, str(runs_root), threads))
-        return _record(runs_root, argv, jobs, threads, start, finished)
-    # spawn, not fork: a forked child inherits the parent's torch thread pools in an undefined state.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_run_one, e, seed, str(runs_root), threads) for e, seed in pairs]
+            # absolute: a worker (a Ray one, say) may start in another folder
+            futures.append(pool.submit(_run_one, e, seed, str(runs_root.resolve()), threads))
+            if pool.inline:
+                report(futures.pop().result())
         for future in as_completed(futures):
             report(future.result())
     return _record(runs_root, argv, jobs, threads, start, finished)

@@ -1,0 +1,395 @@
+"""Where a lottery run's independent trainings run: ``inline``, ``local`` worker processes, or ``ray``.
+
+The ticket trainings of a run form a chain (each round's mask comes from the previous round's
+trained weights), but a round's controls need only that round's mask and rewind point. The runner
+keeps the chain in its own process and hands each control to an executor as a ``TrainingJob``::
+
+    with open_executor("local", workers=2) as executor:
+        future = executor.submit(run_job, job)      # a concurrent.futures.Future of the result dict
+        ...
+        future.result()
+
+An executor runs any picklable module-level function: ``submit(fn, *args) -> Future``; ``close(cancel=True)``
+stops what is still running (a stopped training resumes from its checkpoint next time). Executors are
+looked up by name in ``EXECUTORS`` (a ``compress.registry.Registry``):
+
+* ``inline``: runs the call at once, in this process (``submit`` returns a finished future): today's order.
+* ``local``: a spawn-context process pool of ``workers`` processes, each with ``cores // workers`` torch
+  threads (``COMPRESS_THREADS`` wins). A worker rebuilds data and model from the recipe (once per worker)
+  and dies with its parent, so a killed run leaves no training behind.
+* ``ray``: Ray tasks; ``ray.init(num_cpus=workers)`` when Ray is not started yet and no address is given
+  (``RAY_ADDRESS`` or ``address=``: an existing cluster, whose workers must see the run dir and the data).
+
+Every training is deterministic given its inputs (recipe, folder, start state, masks, ``begin``), so where
+it runs changes nothing in its files but ``wall_s``. Workers never take the run dir's lock: the parent
+holds it for them, and each training writes only its own experiment folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.errors import UserError
+from compress.registry import Registry
+
+__all__ = ["EXECUTORS", "Executor", "ExecutorSpec", "TrainingJob", "choose_executor", "local_context",
+           "open_executor", "parse_executor", "run_job", "threads_per_worker", "warm_up"]
+
+AUTO_WORKERS = 2
+# ``auto`` goes parallel only from this many iterations per training: below it the workers' start-up (spawn,
+# import torch, load the data: seconds) outweighs the gain (benchmarks/results/parallel_run.md: 0.80x at 300
+# iterations, 1.23x at 2,000 for LeNet-300-100 on 2 cores)
+AUTO_MIN_ITERATIONS = 1000
+_SPEC = re.compile(r"^(?P<name>[a-z_]+)(?::(?P<workers>\d+))?$")
+
+
+# -- what is sent ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingJob:
+    """One training (a control of a round), with everything a fresh process needs to run it.
+
+    ``recipe`` is ``recipe_to_dict(recipe)``; ``start_state`` and ``masks`` are CPU tensors (packed as
+    ``torch.save`` bytes to cross a process boundary); ``folder`` is absolute.
+    """
+
+    recipe: dict
+    folder: str
+    start_state: Any
+    masks: Any
+    begin: int
+    desc: str
+    progress: bool = False
+    data_identity: str | None = None
+
+    def packed(self) -> TrainingJob:
+        return replace(self, start_state=_to_bytes(self.start_state), masks=_to_bytes(self.masks))
+
+    def unpacked(self) -> TrainingJob:
+        return replace(self, start_state=_from_bytes(self.start_state), masks=_from_bytes(self.masks))
+
+
+def _to_bytes(tensors: Any) -> Any:
+    if isinstance(tensors, bytes):
+        return tensors
+    buffer = io.BytesIO()
+    torch.save({key: value.detach().cpu() for key, value in tensors.items()}, buffer)
+    return buffer.getvalue()
+
+
+def _from_bytes(blob: Any) -> Any:
+    return torch.load(io.BytesIO(blob), weights_only=True) if isinstance(blob, bytes) else blob
+
+
+@dataclass
+class _Context:
+    """What a process needs to train jobs of one recipe: the recipe, its data, a model factory."""
+
+    recipe: Any
+    data: Any
+    device: torch.device
+    make_model: Callable[..., torch.nn.Module]
+
+
+_CONTEXTS: dict[str, _Context] = {}
+
+
+def _key(recipe_dict: dict) -> str:
+    return json.dumps(recipe_dict, sort_keys=True, default=str)
+
+
+@contextmanager
+def local_context(recipe_dict: dict, recipe, data, device: torch.device, make_model) -> Iterator[None]:
+    """While open, jobs of ``recipe_dict`` run in this process reuse the caller's data and model factory."""
+    key = _key(recipe_dict)
+    previous = _CONTEXTS.get(key)
+    _CONTEXTS[key] = _Context(recipe, data, device, make_model)
+    try:
+        yield
+    finally:
+        if previous is None:
+            _CONTEXTS.pop(key, None)
+        else:
+            _CONTEXTS[key] = previous
+
+
+def _context(recipe_dict: dict) -> _Context:
+    key = _key(recipe_dict)
+    if key not in _CONTEXTS:
+        from compress.data import load_dataset
+        from compress.models import build_model
+        from compress.recipe import recipe_from_dict
+        from compress.runtime import resolve_device, seed_everything
+
+        recipe = recipe_from_dict(recipe_dict)
+        device = resolve_device(recipe.train.device)
+        seed_everything(recipe.seed)  # as the parent does before loading the data
+        data = load_dataset(recipe.data, recipe.seed, device)
+
+        def make_model(seed: int | None = None) -> torch.nn.Module:
+            model = build_model(recipe.model, data.num_classes, data.in_channels,
+                                recipe.data.image_size or data.image_size, seed=seed)
+            return model.to(device)
+
+        _CONTEXTS.clear()  # one recipe's data per worker at a time
+        _CONTEXTS[key] = _Context(recipe, data, device, make_model)
+    return _CONTEXTS[key]
+
+
+def warm_up(recipe_dict: dict) -> None:
+    """Load a recipe's data in this worker ahead of its first job."""
+    _context(recipe_dict)
+
+
+def run_job(job: TrainingJob) -> dict:
+    """Train ``job`` (skipped when its result exists) and return its result dict; runs in any process."""
+    from compress.lottery.experiment import run_experiment
+
+    job = job.unpacked()
+    context = _context(job.recipe)
+    if job.data_identity is not None and context.data.identity_hash != job.data_identity:
+        raise UserError(f"{job.folder}: this worker's data ({context.recipe.data.name} under "
+                        f"{context.recipe.data.root!r}) differs from the run's: the worker must read the same "
+                        "files as the process that started the run")
+    device = context.device
+    masks = {name: mask.to(device) for name, mask in job.masks.items()}
+    start = {name: value.to(device) for name, value in job.start_state.items()}
+    return run_experiment(Path(job.folder), make_model=context.make_model, start_state=start, masks=masks,
+                          recipe=context.recipe, data=context.data, begin=job.begin, desc=job.desc,
+                          progress=job.progress)
+
+
+# -- executors ---------------------------------------------------------------------------------------
+class Executor:
+    """Runs picklable module-level calls somewhere; ``submit`` returns a ``concurrent.futures.Future``."""
+
+    name = "executor"
+    inline = False
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
+        raise NotImplementedError
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for what was submitted (``cancel``: drop what has not started and stop what runs)."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close(cancel=error is not None)
+
+
+EXECUTORS: Registry[Callable[..., Executor]] = Registry("executor")
+
+
+def threads_per_worker(workers: int) -> int:
+    """``COMPRESS_THREADS`` wins; otherwise the cores are split between the workers (at least 1 each)."""
+    from_env = int(os.environ.get("COMPRESS_THREADS", "0") or 0)
+    return from_env or max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+@EXECUTORS.register("inline")
+class InlineExecutor(Executor):
+    """Each call runs at once, here: the sequential order of a one-process run."""
+
+    name = "inline"
+    inline = True
+
+    def __init__(self, workers: int = 1, **_: Any) -> None:
+        super().__init__(1)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as error:  # noqa: BLE001  (delivered by future.result(), as a pool would)
+            if not isinstance(error, Exception):
+                raise  # KeyboardInterrupt, SystemExit: stop now
+            future.set_exception(error)
+        return future
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """In each worker: its share of the cores, and death with the parent (no orphan writes a run dir)."""
+    torch.set_num_threads(threads)
+    os.environ["COMPRESS_THREADS"] = str(threads)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+    def watch() -> None:  # elsewhere (and as a second line of defence): poll
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="compress-parent-watch").start()
+
+
+@EXECUTORS.register("local")
+class LocalExecutor(Executor):
+    """A spawn-context process pool (fork would copy torch's thread pools in an undefined state)."""
+
+    name = "local"
+
+    def __init__(self, workers: int = AUTO_WORKERS, *, threads: int | None = None, **_: Any) -> None:
+        super().__init__(workers)
+        self.threads = threads or threads_per_worker(workers)
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                        initializer=_init_worker, initargs=(self.threads, os.getpid()))
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
+        return self.pool.submit(fn, *(_packed(arg) for arg in args))
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            processes = list(getattr(self.pool, "_processes", {}).values())
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:  # a running training stops here and resumes from its checkpoint
+                if process.is_alive():
+                    process.kill()
+            for process in processes:
+                process.join(timeout=10)
+        else:
+            self.pool.shutdown(wait=True)
+
+
+def _packed(arg: Any) -> Any:
+    return arg.packed() if isinstance(arg, TrainingJob) else arg
+
+
+def _ray_call(fn: Callable[..., Any], threads: int, cwd: str | None, *args: Any) -> Any:
+    torch.set_num_threads(threads)
+    os.environ["COMPRESS_THREADS"] = str(threads)
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)  # relative data roots resolve as in the parent
+    return fn(*args)
+
+
+@EXECUTORS.register("ray")
+class RayExecutor(Executor):
+    """Ray tasks of one CPU each; starts (and later stops) a local Ray when none is running."""
+
+    name = "ray"
+
+    def __init__(self, workers: int = AUTO_WORKERS, *, address: str | None = None, threads: int | None = None,
+                 **_: Any) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise UserError("executor 'ray': ray is not installed (pip install 'compress[ray]')") from None
+        super().__init__(workers)
+        self.ray = ray
+        self.started = False
+        if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS") or None
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            self.started = True
+        self.threads = threads or (threads_per_worker(workers) if self.started and not address else 1)
+        self.remote = ray.remote(num_cpus=1, max_retries=0)(_ray_call)
+        self.refs: list = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
+        ref = self.remote.remote(fn, self.threads, os.getcwd(), *(_packed(arg) for arg in args))
+        self.refs.append(ref)
+        return ref.future()
+
+    def close(self, cancel: bool = False) -> None:
+        try:
+            if cancel:
+                for ref in self.refs:
+                    try:
+                        self.ray.cancel(ref, force=True)
+                    except Exception:  # noqa: BLE001  (already finished)
+                        pass
+            else:
+                self.ray.wait(self.refs, num_returns=len(self.refs)) if self.refs else None
+        finally:
+            self.refs = []
+            if self.started:
+                self.ray.shutdown()
+                self.started = False
+
+
+# -- choosing one ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExecutorSpec:
+    name: str
+    workers: int
+
+    def __str__(self) -> str:
+        return self.name if self.name == "inline" else f"{self.name}:{self.workers}"
+
+
+def parse_executor(text: str) -> tuple[str, int | None]:
+    """``auto`` / ``inline`` / ``local[:N]`` / ``ray[:N]`` (the ``lottery.executor`` value) -> (name, N or None)."""
+    match = _SPEC.match(str(text).strip())
+    name = match["name"] if match else str(text).split(":", 1)[0].strip()
+    if name != "auto" and name not in EXECUTORS:
+        raise UserError(f"lottery.executor: {EXECUTORS.unknown_message(name)} (or auto; N workers as local:N)")
+    if not match:
+        raise UserError(f"lottery.executor: {text!r} is not NAME or NAME:WORKERS (e.g. local:2)")
+    workers = int(match["workers"]) if match["workers"] else None
+    if workers is not None and workers < 1:
+        raise UserError(f"lottery.executor: {text!r}: at least 1 worker")
+    return name, workers
+
+
+def choose_executor(text: str, *, has_parallel_work: bool, device: torch.device | str = "cpu",
+                    distributed_active: bool = False, iterations: int | None = None) -> ExecutorSpec:
+    """Resolve ``lottery.executor``. ``auto``: ``inline``, because on the 2-core machines measured the local
+    pool gained only 1.04x at the default budget (benchmarks/results/parallel_run.md) and its 1-thread
+    workers round differently from a 2-thread inline run; ``auto:N`` asks for N local workers where the
+    run has controls, trains on the CPU, has 2+ cores and ``iterations`` >= ``AUTO_MIN_ITERATIONS``.
+    Under torchrun: always ``inline``."""
+    name, workers = parse_executor(text)
+    if distributed_active:
+        if name not in ("auto", "inline"):
+            print(f"warning: lottery.executor={text} ignored under torchrun: every rank trains in order",
+                  file=sys.stderr)
+        return ExecutorSpec("inline", 1)
+    if name == "auto":
+        if workers is None:
+            return ExecutorSpec("inline", 1)
+        cpu = torch.device(device).type == "cpu"
+        long_enough = iterations is None or iterations >= AUTO_MIN_ITERATIONS
+        if has_parallel_work and cpu and long_enough and (os.cpu_count() or 1) >= 2:
+            return ExecutorSpec("local", workers)
+        return ExecutorSpec("inline", 1)
+    if name == "inline":
+        return ExecutorSpec("inline", 1)
+    return ExecutorSpec(name, workers or AUTO_WORKERS)
+
+
+def open_executor(name: str, workers: int = AUTO_WORKERS, **options: Any) -> Executor:
+    """A started executor of the registered ``name``; close it (or use it as a context manager)."""
+    if workers < 1:
+        raise UserError(f"--workers: at least 1, got {workers}")
+    return EXECUTORS.get(name)(workers, **options)
