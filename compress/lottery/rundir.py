@@ -19,9 +19,10 @@ import os
 import re
 from pathlib import Path
 
-from compress import paths
-from compress.errors import UserError
-from compress.io import load_json, save_json
+from compress import distributed, paths
+from compress.errors import UserError, one_line
+from compress.io import load_json, save_json, save_text
+from compress.recipe import Recipe, dump_recipe, load_recipe, recipe_hash, results_hash
 
 LOCK = ".compress.lock"
 IDENTITY = "identity.json"
@@ -123,3 +124,39 @@ def check_identity(folder: Path, identity: dict, what: str) -> None:
         raise UserError(f"{folder}: holds files but no {IDENTITY} (not made by this version of compress, or "
                         "not a run dir): pass another --out or delete the folder")
     save_json(identity, recorded_path)
+
+
+RUNS = Path("runs")
+
+
+def default_run_dir(recipe: Recipe, base: Path = RUNS) -> Path:
+    """Derived from the settings: the same recipe always lands in the same folder (and resumes)."""
+    base = Path(base)
+    run_dir = base / f"{recipe.name}-{recipe_hash(recipe)}"
+    # the recipe layer only admits plain names; this keeps any caller's name from leaving ``base``
+    if run_dir.resolve().parent != base.resolve():
+        raise UserError(f"name: {recipe.name!r} is not a plain folder name (letters, digits, '.', '_', '-')")
+    return run_dir
+
+
+def prepare_run_dir(recipe: Recipe, run_dir: Path) -> Path:
+    """Create the run dir with the resolved recipe, or check that an existing one holds a run of it.
+
+    Only fields that change results must agree (``recipe.yaml`` is rewritten when, say, ``export.opset``
+    changed); each round is checked again against its own ``identity.json``.
+    """
+    run_dir = Path(run_dir)
+    recorded = run_dir / paths.RECIPE
+    text = dump_recipe(recipe)
+    if recorded.exists():
+        try:
+            old = load_recipe(recorded)
+        except ValueError as error:
+            raise UserError(f"{recorded} does not load ({one_line(error)}): {run_dir} is not a run dir of this "
+                            "recipe; pass another --out or delete that folder") from None
+        if results_hash(old) != results_hash(recipe):
+            raise UserError(f"{run_dir} holds a run of a different recipe ({recorded}); pass another --out "
+                            "or delete that folder")
+    if distributed.is_main() and (not recorded.exists() or recorded.read_text() != text):
+        save_text(text, recorded)
+    return run_dir

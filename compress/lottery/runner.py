@@ -7,7 +7,6 @@ continues from its last checkpoint, and masks come out identical to an uninterru
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -18,8 +17,8 @@ from tqdm.auto import tqdm
 
 from compress import distributed, paths
 from compress.data import load_dataset
-from compress.errors import UserError, one_line
-from compress.io import CorruptArtifactError, load_json, load_torch, save_json, save_text, save_torch
+from compress.errors import UserError
+from compress.io import CorruptArtifactError, load_json, load_torch, save_json, save_torch
 from compress.lottery.controls import CONTROLS, REINIT_SEED_STRIDE, ControlInput, control_seed
 from compress.lottery.executors import (
     Executor,
@@ -30,75 +29,24 @@ from compress.lottery.executors import (
     run_job,
     warm_up,
 )
-from compress.lottery.experiment import RESULT_FIELDS, run_experiment
+from compress.lottery.experiment import run_experiment
 from compress.lottery.report import write_report
-from compress.lottery.rundir import RunDirLock, check_identity, remove_stale_temp_files
+from compress.lottery.rundir import (
+    RunDirLock,
+    check_identity,
+    default_run_dir,
+    prepare_run_dir,
+    remove_stale_temp_files,
+)
 from compress.lottery.search import LotterySearch
+from compress.lottery.summary import choose_ticket, read_summary, result_fields, selection_key, ticket_rule
 from compress.models import build_model
 from compress.pruning import load_plain_state_dict, plain_state_dict
-from compress.recipe import Recipe, dump_recipe, load_recipe, recipe_hash, recipe_to_dict, results_hash
+from compress.recipe import Recipe, recipe_hash, recipe_to_dict, results_hash
 from compress.runtime import resolve_device, seed_everything, set_threads
 from compress.ticket import save_ticket
 
 __all__ = ["REINIT_SEED_STRIDE", "LotteryRun", "choose_ticket", "default_run_dir", "find_ticket", "read_summary"]
-RUNS = Path("runs")
-
-
-def default_run_dir(recipe: Recipe, base: Path = RUNS) -> Path:
-    """Derived from the settings: the same recipe always lands in the same folder (and resumes)."""
-    base = Path(base)
-    run_dir = base / f"{recipe.name}-{recipe_hash(recipe)}"
-    # the recipe layer only admits plain names; this keeps any caller's name from leaving ``base``
-    if run_dir.resolve().parent != base.resolve():
-        raise UserError(f"name: {recipe.name!r} is not a plain folder name (letters, digits, '.', '_', '-')")
-    return run_dir
-
-
-def prepare_run_dir(recipe: Recipe, run_dir: Path) -> Path:
-    """Create the run dir with the resolved recipe, or check that an existing one holds a run of it.
-
-    Only fields that change results must agree (``recipe.yaml`` is rewritten when, say, ``export.opset``
-    changed); each round is checked again against its own ``identity.json``.
-    """
-    run_dir = Path(run_dir)
-    recorded = run_dir / paths.RECIPE
-    text = dump_recipe(recipe)
-    if recorded.exists():
-        try:
-            old = load_recipe(recorded)
-        except ValueError as error:
-            raise UserError(f"{recorded} does not load ({one_line(error)}): {run_dir} is not a run dir of this "
-                            "recipe; pass another --out or delete that folder") from None
-        if results_hash(old) != results_hash(recipe):
-            raise UserError(f"{run_dir} holds a run of a different recipe ({recorded}); pass another --out "
-                            "or delete that folder")
-    if distributed.is_main() and (not recorded.exists() or recorded.read_text() != text):
-        save_text(text, recorded)
-    return run_dir
-
-
-def choose_ticket(rounds: list[dict], tolerance: float) -> dict:
-    """The sparsest round whose early-stop *validation* accuracy is within ``tolerance`` of the dense round.
-
-    Chosen on validation, reported on test; without a validation split (``data.validation_size: 0``)
-    the early-stop test accuracy is all there is.
-    """
-    key = _selection_key(rounds)
-    dense = rounds[0][key]
-    eligible = [entry for entry in rounds if entry[key] >= dense - tolerance]
-    return min(eligible, key=lambda entry: entry["weights_remaining"])
-
-
-def _selection_key(rounds: list[dict]) -> str:
-    values = [entry.get("early_stop_val_accuracy") for entry in rounds]
-    usable = all(value is not None and math.isfinite(value) for value in values)
-    return "early_stop_val_accuracy" if usable else "early_stop_test_accuracy"
-
-
-def ticket_rule(tolerance: float, key: str = "early_stop_val_accuracy") -> str:
-    split = "validation" if key == "early_stop_val_accuracy" else "test (no validation split)"
-    return (f"the sparsest round whose early-stop {split} accuracy is within {tolerance * 100:.2f} points "
-            "of the dense round (round 0)")
 
 
 class LotteryRun:
@@ -279,7 +227,7 @@ class LotteryRun:
         """Ticket and controls of one round, here and in order (``executor``: the controls go there)."""
         entry, controls = self.start_round(round_index, executor)
         if controls:
-            entry["controls"] = {name: _result_fields(future.result()) for name, future in controls.items()}
+            entry["controls"] = {name: result_fields(future.result()) for name, future in controls.items()}
         return entry
 
     def start_round(self, round_index: int, executor: Executor | None = None) -> tuple[dict, dict[str, Future]]:
@@ -292,7 +240,7 @@ class LotteryRun:
         distributed.barrier()
         masks = self.masks_for_round(round_index)
         ticket = self.run_ticket(round_index, masks)
-        entry = {"round": round_index, **_result_fields(ticket)}
+        entry = {"round": round_index, **result_fields(ticket)}
         controls: dict[str, Future] = {}
         if round_index > 0:
             start = self.rewind_state()
@@ -309,7 +257,7 @@ class LotteryRun:
             save_torch(self.search.rewind_state, target)
 
     def run_control(self, name: str, round_index: int, masks: dict, start: dict) -> dict:
-        return _result_fields(self.submit_control(None, name, round_index, masks, start).result())
+        return result_fields(self.submit_control(None, name, round_index, masks, start).result())
 
     def submit_control(self, executor: Executor | None, name: str, round_index: int, masks: dict,
                        start: dict) -> Future:
@@ -362,7 +310,7 @@ class LotteryRun:
                 if not all(future.done() for future in controls.values()):
                     return
                 if controls:
-                    entry["controls"] = {name: _result_fields(controls[name].result()) for name in controls}
+                    entry["controls"] = {name: result_fields(controls[name].result()) for name in controls}
                 rounds.append(entry)
                 # a rerun of finished rounds writes nothing until the end (and nothing at all if nothing changed)
                 if main and (not finished_before or len(rounds) == total):
@@ -418,7 +366,7 @@ class LotteryRun:
                    "ticket": {"round": chosen["round"], "weights_remaining": chosen["weights_remaining"],
                               "early_stop_test_accuracy": chosen["early_stop_test_accuracy"],
                               "early_stop_val_accuracy": chosen.get("early_stop_val_accuracy"),
-                              "rule": ticket_rule(tolerance, _selection_key(rounds))}}
+                              "rule": ticket_rule(tolerance, selection_key(rounds))}}
         summary_path = self.run_dir / paths.SUMMARY
         written = (summary_path.exists() and (self.run_dir / paths.TICKET).exists()
                    and (self.run_dir / paths.REPORT).exists() and load_json(summary_path) == summary)
@@ -474,10 +422,6 @@ class _threads_for:
         torch.set_num_threads(self.before)
 
 
-def _result_fields(result: dict) -> dict:
-    return {key: result[key] for key in ("weights_remaining", "macs_remaining", *RESULT_FIELDS) if key in result}
-
-
 def find_ticket(recipe: Recipe, out: Path | None = None, progress: bool = True, where=None, *,
                 executor: str | None = None, address: str | None = None) -> dict:
     """Run (or resume) the lottery-ticket search of ``recipe``; returns the summary.
@@ -493,13 +437,3 @@ def find_ticket(recipe: Recipe, out: Path | None = None, progress: bool = True, 
         run.close()
     summary["run_dir"] = str(run.run_dir)
     return summary
-
-
-def read_summary(run_dir: Path) -> dict:
-    path = Path(run_dir) / paths.SUMMARY
-    if not path.exists():
-        raise UserError(f"{run_dir}: no {paths.SUMMARY} (not a finished or started run dir)")
-    try:
-        return load_json(path)
-    except ValueError as error:
-        raise UserError(f"{path}: not valid JSON ({one_line(error)})") from None

@@ -170,7 +170,11 @@ RecipeYamlDumper.add_representer(
 
 def parse_value(text: str) -> Any:
     """One ``--set`` value, read as YAML (``3e-4`` -> float, ``[a, b]`` -> list)."""
-    return yaml.load(text, Loader=RecipeYamlLoader)  # safe: RecipeYamlLoader is a SafeLoader
+    loader = RecipeYamlLoader(text)  # a SafeLoader: plain data only
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def dump_yaml(data: Any) -> str:

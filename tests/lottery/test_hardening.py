@@ -15,9 +15,8 @@ from tiny import tiny_recipe
 
 from compress import io, paths
 from compress.errors import UserError
-from compress.lottery import find_ticket, read_ticket
+from compress.lottery import LotteryRun, choose_ticket, default_run_dir, find_ticket, read_ticket
 from compress.lottery.rundir import IDENTITY, remove_stale_temp_files
-from compress.lottery.runner import LotteryRun, choose_ticket, default_run_dir
 from compress.recipe import recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
