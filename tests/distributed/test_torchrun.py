@@ -152,9 +152,10 @@ def test_uneven_batch_split_is_refused_before_training(tmp_path):
     recipe = {**MLP, "train": {**MLP["train"], "batch_size": 33}}
     out, result = _run(recipe, tmp_path, "uneven", 2)
     assert result.returncode != 0
-    refusals = [line for line in result.stderr.splitlines()
-                if line.startswith("error: train.batch_size=33 does not split evenly over 2 processes")]
-    assert len(refusals) == 2, result.stderr[-3000:]  # one line from each rank, no traceback
+    # each rank refuses in one line; the two ranks write stderr at once, so their lines may run together,
+    # and torchrun may stop the second rank before it writes
+    refusals = result.stderr.count("error: train.batch_size=33 does not split evenly over 2 processes")
+    assert 1 <= refusals <= 2, result.stderr[-3000:]
     # the CLI's code for a user's mistake; torchrun may stop the second rank once the first has exited,
     # so it reports one or two failures
     assert 1 <= len(re.findall(r"exitcode\s*: 2 ", result.stderr)) <= 2
