@@ -26,7 +26,9 @@ from compress.lottery.executors import (
     choose_executor,
     local_context,
     open_executor,
+    raise_failed,
     run_job,
+    threads_for,
     warm_up,
 )
 from compress.lottery.experiment import run_experiment
@@ -39,10 +41,10 @@ from compress.lottery.rundir import (
     remove_stale_temp_files,
 )
 from compress.lottery.search import LotterySearch
-from compress.lottery.summary import choose_ticket, read_summary, result_fields, selection_key, ticket_rule
+from compress.lottery.summary import build_summary, choose_ticket, read_summary, result_fields, round_line
 from compress.models import build_model
 from compress.pruning import load_plain_state_dict, plain_state_dict
-from compress.recipe import Recipe, recipe_hash, recipe_to_dict, results_hash
+from compress.recipe import Recipe, recipe_to_dict, results_hash
 from compress.runtime import resolve_device, seed_everything, set_threads
 from compress.ticket import save_ticket
 
@@ -304,7 +306,7 @@ class LotteryRun:
 
         def finish() -> None:
             """Record the rounds, in order, whose trainings are all done."""
-            _raise_failed([*warming, *(future for _, controls, _ in started[len(rounds):] for future in controls.values())])
+            raise_failed([*warming, *(future for _, controls, _ in started[len(rounds):] for future in controls.values())])
             while len(rounds) < len(started):
                 entry, controls, finished_before = started[len(rounds)]
                 if not all(future.done() for future in controls.values()):
@@ -315,7 +317,7 @@ class LotteryRun:
                 # a rerun of finished rounds writes nothing until the end (and nothing at all if nothing changed)
                 if main and (not finished_before or len(rounds) == total):
                     state["summary"] = self.write_summary(rounds)
-                    tqdm.write(self._round_line(entry))
+                    tqdm.write(round_line(entry))
                 bar.set_postfix(remaining=f"{entry['weights_remaining']:.3f}", refresh=False)
                 bar.update(1)
 
@@ -323,7 +325,7 @@ class LotteryRun:
         failed = True
         try:
             with local_context(self._recipe_dict, self.recipe, self.data, self.device, self.make_model), \
-                    _threads_for(executor):
+                    threads_for(executor):
                 if not executor.inline and not all(self._finished(r) for r in range(1, total)):
                     # the workers start (import torch, load the data) while round 0's ticket trains; a
                     # finished run starts none
@@ -352,21 +354,9 @@ class LotteryRun:
         names = ["ticket", *(self.recipe.lottery.controls if round_index > 0 else ())]
         return all((paths.experiment_dir(self.run_dir, round_index, name) / paths.RESULT).exists() for name in names)
 
-    def _round_line(self, entry: dict) -> str:
-        line = (f"round {entry['round']:2d}  remaining {entry['weights_remaining'] * 100:6.2f}%  "
-                f"ticket acc {entry['early_stop_test_accuracy']:.4f} (early stop @ {entry['early_stop_iteration']})")
-        for name, control in entry.get("controls", {}).items():
-            line += f"  {name} {control['early_stop_test_accuracy']:.4f}"
-        return line
-
     def write_summary(self, rounds: list[dict]) -> dict:
-        tolerance = self.recipe.lottery.ticket_tolerance
-        chosen = choose_ticket(rounds, tolerance)
-        summary = {"name": self.recipe.name, "recipe_hash": recipe_hash(self.recipe), "rounds": rounds,
-                   "ticket": {"round": chosen["round"], "weights_remaining": chosen["weights_remaining"],
-                              "early_stop_test_accuracy": chosen["early_stop_test_accuracy"],
-                              "early_stop_val_accuracy": chosen.get("early_stop_val_accuracy"),
-                              "rule": ticket_rule(tolerance, selection_key(rounds))}}
+        summary = build_summary(self.recipe, rounds)
+        chosen = next(entry for entry in rounds if entry["round"] == summary["ticket"]["round"])
         summary_path = self.run_dir / paths.SUMMARY
         written = (summary_path.exists() and (self.run_dir / paths.TICKET).exists()
                    and (self.run_dir / paths.REPORT).exists() and load_json(summary_path) == summary)
@@ -398,28 +388,6 @@ def _masks_in(state: dict, names: list[str]) -> dict:
 
 def _cpu(state: dict) -> dict:
     return {key: value.cpu() for key, value in state.items()}
-
-
-def _raise_failed(futures: list[Future]) -> None:
-    """A training that failed stops the run at once (not when its round's turn comes)."""
-    for future in futures:
-        if future.done() and not future.cancelled() and future.exception() is not None:
-            future.result()
-
-
-class _threads_for:
-    """While parallel workers train, this process (the ticket chain) takes one worker's share of the cores."""
-
-    def __init__(self, executor: Executor) -> None:
-        self.threads = getattr(executor, "threads", None) if not executor.inline else None
-        self.before = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.before)
 
 
 def find_ticket(recipe: Recipe, out: Path | None = None, progress: bool = True, where=None, *,

@@ -9,6 +9,7 @@ from compress import paths
 from compress.errors import UserError, one_line
 from compress.io import load_json
 from compress.lottery.experiment import RESULT_FIELDS
+from compress.recipe import recipe_hash
 
 
 def choose_ticket(rounds: list[dict], tolerance: float) -> dict:
@@ -47,3 +48,23 @@ def read_summary(run_dir: Path) -> dict:
         return load_json(path)
     except ValueError as error:
         raise UserError(f"{path}: not valid JSON ({one_line(error)})") from None
+
+
+def build_summary(recipe, rounds: list[dict]) -> dict:
+    """``summary.json``'s content: the rounds and the winning ticket with the rule that chose it."""
+    tolerance = recipe.lottery.ticket_tolerance
+    chosen = choose_ticket(rounds, tolerance)
+    return {"name": recipe.name, "recipe_hash": recipe_hash(recipe), "rounds": rounds,
+            "ticket": {"round": chosen["round"], "weights_remaining": chosen["weights_remaining"],
+                       "early_stop_test_accuracy": chosen["early_stop_test_accuracy"],
+                       "early_stop_val_accuracy": chosen.get("early_stop_val_accuracy"),
+                       "rule": ticket_rule(tolerance, selection_key(rounds))}}
+
+
+def round_line(entry: dict) -> str:
+    """One round as the run prints it when the round finishes."""
+    line = (f"round {entry['round']:2d}  remaining {entry['weights_remaining'] * 100:6.2f}%  "
+            f"ticket acc {entry['early_stop_test_accuracy']:.4f} (early stop @ {entry['early_stop_iteration']})")
+    for name, control in entry.get("controls", {}).items():
+        line += f"  {name} {control['early_stop_test_accuracy']:.4f}"
+    return line
