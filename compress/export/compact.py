@@ -263,15 +263,21 @@ def _keep_norm(norm: nn.Module, keep: torch.Tensor) -> None:
     norm.num_features = int(keep.sum())
 
 
-def compact(model: nn.Module) -> Compaction:
+def compact(model: nn.Module, example_inputs: torch.Tensor | None = None) -> Compaction:
     """``compact_model`` plus what it did: units per weighted layer before/after, dead-in units kept."""
+    if not isinstance(unwrap_model(model), nn.Sequential):
+        from compress.export.compact_graph import compact_graph  # any graph, through Torch-Pruning
+
+        return compact_graph(model, example_inputs)
     return _Compactor(model).run()
 
 
-def compact_model(model: nn.Module) -> nn.Module:
-    """A smaller plain ``nn.Sequential`` computing exactly what ``model`` computes in eval mode.
+def compact_model(model: nn.Module, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """A smaller plain model computing exactly what ``model`` computes in eval mode.
 
-    ``model`` may be pruned (torch prune masks) or plain; it is not modified. See the module docstring
-    for what is removed and when the removal is exact. Unsupported models raise ValueError.
+    ``model`` may be pruned (torch prune masks) or plain; it is not modified. An ``nn.Sequential`` is
+    compacted here (see the module docstring: dead-in units are folded into biases too); any other graph
+    by ``compress.export.compact_graph`` (dead channels and heads removed with Torch-Pruning; its
+    ``example_inputs`` default to a guess from the model). Unsupported models raise ValueError.
     """
-    return compact(model).module
+    return compact(model, example_inputs).module

@@ -14,6 +14,8 @@ import torch.nn as nn
 
 from compress import distributed
 from compress.pruning import Masks, plain_state_dict, random_masks_like
+from compress.pruning.groups import example_inputs_for, find_groups
+from compress.pruning.structured import random_group_masks
 from compress.registry import Registry
 
 REINIT_SEED_STRIDE = 10_007
@@ -49,9 +51,17 @@ def reinit(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
 @CONTROLS.register("random_prune")
 def random_prune(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
     """The ticket's start weights under random masks of the same count per layer (of weights, or of whole
-    channels under channel granularity): does the mask matter?"""
-    masks = random_masks_like({k: v.cpu() for k, v in ticket.masks.items()}, torch.Generator().manual_seed(ticket.seed),
-                              granularity=ticket.granularity)
+    channels under channel granularity; on a graph that is not an nn.Sequential, of whole channel groups
+    and heads, ``compress.pruning.structured.random_group_masks``): does the mask matter?"""
+    cpu_masks = {k: v.cpu() for k, v in ticket.masks.items()}
+    generator = torch.Generator().manual_seed(ticket.seed)
+    model = ticket.make_model(ticket.seed) if ticket.granularity == "channel" else None
+    if model is not None and not isinstance(model, nn.Sequential):
+        # channel groups of any graph: the same number of whole units per group (channels, heads), every
+        # coupled weight of a unit with it, so the control of a structured ticket is itself structured
+        masks = random_group_masks(find_groups(model, example_inputs_for(model)), cpu_masks, generator)
+    else:
+        masks = random_masks_like(cpu_masks, generator, granularity=ticket.granularity)
     device = next(iter(ticket.masks.values())).device
     # computed identically on every rank from the same seed; the broadcast makes that a checked fact
     return ticket.start_state, distributed.broadcast_masks({k: v.to(device) for k, v in masks.items()})

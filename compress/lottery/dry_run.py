@@ -5,9 +5,11 @@ from __future__ import annotations
 import warnings
 
 from compress.data import dataset_info, find_data
-from compress.lottery.search import one_shot_rates, plan_rows
+from compress.lottery.search import one_shot_rates, plan_rows, structured_plan
 from compress.models import build_model
+from compress.pruning.groups import ChannelGroup, Member
 from compress.pruning.plan import plan_layers
+from compress.pruning.structured import StructuredPlan, planned_widths, resolve_multiple
 from compress.recipe import Recipe, dump_recipe
 
 
@@ -34,7 +36,44 @@ def plan_table(recipe: Recipe, where=None) -> str:
     if recipe.prune.scope == "global":
         lines.append("(global scope: per-layer figures are what a layer-wise cut at the same rate would leave; "
                      "the totals are exact)")
+    structure = structured_plan(model, recipe, where)
+    if structure is not None:
+        group_rates = one_shot_rates(structure.rates, recipe.lottery.rounds) if recipe.lottery.one_shot \
+            else structure.rates
+        lines += [""] + format_widths(structure, group_rates, rounds)
+    elif recipe.prune.granularity == "channel":  # an nn.Sequential: each layer's output channels on their own
+        modules = dict(model.named_modules())
+        groups = [ChannelGroup(layer.name, "channels", _units(modules[layer.name]),
+                               (Member(layer.name, 0, ()),)) for layer in layers]
+        plan = StructuredPlan(groups, {layer.name: layer.rate for layer in layers},
+                              {layer.name: layer.reason for layer in layers if layer.reason},
+                              channel_multiple=resolve_multiple(recipe.prune.channel_multiple))
+        lines += [""] + format_widths(plan, rates, rounds, note=False)
     return "\n".join(lines)
+
+
+def _units(module) -> int:
+    return module.out_features if hasattr(module, "out_features") else module.out_channels
+
+
+def format_widths(structure: StructuredPlan, rates: dict[str, float], rounds: int, note: bool = True) -> list[str]:
+    """Channel granularity: units (channels / heads) per group (or layer) after each level."""
+    widths = planned_widths(structure.groups, rates, rounds, structure.channel_multiple)
+    shown = sorted({0, *range(1, rounds + 1, max(1, rounds // 6)), rounds})
+    width = max([24, *(len(g.name) + 2 for g in structure.groups)])
+    header = (f"{'channel group':<{width}} {'units':<8} {'weights':>7} {'rate':>6} "
+              + " ".join(f"{f'r{r}':>5}" for r in shown) + "  not pruned because")
+    lines = ["(channel groups: a unit's output rows and its consumers' input columns go together, so the "
+             "per-tensor fractions above are only indicative; the widths below are what is pruned)"] if note else []
+    lines += [f"widths per level (prune.channel_multiple = {structure.channel_multiple}; "
+             "layer-wise view, global scope ranks groups of one rate together)", header, "-" * len(header)]
+    for group in structure.groups:
+        rate = rates.get(group.name, 0.0)
+        rate_text = f"{rate:>6.3f}" if rate else f"{'-':>6}"
+        lines.append(f"{group.name:<{width}} {group.kind:<8} {len(group.modules):>7} {rate_text} "
+                     + " ".join(f"{w:>5}" for w in (widths[group.name][r] for r in shown))
+                     + (f"  {structure.reasons[group.name]}" if group.name in structure.reasons else ""))
+    return lines
 
 
 def dry_run(recipe: Recipe, where=None) -> str:

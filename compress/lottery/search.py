@@ -64,9 +64,28 @@ from compress.pruning import (
 )
 from compress.pruning.masks import PRUNING_METHODS
 from compress.pruning.plan import LayerPlan, plan_layers
+from compress.pruning.structured import StructuredPlan, channel_plan, plan_targets, resolve_multiple
 
 if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
+
+
+def recipe_example_input(recipe: Recipe) -> torch.Tensor:
+    """A seeded batch of 2 inputs shaped like the recipe's data (for tracing channel groups)."""
+    from compress.data import dataset_info
+
+    info = dataset_info(recipe.data.name)
+    side = recipe.data.image_size or info.image_size or 32
+    return torch.randn(2, info.in_channels or 3, side, side, generator=torch.Generator().manual_seed(0))
+
+
+def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None
+                    ) -> StructuredPlan | None:
+    """The channel groups plan when ``prune.granularity`` is channel and the model is not an
+    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.export.compact``)."""
+    if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
+        return None
+    return channel_plan(model, recipe.prune, recipe_example_input(recipe), where)
 
 
 def plan_rows(model: nn.Module, layers: list[LayerPlan], rates: dict[str, float], rounds: int) -> list[dict]:
@@ -107,7 +126,12 @@ class LotterySearch:
             raise UserError(f"lottery.rewind_to = {self.rewind_to} must be < iterations per level "
                             f"({self.iterations}): the rewind point would never be reached")
         self.method = PRUNING_METHODS.get(recipe.prune.method)
-        self.targets = build_plan(model, recipe.prune, where)
+        # channel granularity on a graph that is not an nn.Sequential: whole channel groups / heads
+        self.structure = structured_plan(model, recipe, where)
+        self.targets = (plan_targets(model, self.structure, recipe.prune, where) if self.structure is not None
+                        else build_plan(model, recipe.prune, where))
+        multiple = resolve_multiple(recipe.prune.channel_multiple)  # only passed when set: custom methods keep working
+        self._multiple = {"channel_multiple": multiple} if multiple > 1 and recipe.prune.granularity == "channel" else {}
         if not self.targets:
             raise UserError("prune: no module is pruned (every rate is 0 or every module excluded)")
         self.names = [target.name for target in self.targets]
@@ -287,9 +311,16 @@ class LotterySearch:
         current = {name: module.weight_mask.detach().clone() for name, module in zip(self.names, self._modules,
                                                                                    strict=True)}
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.level)
+        if self.structure is not None:
+            rates = one_shot_rates(self.structure.rates, self.total_rounds) if self.one_shot else None
+            new = self.structure.step(effective_weights(self.model, self.names), current, rates,
+                                      method=self.prune_config.method, generator=generator)
+            check_shrinks(current, new)
+            return new
         new = self.method(effective_weights(self.model, self.names), current, self.rates(),
                           groups={t.name: t.group for t in self.targets},
-                          granularity=self.prune_config.granularity, generator=generator)
+                          granularity=self.prune_config.granularity, generator=generator,
+                          **self._multiple)
         check_shrinks(current, new)
         return new
 

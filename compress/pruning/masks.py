@@ -52,11 +52,17 @@ def channel_scores(weight: torch.Tensor, norm: int = 2) -> torch.Tensor:
     return torch.linalg.vector_norm(weight.flatten(1), ord=norm, dim=1)
 
 
-def prune_channels(weight: torch.Tensor, mask: torch.Tensor, amount: int | float, norm: int = 2) -> torch.Tensor:
-    """Prune whole output channels: torch's ``LnStructured`` ranks the surviving channels by L-norm."""
+def prune_channels(weight: torch.Tensor, mask: torch.Tensor, amount: int | float, norm: int = 2,
+                   channel_multiple: int = 1) -> torch.Tensor:
+    """Prune whole output channels: torch's ``LnStructured`` ranks the surviving channels by L-norm.
+    ``channel_multiple``: the kept count aligned as ``compress.pruning.structured.aligned_keep`` does."""
     alive = mask.flatten(1).any(dim=1)
     alive_index = alive.nonzero().squeeze(1)
     k = count_to_prune(amount, len(alive_index))
+    if channel_multiple > 1:
+        from compress.pruning.structured import aligned_keep
+
+        k = len(alive_index) - aligned_keep(len(alive_index), k / max(1, len(alive_index)), channel_multiple)
     if not k:
         return mask.clone()
     surviving = (weight * mask)[alive_index]
@@ -67,7 +73,7 @@ def prune_channels(weight: torch.Tensor, mask: torch.Tensor, amount: int | float
 
 
 def magnitude_masks(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[str, float],
-                    groups: dict[str, str], granularity: str = "weight") -> Masks:
+                    groups: dict[str, str], granularity: str = "weight", channel_multiple: int = 1) -> Masks:
     """One IMP step: prune ``rates[name]`` of each target's survivors by |w|.
 
     Targets sharing a group are ranked together (global scope): the group's survivors are pooled
@@ -81,12 +87,22 @@ def magnitude_masks(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[
         rate = rates[names[0]]
         if granularity == "channel":
             if len(names) == 1:
-                new_masks[names[0]] = prune_channels(weights[names[0]], masks[names[0]], rate)
+                new_masks[names[0]] = prune_channels(weights[names[0]], masks[names[0]], rate,
+                                                     channel_multiple=channel_multiple)
                 continue
             scores = [channel_scores(weights[n] * masks[n]) for n in names]
             alive = [masks[n].flatten(1).any(dim=1).to(masks[n].dtype) for n in names]
             pooled = prune_lowest(torch.cat(scores), torch.cat(alive), rate)
-            for name, channel_mask in zip(names, pooled.split([len(a) for a in alive]), strict=True):
+            for name, channel_mask, score, live in zip(names, pooled.split([len(a) for a in alive]), scores, alive,
+                                                       strict=True):
+                if channel_multiple > 1:  # the pool's count for this layer, aligned; its best channels kept
+                    from compress.pruning.structured import aligned_keep
+
+                    total = int(live.sum())
+                    keep = aligned_keep(total, 1 - int(channel_mask.sum()) / max(1, total), channel_multiple)
+                    order = torch.argsort(torch.where(live.bool(), score, -torch.inf), descending=True, stable=True)
+                    channel_mask = torch.zeros_like(live)
+                    channel_mask[order[:keep]] = 1
                 new_masks[name] = masks[name] * channel_mask.view(-1, *([1] * (masks[name].dim() - 1)))
             continue
         scores = torch.cat([(weights[n] * masks[n]).abs().flatten() for n in names])
@@ -129,14 +145,16 @@ def random_step_masks(masks: Masks, rates: dict[str, float], generator: torch.Ge
 
 @PRUNING_METHODS.register("magnitude")
 def magnitude_method(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[str, float], *,
-                     groups: dict[str, str], granularity: str, generator: torch.Generator) -> Masks:
+                     groups: dict[str, str], granularity: str, generator: torch.Generator,
+                     channel_multiple: int = 1) -> Masks:
     """IMP's own rule: the smallest |w| among the survivors (``generator`` unused)."""
-    return magnitude_masks(weights, masks, rates, groups, granularity)
+    return magnitude_masks(weights, masks, rates, groups, granularity, channel_multiple)
 
 
 @PRUNING_METHODS.register("random")
 def random_method(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[str, float], *,
-                  groups: dict[str, str], granularity: str, generator: torch.Generator) -> Masks:
+                  groups: dict[str, str], granularity: str, generator: torch.Generator,
+                  channel_multiple: int = 1) -> Masks:
     """A baseline: the same fraction of survivors, chosen uniformly at random per layer."""
     return random_step_masks(masks, rates, generator)
 

@@ -143,6 +143,12 @@ def plan_layers(model: nn.Module, config: PruneConfig,
         value = getattr(config, key)
         if value not in allowed:
             raise UserError(f"prune.{key}: {value!r} is not one of {', '.join(allowed)}")
+    try:
+        from compress.pruning.structured import resolve_multiple
+
+        resolve_multiple(config.channel_multiple)
+    except UserError as error:
+        raise UserError(_at(locate, "prune.channel_multiple") + str(error)) from None
     modules = prunable_modules(model)
     every = dict(model.named_modules())
     stem = infer_stem(model)

@@ -223,8 +223,8 @@ def test_a_layer_never_becomes_empty():
 
 
 def test_unsupported_models_are_refused_with_a_reason():
-    with pytest.raises(ValueError, match="nn.Sequential.*CifarResNet"):
-        compact_model(create_model("resnet20"))
+    # a graph that is not an nn.Sequential goes through compress.export.compact_graph (tests/export/test_compact_graph.py)
+    assert type(compact_model(create_model("resnet20"), torch.randn(2, 3, 32, 32))).__name__ == "CifarResNet"
     with pytest.raises(ValueError, match=r"layer 1 \(GELU\)"):
         compact_model(nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)))
     with pytest.raises(ValueError, match="groups=4"):

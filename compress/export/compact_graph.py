@@ -1,0 +1,154 @@
+"""Exact compaction of any graph: dead channels and attention heads physically removed with Torch-Pruning.
+
+A unit of a channel group (``compress.pruning.groups``) is dead when every consumer's input columns
+for it are exactly zero in the folded model: whatever it carries (a bias, a BatchNorm shift, a residual
+sum of those) is multiplied by zero wherever it is used, so removing it -- the producers' rows and
+biases, BatchNorm entries and running statistics, the consumers' columns, through residual adds,
+concat, depthwise convs and squeeze-excite -- leaves the output unchanged up to float summation order.
+Torch-Pruning's ``group.prune(idxs)`` does the surgery on a deep copy of the folded model; an attention
+head is dead when its ``proj`` columns are zero and goes with its q, k and v rows. Every group keeps at
+least one unit. The result is checked against the masked model in eval mode (max abs diff <= 1e-5,
+relative to the output's scale); a failure is a bug and raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from compress.errors import UserError
+from compress.export.compact import Compaction
+from compress.models.unwrap import unwrap_model
+from compress.pruning.apply import fold_masks
+from compress.pruning.groups import (
+    ChannelGroup,
+    Part,
+    build_graph,
+    example_inputs_for,
+    graph_groups,
+    is_attention,
+)
+
+EXACT_TOLERANCE = 1e-5
+
+
+def _dead_units(group: ChannelGroup, modules: dict[str, nn.Module]) -> list[int]:
+    """Units whose every consumer column is exactly zero; never all of them."""
+    dead = torch.ones(group.units, dtype=torch.bool)
+    for member in group.members:
+        if member.dim != 1:
+            continue
+        weight = modules[member.module].weight.detach()
+        zero = weight.transpose(0, 1).flatten(1).eq(0).all(1).cpu()
+        dead &= zero[torch.tensor(member.index, dtype=torch.long)].all(1)
+    if bool(dead.all()):
+        dead[0] = False  # keep one unit so no tensor becomes empty; it contributes nothing either way
+    return dead.nonzero().flatten().tolist()
+
+
+def _prune_part(graph, part: Part, dead: list[int]) -> None:
+    """Remove ``dead`` units of one part with Torch-Pruning; a grouped conv loses whole conv groups."""
+    idxs = sorted(root for unit in dead for root in part.unit_roots[unit])
+    group = graph.get_pruning_group(part.root, part.handler, idxs)
+    if part.skip is None:
+        group.prune(record_history=False)
+        return
+    for item in group:  # everything but the grouped conv's input channels (its weight keeps in/groups columns)
+        if item.dep.target.module is part.skip and not graph.is_out_channel_pruning_fn(item.dep.handler):
+            continue
+        item.dep(item.idxs)
+    conv = part.skip
+    conv.in_channels -= conv.in_channels // conv.groups * len(dead)
+    conv.groups -= len(dead)
+
+
+def _widths(model: nn.Module) -> dict[str, int]:
+    return {name: m.out_features if isinstance(m, nn.Linear) else m.out_channels
+            for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+@torch.no_grad()
+def _remove_heads(model: nn.Module) -> int:
+    """Drop the heads of timm-style attentions whose ``proj`` columns are all zero; returns heads removed."""
+    import torch_pruning as tp
+
+    removed = 0
+    for module in model.modules():
+        if not is_attention(module) or module.num_heads < 2:
+            continue
+        heads, dim = module.num_heads, module.head_dim
+        zero = module.proj.weight.detach().eq(0).all(0).view(heads, dim).all(1)
+        if bool(zero.all()):
+            zero[0] = False
+        dead = zero.nonzero().flatten().tolist()
+        if not dead:
+            continue
+        attn_dim = heads * dim
+        tp.prune_linear_out_channels(module.qkv, [s * attn_dim + h * dim + j for s in range(3) for h in dead
+                                                  for j in range(dim)])
+        tp.prune_linear_in_channels(module.proj, [h * dim + j for h in dead for j in range(dim)])
+        module.num_heads = heads - len(dead)
+        if hasattr(module, "attn_dim"):
+            module.attn_dim = module.num_heads * dim
+        removed += len(dead)
+    return removed
+
+
+def _outputs(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    with torch.no_grad():
+        out = model(inputs) if torch.is_tensor(inputs) else model(*inputs)
+    return [out] if torch.is_tensor(out) else [o for o in out if torch.is_tensor(o)]
+
+
+def compact_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> Compaction:
+    """``compact_model`` plus what it did: output units per Conv2d/Linear before/after."""
+    model = unwrap_model(model)
+    if example_inputs is None:
+        example_inputs = example_inputs_for(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs = example_inputs.to(device) if torch.is_tensor(example_inputs) else [x.to(device) for x in example_inputs]
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        reference = _outputs(model, inputs)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    small = fold_masks(model).eval()  # a deep copy; ``model`` keeps its masks
+    before = _widths(small)
+    graph = build_graph(small, inputs)
+    modules = dict(small.named_modules())
+    plans = [(parts, _dead_units(group, modules)) for group, parts in graph_groups(graph, small)]
+    with torch.no_grad():
+        for parts, dead in plans:  # dead units were read before any surgery: indices are original
+            if dead:
+                for part in parts:
+                    _prune_part(graph, part, dead)
+    heads = _remove_heads(small)
+    small.eval()
+    actual = _outputs(small, inputs)
+    scale = max([1.0] + [float(r.abs().max()) for r in reference])
+    diff = max(float((a.float() - r.float()).abs().max()) for a, r in zip(actual, reference, strict=True))
+    if diff > EXACT_TOLERANCE * scale:
+        raise RuntimeError(f"compact_model: compacted {type(model).__name__} differs from the masked model by "
+                           f"{diff:.3g} (> {EXACT_TOLERANCE} x {scale:.3g}); this is a bug in compress")
+    after = _widths(small)
+    units = [{"layer": name, "type": type(modules_type).__name__, "before": width, "after": after.get(name, width)}
+             for (name, width), modules_type in zip(before.items(), (dict(small.named_modules())[n] for n in before),
+                                                    strict=True)]
+    result = Compaction(small, units, 0)
+    result.heads_removed = heads
+    result.max_abs_diff = diff
+    return result
+
+
+def compact_model(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> nn.Module:
+    """A smaller plain model (no prune reparametrisation, eval mode) computing exactly what ``model``
+    computes in eval mode: every dead channel and head removed (module docstring). ``model`` may be
+    pruned or plain, any graph Torch-Pruning can trace; it is not modified. ``example_inputs``: a batch
+    the model accepts (default: guessed from the model, see ``compress.pruning.groups.example_inputs_for``)."""
+    if not isinstance(model, nn.Module):
+        raise UserError(f"compact_model needs an nn.Module, got {type(model).__name__}")
+    return compact_graph(model, example_inputs).module
