@@ -14,6 +14,7 @@ from compress.errors import UserError
 from compress.export.compact import Compaction
 from compress.export.compact import compact as run_compaction
 from compress.export.exporter import EXPORTER, to_onnx
+from compress.export.preprocess import Preprocess, add_metadata, embed_normalisation
 from compress.export.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
 from compress.export.verify import (
     ORT_TOLERANCE,
@@ -75,6 +76,9 @@ class ExportReport:
     sizes: dict[str, int]  # raw, gzip, sparse, bitmask
     sparse_max_abs_diff: float  # ORT(sparse-initializer file) vs ORT(dense file)
     compact: CompactReport | None = None
+    # the input recipe written into metadata_props (compress.export.preprocess); None: none given
+    preprocess: dict | None = None
+    embedded_max_abs_diff: float | None = None  # ORT(embedded graph on x * std + mean) vs torch(x)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -136,7 +140,8 @@ def _export_checked(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
 
 def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path,
                 example_input: torch.Tensor | None = None, *, opset: int = 17,
-                verify_inputs: torch.Tensor | None = None, compact: bool = False) -> ExportReport:
+                verify_inputs: torch.Tensor | None = None, compact: bool = False,
+                preprocess: Preprocess | None = None) -> ExportReport:
     """Export a (pruned) model to ``path`` and verify it; ``compact`` also writes ``<stem>.compact.onnx``.
 
     A wrapped model -- ``torch.compile``, ``DistributedDataParallel``, ``DataParallel``, an EMA
@@ -150,6 +155,11 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     parameter (``compress.export.verify``), and the sparse-initializer form giving the same outputs.
     A failed check raises ValueError naming it. ``example_input`` (a batch) fixes the traced shape;
     it defaults to two rows of ``verify_inputs`` or, for a ticket, to the ticket's input shape.
+
+    ``preprocess`` (``compress.export.preprocess.Preprocess``) is written into ``metadata_props`` of every
+    file; with ``preprocess.embedded`` the normalisation is also prepended to the graph, which then takes
+    ``pixel / 255``, checked again against torch on ``inputs * std + mean``. ``verify_inputs`` are always
+    normalised tensors, as the model was trained on.
     """
     path = Path(path)
     if path.is_dir():
@@ -188,7 +198,9 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     if compaction is not None:
         compact_report, compact_bytes = _compact_export(compaction, example, inputs, reference, opset, path,
                                                         before=(params, macs, dense["sizes"]["raw"]))
-    save_bytes(dense["bytes"], path)
+        compact_bytes, _ = finish_preprocess(compact_bytes, preprocess, inputs, reference, compact_report.path)
+    final_bytes, embedded_diff = finish_preprocess(dense["bytes"], preprocess, inputs, reference, path.name)
+    save_bytes(final_bytes, path)
     if compact_report is not None:
         save_bytes(compact_bytes, Path(compact_report.path))
     return ExportReport(
@@ -197,7 +209,28 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
         params=params, nonzero_params=count_params(folded, nonzero=True),
         macs=macs, nonzero_macs=nonzero_macs,
         zeros=dense["zeros"], sizes=dense["sizes"], sparse_max_abs_diff=dense["sparse_diff"],
-        compact=compact_report)
+        compact=compact_report, preprocess=preprocess.metadata() if preprocess is not None else None,
+        embedded_max_abs_diff=embedded_diff)
+
+
+def finish_preprocess(data: bytes, preprocess: Preprocess | None, inputs: torch.Tensor,
+                      reference: list[torch.Tensor], what: str) -> tuple[bytes, float | None]:
+    """The verified graph with its preprocessing recorded (and, when embedded, prepended and re-checked)."""
+    if preprocess is None:
+        return data, None
+    proto = onnx.load_from_string(data)
+    diff = None
+    if preprocess.embedded:
+        proto = embed_normalisation(proto, preprocess.mean, preprocess.std)
+        check_onnx(proto, f"{what} (embedded preprocessing)")
+        channels = len(preprocess.mean)
+        mean = torch.tensor(preprocess.mean).view(1, channels, 1, 1)
+        std = torch.tensor(preprocess.std).view(1, channels, 1, 1)
+        (outputs,) = ort_outputs(proto.SerializeToString(), [inputs * std + mean], f"{what} (embedded)")
+        diff = max_abs_diff(outputs, reference)
+        check_close(diff, f"{what} (embedded preprocessing)")
+    add_metadata(proto, preprocess)
+    return proto.SerializeToString(), diff
 
 
 def _compact_first(model: nn.Module) -> Compaction:

@@ -12,6 +12,7 @@ import torch.nn as nn
 from compress import paths
 from compress.errors import UserError
 from compress.export.onnx_export import compact_path, export_onnx
+from compress.export.preprocess import preprocess_from_data
 from compress.io import load_torch, save_json
 
 EXPORT_JSON = "export.json"
@@ -106,15 +107,44 @@ def _target(out: str | Path) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """``export.*`` of the recipe, overridden by export_run's arguments."""
+
+    preprocess: str = "metadata"
+    quantize: str = "none"
+    qat: str = "auto"
+    qat_tolerance: float = 0.005
+    qat_iterations: int = 300
+    calibration_size: int = 256
+
+
+def _settings(recipe, **given) -> _Settings:
+    base = _Settings()
+    if recipe is not None:
+        base = _Settings(**{f.name: getattr(recipe.export, f.name, getattr(base, f.name))
+                            for f in dataclasses.fields(_Settings)})
+    settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    from compress.recipe.schema import PREPROCESS_MODES, QAT_MODES, QUANTIZE_MODES
+
+    for key, allowed in (("preprocess", PREPROCESS_MODES), ("quantize", QUANTIZE_MODES), ("qat", QAT_MODES)):
+        if getattr(settings, key) not in allowed:
+            raise UserError(f"export.{key}: {getattr(settings, key)!r} is not one of {', '.join(allowed)}")
+    return settings
+
+
 def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path | None = None,
-               compact: bool = False, opset: int = 17) -> dict:
+               compact: bool = False, opset: int = 17, preprocess: str | None = None, quantize: str | None = None,
+               qat: str | None = None, accuracy: bool = True) -> dict:
     """Export a run's ticket (``ticket.pt``) or round ``round`` (final.pt + mask.pt) to ONNX, verified.
 
-    Writes ``ticket.onnx`` (+ ``ticket.compact.onnx`` with ``compact``) and ``export.json`` (the report)
-    into the run dir -- into ``round_NN/`` for a round -- or ``out`` (a file, or a folder to write
-    ``ticket.onnx`` in; the report goes next to it as ``<stem>.export.json``). Verification uses the
-    first test examples of the run's dataset (never downloaded here); when they cannot be loaded,
-    seeded random inputs, and ``inputs`` says why.
+    Writes ``ticket.onnx`` (+ ``ticket.compact.onnx`` with ``compact``, ``ticket.int8.onnx`` with
+    ``quantize``) and ``export.json`` (the report) into the run dir -- into ``round_NN/`` for a round --
+    or ``out`` (a file, or a folder to write ``ticket.onnx`` in; the report goes next to it as
+    ``<stem>.export.json``). Verification uses the first test examples of the run's dataset (never
+    downloaded here); when they cannot be loaded, seeded random inputs, and ``inputs`` says why.
+    ``preprocess`` / ``quantize`` / ``qat``: None = the run recipe's ``export.*`` (else the defaults).
+    ``accuracy``: also measure the torch and onnxruntime (raw images, as the metadata says) test accuracy.
     """
     from compress.ticket import read_ticket, ticket_model
 
@@ -132,6 +162,7 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
             listed = ", ".join(map(str, done)) or "none"
             raise UserError(f"{run_dir}: round {round} has no {paths.FINAL} + {paths.MASK} (finished rounds: {listed})")
     recipe, recipe_note = _load_recipe(run_dir)
+    settings = _settings(recipe, preprocess=preprocess, quantize=quantize, qat=qat)
 
     shape = None
     if ticket is not None:
@@ -150,8 +181,15 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
 
     target = _target(out) if out is not None else default_dir / paths.TICKET_ONNX
     report_path = target.with_name(f"{target.stem}.{EXPORT_JSON}") if out is not None else default_dir / EXPORT_JSON
+    pre = None
+    if data is not None:
+        pre = preprocess_from_data(recipe.data.name, data, shape, embedded=settings.preprocess == "embed",
+                                   resize_to=recipe.data.image_size)
+    elif settings.preprocess == "embed":
+        raise UserError(f"export.preprocess: embed needs the run's dataset for its mean / std ({data_note})")
     if inputs is not None:
-        report = export_onnx(model, target, inputs[:2], opset=opset, verify_inputs=inputs, compact=compact)
+        report = export_onnx(model, target, inputs[:2], opset=opset, verify_inputs=inputs, compact=compact,
+                             preprocess=pre)
         report_dict = report.to_dict()
         report_dict["inputs"] = f"{len(inputs)} test examples of {recipe.data.name}"
     else:
@@ -159,12 +197,40 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
         report = export_onnx(model, target, example, opset=opset, compact=compact)
         report_dict = report.to_dict()
         report_dict["inputs"] = f"{report.inputs} -- test data unavailable: {data_note}"
+        report_dict["preprocess_note"] = f"no preprocessing recorded: {data_note}"
     exported_round = round if round is not None else ticket["info"].get("round")
     result = {"run_dir": str(run_dir), "source": source, "round": exported_round, "report": str(report_path),
-              **report_dict}
+              "settings": dataclasses.asdict(settings), **report_dict}
     if compact:
         result["compact_path"] = str(compact_path(target))
+    if accuracy and data is not None:
+        result["accuracy"] = _accuracies(model, data, recipe, target, compact, ticket if round is None else None)
+    if settings.quantize != "none":
+        from compress.export.int8_export import export_int8
+
+        result["int8"] = export_int8(model, target, report, recipe, data, settings, opset, inputs,
+                                     fp32_accuracy=result.get("accuracy", {}).get("onnx_raw_images"))
     save_json(result, report_path)
+    return result
+
+
+def _accuracies(model: nn.Module, data, recipe, target: Path, compact: bool, ticket: dict | None) -> dict:
+    """Test accuracy of the torch model on the toolkit's normalised split and of the ONNX file(s) through
+    onnxruntime from the dataset's raw pixels, preprocessed as the file's metadata (or graph) says."""
+    from compress.export.accuracy import onnx_test_accuracy
+    from compress.pruning import fold_masks
+    from compress.training.evaluate import evaluate
+
+    _, torch_accuracy = evaluate(fold_masks(model).eval(), data.test)
+    result = {"test_examples": len(data.test), "torch_ticket": torch_accuracy,
+              "onnx_raw_images": onnx_test_accuracy(target, recipe)}
+    if ticket is not None and "test_accuracy" in ticket["info"]:
+        result["run_reported"] = ticket["info"]["test_accuracy"]  # the final weights ticket.pt holds
+        if "early_stop_test_accuracy" in ticket["info"]:
+            # what the summary prints: the same round at its early-stop iteration, not the weights exported
+            result["run_early_stop"] = ticket["info"]["early_stop_test_accuracy"]
+    if compact:
+        result["compact_onnx_raw_images"] = onnx_test_accuracy(compact_path(target), recipe)
     return result
 
 
@@ -196,6 +262,21 @@ def format_report(result: dict) -> str:
         if compact["kept_constant_units"]:
             lines.append(f"  kept {compact['kept_constant_units']} constant unit(s): constant channels into a "
                          "zero-padded conv cannot become a bias, so each layer's merge into one carrier")
+    pre = result.get("preprocess")
+    if pre:
+        lines.append(f"preprocessing ({pre['compress.preprocess']}): mean {pre['mean']} std {pre['std']}, "
+                     f"input {pre['input_range']}")
+    accuracy = result.get("accuracy")
+    if accuracy:
+        lines.append(f"test accuracy ({accuracy['test_examples']:,} examples): torch {accuracy['torch_ticket']:.2%}, "
+                     f"onnxruntime from raw images {accuracy['onnx_raw_images']:.2%}")
+    int8 = result.get("int8")
+    if int8:
+        lines.append(f"int8 ({int8['mode']}) -> {int8['path']}: pruned zeros kept in "
+                     f"{len(int8['zeros'])} parameters, zero points 0")
+        if "accuracy_int8" in int8:
+            lines.append(f"  accuracy fp32 {int8['accuracy_fp32']:.2%} | int8 {int8['accuracy_int8']:.2%}"
+                         + (" (after QAT)" if int8["qat"]["ran"] else ""))
     if "report" in result:
         lines.append(f"report: {result['report']}")
     return "\n".join(lines)

@@ -16,6 +16,9 @@ from compress.recipe.schema import (
     GRANULARITIES,
     METHODS,
     OPTIMIZERS,
+    PREPROCESS_MODES,
+    QAT_MODES,
+    QUANTIZE_MODES,
     SCHEDULES,
     SCOPES,
 )
@@ -58,6 +61,9 @@ RANGES: dict[str, Rule] = {
     "lottery.rewind_to": NON_NEGATIVE,
     "lottery.ticket_tolerance": TOLERANCE,
     "export.opset": OPSET,
+    "export.calibration_size": POSITIVE,
+    "export.qat_tolerance": TOLERANCE,
+    "export.qat_iterations": POSITIVE,
 }
 
 # The run folder is runs/<name>-<hash>: a name must not be a path (/abs, ../..) or a hidden file.
@@ -74,6 +80,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.scope": SCOPES,
     "prune.granularity": GRANULARITIES,
     "lottery.controls[]": CONTROLS,
+    "export.preprocess": PREPROCESS_MODES,
+    "export.quantize": QUANTIZE_MODES,
+    "export.qat": QAT_MODES,
 }
 
 # Shown by describe_schema next to ranges; enforced in validate (they need other keys' values).

@@ -116,6 +116,12 @@ class PruneConfig:
         default=(),
     )
     exclude: tuple[str, ...] = doc("older name of prune.keep; both lists are never pruned", default=())
+    channel_multiple: Any = doc(
+        "granularity channel: every pruned width (channels, hidden units, heads) a multiple of this int >= 1 "
+        "(the kept count rounded to the nearest multiple, never below it); 'auto' = onnxruntime's block on "
+        "this CPU: 16 with AVX-512, 8 with AVX2, else 1",
+        default=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -131,10 +137,16 @@ class LotteryConfig:
     )
     executor: str = doc(
         "where each round's control trainings run while the ticket chain goes on: inline (one process, in "
-        "order), local[:N] (N worker processes), ray[:N] (Ray tasks), or auto (inline: 2 local workers measured only "
-        "1.04x on 2 cores; auto:N = local:N for CPU runs with controls and 1000+ iterations); with the same torch threads per "
-        "training the results are identical bit for bit",
+        "order), local[:N] (N trainings at a time: this process's ticket chain plus N-1 worker processes; "
+        "controls wait for a free one), ray[:N] (Ray tasks), or auto (local:2 for CPU runs with controls, 2+ "
+        "cores and 1000+ iterations, inline otherwise); with the same torch threads per training the results "
+        "are identical bit for bit",
         default="auto", results=False)
+
+
+PREPROCESS_MODES = ("metadata", "embed")
+QUANTIZE_MODES = ("none", "int8", "int8-static", "int8-dynamic")
+QAT_MODES = ("auto", "off", "on")
 
 
 @dataclass(frozen=True)
@@ -144,6 +156,20 @@ class ExportConfig:
     compact: bool = doc("also export an exactly compacted model (dead units removed)", default=False,
                         results=False)
     opset: int = doc("ONNX opset version", default=17, results=False)
+    preprocess: str = doc(f"one of {', '.join(PREPROCESS_MODES)}: record the input normalisation (mean, std, "
+                          "shape, classes) in the ONNX metadata_props, or embed it in the graph, which then "
+                          "takes pixel / 255", default="metadata", results=False)
+    quantize: str = doc(f"one of {', '.join(QUANTIZE_MODES)}: also write an int8 ticket (onnxruntime "
+                        "quantization, symmetric per-channel weights); int8 = dynamic for Linear-only nets, "
+                        "static QDQ otherwise", default="none", results=False)
+    calibration_size: int = doc("training images that calibrate static int8 activations", default=256,
+                                results=False)
+    qat: str = doc(f"one of {', '.join(QAT_MODES)}: quantization-aware fine-tuning of the ticket before the "
+                   "int8 export; auto = only when post-training int8 loses more than qat_tolerance",
+                   default="auto", results=False)
+    qat_tolerance: float = doc("accuracy (a fraction; 0.005 = 0.5 points) post-training int8 may lose against "
+                               "fp32 before qat: auto fine-tunes", default=0.005, results=False)
+    qat_iterations: int = doc("fake-quant fine-tuning iterations (masks kept)", default=300, results=False)
 
 
 @dataclass(frozen=True)
