@@ -17,6 +17,9 @@ def run_recipe(recipe: Recipe, out: Path | None = None, progress: bool = True, w
     if recipe.export.onnx and distributed.is_main():
         run_dir = Path(summary["run_dir"])
         summary["export"] = _current_export(run_dir, recipe) or _export(run_dir, recipe)
+        from compress.export.sizes import report_sizes
+
+        report_sizes(run_dir, summary, recipe)  # ticket.cta + the report's size table (compression.json)
     return summary
 
 
@@ -39,6 +42,12 @@ def _current_export(run_dir: Path, recipe: Recipe) -> dict | None:
         return None
     if done.get("opset") != recipe.export.opset or bool(done.get("compact")) != recipe.export.compact:
         return None
+    # an export from before preprocessing metadata / int8 existed has no "settings": redo it
+    settings = done.get("settings")
+    if not isinstance(settings, dict) or any(settings.get(key) != getattr(recipe.export, key)
+                                             for key in ("preprocess", "quantize", "qat", "qat_tolerance",
+                                                         "qat_iterations", "calibration_size")):
+        return None
     return done
 
 
@@ -60,4 +69,8 @@ def format_summary(summary: dict) -> str:
     if export:
         lines.append(f"onnx:    {export['path']} (verified with onnxruntime, max |ORT - torch| "
                      f"{export['max_abs_diff']:.2g})")
+        accuracy = export.get("accuracy") or {}
+        if accuracy.get("onnx_raw_images") is not None:  # the exported (final) weights, from raw images
+            lines.append(f"         test accuracy {accuracy['onnx_raw_images'] * 100:.2f}% through onnxruntime "
+                         f"from the raw images (torch, same weights: {accuracy['torch_ticket'] * 100:.2f}%)")
     return "\n".join(lines)

@@ -118,6 +118,19 @@ def _layer_table(run_dir: Path, rounds: list[dict]) -> list[str]:
     return lines
 
 
+def _compression_section(run_dir: Path) -> list[str]:
+    """The exported ticket's size table (``compress.export.sizes``), once the export has measured it."""
+    from compress.export.sizes import cached_run_sizes, size_table_markdown
+
+    rows = cached_run_sizes(run_dir)
+    if not rows:
+        return []
+    return ["## Shipping the ticket: compressed size", "",
+            "Bytes of the exported ticket; ratios against the dense fp32 ONNX. The artifacts (`ticket.cta`, the "
+            "int8 one beside it) restore the ONNX file bit-exact: `python tools/pack_ticket.py --unpack ticket.cta`.",
+            "", size_table_markdown(rows), ""]
+
+
 def write_report(run_dir: Path, summary: dict, recipe) -> None:
     run_dir = Path(run_dir)
     rounds = summary["rounds"]
@@ -153,5 +166,6 @@ def write_report(run_dir: Path, summary: dict, recipe) -> None:
         "",
         *_layer_table(run_dir, rounds),
         "",
+        *_compression_section(run_dir),
     ]
     save_text("\n".join(lines), run_dir / paths.REPORT)
