@@ -22,10 +22,11 @@ def main() -> int:
     parser.add_argument("--help-recipe", action="store_true", help="list every recipe key with its help text")
     parser.add_argument("--executor", choices=("auto", "inline", "local", "ray"),
                         help="where each round's controls train while the ticket chain goes on (default: the "
-                             "recipe's lottery.executor; auto: inline, as 2 local workers measured ~1.04x on 2 cores); "
-                             "with the same torch "
-                             "threads per training (COMPRESS_THREADS) results are identical bit for bit")
-    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (local) or Ray tasks at a time")
+                             "recipe's lottery.executor; auto: local:2 on a CPU with 2+ cores, controls and 1000+ "
+                             "iterations, else inline); with the same torch threads per training (COMPRESS_THREADS) "
+                             "results are identical bit for bit")
+    parser.add_argument("--workers", type=int, metavar="N", help="trainings at a time (local: this process, which "
+                        "trains the ticket chain, plus N-1 worker processes) or Ray tasks at a time")
     parser.add_argument("--address", help="with --executor ray: an existing Ray cluster (default: RAY_ADDRESS, "
                         "else a local Ray of --workers CPUs)")
     args = parser.parse_args()

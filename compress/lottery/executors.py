@@ -16,7 +16,8 @@ looked up by name in ``EXECUTORS`` (a ``compress.registry.Registry``):
 * ``inline``: runs the call at once, in this process (``submit`` returns a finished future): today's order.
 * ``local``: a spawn-context process pool of ``workers`` processes, each with ``cores // workers`` torch
   threads (``COMPRESS_THREADS`` wins). A worker rebuilds data and model from the recipe (once per worker)
-  and dies with its parent, so a killed run leaves no training behind.
+  and dies with its parent, so a killed run leaves no training behind. A lottery run with ``local:N``
+  opens N - 1 of them: its own process, training the ticket chain, is the N-th (``compress.lottery.schedule``).
 * ``ray``: Ray tasks; ``ray.init(num_cpus=workers)`` when Ray is not started yet and no address is given
   (``RAY_ADDRESS`` or ``address=``: an existing cluster, whose workers must see the run dir and the data).
 
@@ -48,9 +49,8 @@ __all__ = ["EXECUTORS", "Executor", "ExecutorSpec", "TrainingJob", "choose_execu
            "open_executor", "parse_executor", "run_job", "threads_per_worker", "warm_up"]
 
 AUTO_WORKERS = 2
-# ``auto`` goes parallel only from this many iterations per training: below it the workers' start-up (spawn,
-# import torch, load the data: seconds) outweighs the gain (benchmarks/results/parallel_run.md: 0.80x at 300
-# iterations, 1.23x at 2,000 for LeNet-300-100 on 2 cores)
+# ``auto`` goes parallel only from this many iterations per training: below it the worker's start-up (spawn,
+# import torch, load the data: seconds) outweighs the gain (benchmarks/results/parallel_run.md)
 AUTO_MIN_ITERATIONS = 1000
 _SPEC = re.compile(r"^(?P<name>[a-z_]+)(?::(?P<workers>\d+))?$")
 
@@ -245,11 +245,13 @@ def parse_executor(text: str) -> tuple[str, int | None]:
 
 def choose_executor(text: str, *, has_parallel_work: bool, device: torch.device | str = "cpu",
                     distributed_active: bool = False, iterations: int | None = None) -> ExecutorSpec:
-    """Resolve ``lottery.executor``. ``auto``: ``inline``, because on the 2-core machines measured the local
-    pool gained only 1.04x at the default budget (benchmarks/results/parallel_run.md) and its 1-thread
-    workers round differently from a 2-thread inline run; ``auto:N`` asks for N local workers where the
-    run has controls, trains on the CPU, has 2+ cores and ``iterations`` >= ``AUTO_MIN_ITERATIONS``.
-    Under torchrun: always ``inline``."""
+    """Resolve ``lottery.executor``. ``auto`` (``auto:N``: N workers, default ``AUTO_WORKERS`` capped at the
+    cores) picks ``local`` where it pays: the run has controls, trains on the CPU, the machine has 2+ cores
+    and ``iterations`` >= ``AUTO_MIN_ITERATIONS`` (below it the worker's start-up outweighs the gain);
+    ``inline`` otherwise. With ``local:N`` at most N trainings run at once, the main process's ticket chain
+    being one of them (``compress.lottery.schedule``): benchmarks/results/parallel_run.md. Each training then
+    has ``cores // N`` torch threads, so its numbers can differ in the last bits from a run with another
+    thread count (``COMPRESS_THREADS`` pins it). Under torchrun: always ``inline``."""
     name, workers = parse_executor(text)
     if distributed_active:
         if name not in ("auto", "inline"):
@@ -257,12 +259,11 @@ def choose_executor(text: str, *, has_parallel_work: bool, device: torch.device 
                   file=sys.stderr)
         return ExecutorSpec("inline", 1)
     if name == "auto":
-        if workers is None:
-            return ExecutorSpec("inline", 1)
+        cores = os.cpu_count() or 1
         cpu = torch.device(device).type == "cpu"
         long_enough = iterations is None or iterations >= AUTO_MIN_ITERATIONS
-        if has_parallel_work and cpu and long_enough and (os.cpu_count() or 1) >= 2:
-            return ExecutorSpec("local", workers)
+        if has_parallel_work and cpu and long_enough and cores >= 2:
+            return ExecutorSpec("local", workers or min(AUTO_WORKERS, cores))
         return ExecutorSpec("inline", 1)
     if name == "inline":
         return ExecutorSpec("inline", 1)

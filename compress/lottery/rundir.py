@@ -29,7 +29,10 @@ IDENTITY = "identity.json"
 # names a run dir holds, at its top, in round_NN/ and in round_NN/<control>/ (the atomic writes' targets)
 _WRITTEN = {paths.RECIPE, paths.SUMMARY, paths.REPORT, paths.TICKET, paths.TICKET_ONNX, paths.REWIND,
             paths.INIT, paths.MASK, paths.METRICS, paths.SPARSITY, paths.FINAL, paths.CHECKPOINT,
-            paths.RESULT, IDENTITY, "export.json", "accuracy.png", "early_stop.png", "ticket.compact.onnx"}
+            paths.RESULT, IDENTITY, "export.json", "accuracy.png", "early_stop.png", "ticket.compact.onnx",
+            # the export's int8 / QAT files and the compressed artifacts with their size table
+            "ticket.int8.onnx", "ticket.qat.onnx", "ticket.int8-dynamic.onnx", "ticket.cta", "ticket.int8.cta",
+            "ticket.int8-dynamic.cta", "compression.json"}
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{6,}\.tmp$")
 _ROUND = re.compile(r"^round_\d{2,}$")
 

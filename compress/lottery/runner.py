@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -26,9 +26,9 @@ from compress.lottery.executors import (
     choose_executor,
     local_context,
     open_executor,
-    raise_failed,
     run_job,
     threads_for,
+    threads_per_worker,
     warm_up,
 )
 from compress.lottery.experiment import run_experiment
@@ -40,10 +40,12 @@ from compress.lottery.rundir import (
     prepare_run_dir,
     remove_stale_temp_files,
 )
+from compress.lottery.schedule import run_rounds
 from compress.lottery.search import LotterySearch
 from compress.lottery.summary import build_summary, choose_ticket, read_summary, result_fields, round_line
 from compress.models import build_model
 from compress.pruning import load_plain_state_dict, plain_state_dict
+from compress.pruning.structured import resolve_multiple
 from compress.recipe import Recipe, recipe_to_dict, results_hash
 from compress.runtime import resolve_device, seed_everything, set_threads
 from compress.ticket import save_ticket
@@ -94,6 +96,8 @@ class LotteryRun:
                             f"{self.data.num_classes} classes (labels 0..{self.data.num_classes - 1}); "
                             "set it to null to take the dataset's")
         self.identity = {"recipe": results_hash(recipe), "data": self.data.identity_hash}
+        if recipe.prune.channel_multiple == "auto":  # 'auto' differs by CPU: a resume elsewhere must not mix widths
+            self.identity["channel_multiple"] = resolve_multiple("auto")
         self.search = LotterySearch(self.make_model(recipe.seed), recipe, where)
         if progress and distributed.is_main():  # what will be pruned, and what not, before hours of training
             from compress.lottery.dry_run import format_plan
@@ -286,59 +290,45 @@ class LotteryRun:
 
     # -- the whole run --------------------------------------------------------------------------
     def open_executor(self) -> Executor:
+        """The executor of the controls; for ``local:N`` (N >= 2) this process is one of the N workers."""
         spec = self.executor_spec
+        if spec.name == "local" and spec.workers >= 2:
+            return open_executor("local", spec.workers - 1, threads=threads_per_worker(spec.workers))
         return open_executor(spec.name, spec.workers, address=self.address)
 
     def run(self) -> dict:
-        """The ticket chain here, in order; each round's controls on the executor as soon as they can start.
+        """The ticket chain here, in order; the controls in the executor's free slots (``schedule``).
 
         A round counts as finished (summary written, line printed) once its ticket and controls are, in
         round order: the summary and report are those of the sequential run.
         """
-        rounds: list[dict] = []
         total = self.search.rounds + 1
         main = distributed.is_main()
         bar = tqdm(total=total, desc=self.recipe.name, disable=not self.progress or not main, unit="round")
         state = {"summary": {}}
-        started: list[tuple[dict, dict[str, Future], bool]] = []
+        done: list[dict] = []
 
-        warming: list[Future] = []
+        def round_done(entry: dict, finished_before: bool) -> None:
+            done.append(entry)
+            # a rerun of finished rounds writes nothing until the end (and nothing at all if nothing changed)
+            if main and (not finished_before or len(done) == total):
+                state["summary"] = self.write_summary(done)
+                tqdm.write(round_line(entry))
+            bar.set_postfix(remaining=f"{entry['weights_remaining']:.3f}", refresh=False)
+            bar.update(1)
 
-        def finish() -> None:
-            """Record the rounds, in order, whose trainings are all done."""
-            raise_failed([*warming, *(future for _, controls, _ in started[len(rounds):] for future in controls.values())])
-            while len(rounds) < len(started):
-                entry, controls, finished_before = started[len(rounds)]
-                if not all(future.done() for future in controls.values()):
-                    return
-                if controls:
-                    entry["controls"] = {name: result_fields(controls[name].result()) for name in controls}
-                rounds.append(entry)
-                # a rerun of finished rounds writes nothing until the end (and nothing at all if nothing changed)
-                if main and (not finished_before or len(rounds) == total):
-                    state["summary"] = self.write_summary(rounds)
-                    tqdm.write(round_line(entry))
-                bar.set_postfix(remaining=f"{entry['weights_remaining']:.3f}", refresh=False)
-                bar.update(1)
+        def warm() -> list[Future]:
+            if executor.inline or all(self._finished(r) for r in range(1, total)):
+                return []  # a finished run starts no worker
+            # the workers start (import torch, load the data) while round 0's ticket trains
+            return [executor.submit(warm_up, self._recipe_dict) for _ in range(executor.workers)]
 
         executor = self.open_executor()
         failed = True
         try:
             with local_context(self._recipe_dict, self.recipe, self.data, self.device, self.make_model), \
                     threads_for(executor):
-                if not executor.inline and not all(self._finished(r) for r in range(1, total)):
-                    # the workers start (import torch, load the data) while round 0's ticket trains; a
-                    # finished run starts none
-                    warming = [executor.submit(warm_up, self._recipe_dict) for _ in range(executor.workers)]
-                for round_index in range(total):
-                    finished_before = self._finished(round_index)
-                    entry, controls = self.start_round(round_index, executor)
-                    started.append((entry, controls, finished_before))
-                    finish()
-                while len(rounds) < total:
-                    pending = [f for _, controls, _ in started[len(rounds):] for f in controls.values()]
-                    wait(pending, return_when=FIRST_COMPLETED)
-                    finish()
+                rounds = run_rounds(self, executor, executor.workers, round_done, warm)
             failed = False
         finally:
             executor.close(cancel=failed)

@@ -58,6 +58,8 @@ def build_summary(recipe, rounds: list[dict]) -> dict:
             "ticket": {"round": chosen["round"], "weights_remaining": chosen["weights_remaining"],
                        "early_stop_test_accuracy": chosen["early_stop_test_accuracy"],
                        "early_stop_val_accuracy": chosen.get("early_stop_val_accuracy"),
+                       # the weights ticket.pt and the ONNX export hold are the round's final ones
+                       "test_accuracy": chosen.get("test_accuracy"),
                        "rule": ticket_rule(tolerance, selection_key(rounds))}}
 
 

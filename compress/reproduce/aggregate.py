@@ -52,16 +52,22 @@ def _source(entry: dict, kind: str) -> dict | None:
     return entry.get("controls", {}).get(kind)
 
 
-def _kind_stats(entries: list[dict]) -> dict:
+def _kind_stats(entries: list[dict], budget: int | None = None) -> dict:
     accuracy = stats([e["early_stop_test_accuracy"] for e in entries])
     row = {"mean": accuracy["mean"], "std": accuracy["std"], "values": accuracy["values"]}
     for key in METRICS[1:]:
         row[key] = stats([float(e[key]) for e in entries])
+    if budget is not None:
+        # stopped at the last evaluation: the lowest validation loss may lie beyond the budget (censored)
+        row["censored"] = sum(int(e["early_stop_iteration"]) >= budget for e in entries)
     return row
 
 
-def aggregate_rounds(summaries: list[dict], seeds: list[int] | None = None) -> list[dict]:
-    """Per round: the stats of each kind over the seeds that finished that round (``seeds`` says which)."""
+def aggregate_rounds(summaries: list[dict], seeds: list[int] | None = None, budget: int | None = None) -> list[dict]:
+    """Per round: the stats of each kind over the seeds that finished that round (``seeds`` says which).
+
+    ``budget``: the iterations per training; each kind then counts its ``censored`` seeds (early stop at
+    the budget's end)."""
     seeds = list(range(len(summaries))) if seeds is None else seeds
     rounds = []
     for index in range(max((len(s["rounds"]) for s in summaries), default=0)):
@@ -72,7 +78,7 @@ def aggregate_rounds(summaries: list[dict], seeds: list[int] | None = None) -> l
         for kind in KINDS:
             sources = [_source(e, kind) for e in entries]
             if all(source is not None for source in sources):
-                row[kind] = _kind_stats(sources)
+                row[kind] = _kind_stats(sources, budget)
         rounds.append(row)
     return rounds
 
@@ -138,12 +144,13 @@ def aggregate_experiment(experiment: Experiment, runs_root: Path) -> dict:
     """The machine-readable result of one experiment (written as ``<experiment>.json``)."""
     summaries = load_summaries(runs_root, experiment)
     seeds = sorted(summaries)
-    rounds = aggregate_rounds([summaries[seed] for seed in seeds], seeds)
+    budget = experiment.iterations()
+    rounds = aggregate_rounds([summaries[seed] for seed in seeds], seeds, budget)
     wall = {str(seed): _wall_s(summaries[seed]) for seed in seeds}
     return {
         "experiment": experiment.name, "title": experiment.title, "recipe": f"recipes/{experiment.recipe}",
         "overrides": list(experiment.overrides), "budget": experiment.budget, "paper": experiment.paper,
-        "seeds": seeds, "seeds_planned": list(experiment.seeds),
+        "seeds": seeds, "seeds_planned": list(experiment.seeds), "iterations": budget,
         "rounds_complete": min((len(summaries[seed]["rounds"]) for seed in seeds), default=0),
         "rounds_per_seed": {str(seed): len(summaries[seed]["rounds"]) for seed in seeds},
         "training_wall_s_per_seed": wall,

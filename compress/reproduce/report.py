@@ -17,12 +17,15 @@ import matplotlib.ticker
 from matplotlib.figure import Figure
 
 from compress import paths
-from compress.io import save_bytes, save_json, save_text
+from compress.io import load_json, save_bytes, save_json, save_text
 from compress.reproduce.aggregate import KINDS, aggregate_experiment
 from compress.reproduce.suite import Experiment, invocations, run_dir
 
-DEFAULT_OUT = {"full": Path("benchmarks/results/reproduction"), "smoke": Path("runs/reproduction-smoke/results")}
+DEFAULT_OUT = {"full": Path("benchmarks/results/reproduction"), "long": Path("benchmarks/results/reproduction/long"),
+               "smoke": Path("runs/reproduction-smoke/results")}
 DISCUSSION = "discussion.md"
+# how each suite is meant to be run (the long one: one process, seeds round by round, for a deadline)
+COMMAND_FLAGS = {"long": "--jobs 1 --interleave"}
 STYLE = {"dense": ("black", None), "ticket": ("tab:blue", "o"), "reinit": ("tab:orange", "s"),
          "random_prune": ("tab:green", "^")}
 
@@ -92,8 +95,21 @@ def accuracy_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _stop(stat: dict) -> str:
+    """Early-stop iteration, mean ± std, with how many seeds stopped at the budget's end (censored)."""
+    text = _it(stat.get("early_stop_iteration"))
+    censored = stat.get("censored")
+    if censored:
+        text += f" [c {censored}/{len(stat['values'])}]"
+    return text
+
+
+CENSORED_NOTE = ("[c k/n]: k of the n seeds stopped at the last evaluation, the budget's end: censored, their "
+                 "lowest validation loss may lie later")
+
+
 def detail_table(result: dict) -> str:
-    """Early-stop iteration and end-of-training test accuracy, per kind."""
+    """Early-stop iteration (censored seeds flagged) and end-of-training test accuracy, per kind."""
     rounds = result["rounds"]
     kinds = [k for k in _present(rounds) if k != "dense"]
     header = ["round", "% remaining", *[f"early stop it. {k}" for k in kinds],
@@ -101,7 +117,7 @@ def detail_table(result: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rounds:
         cells = [str(row["round"]), f"{row['weights_remaining'] * 100:.1f}"]
-        cells += [_it(_stat_of(row, k).get("early_stop_iteration")) for k in kinds]
+        cells += [_stop(_stat_of(row, k)) for k in kinds]
         cells += [_pm(_stat_of(row, k).get("test_accuracy")) for k in kinds]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -173,6 +189,8 @@ def plot_experiment(result: dict, out: Path) -> list[str]:
     if "dense" in rounds[0]:
         axis.axhline(rounds[0]["dense"]["early_stop_iteration"]["mean"], color="black", linestyle=":",
                      label="dense")
+    if result.get("iterations"):
+        axis.axhline(result["iterations"], color="grey", linestyle="--", linewidth=0.8, label="budget (censored)")
     _axis_style(axis, "early-stop iteration (lowest validation loss)", rounds)
     axis.set_title(result["title"], fontsize=10)
     names.append(f"{result['experiment']}_early_stop.png")
@@ -215,7 +233,9 @@ def _experiment_section(experiment: Experiment, result: dict, plots: list[str], 
              f"- machine-readable: [`{result['experiment']}.json`]({result['experiment']}.json)",
              *_headline(result), "",
              "Early-stop test accuracy (%), mean ± sample std over seeds; the gap is paired by seed:", "",
-             accuracy_table(result), "", "Early-stop iteration and end-of-training test accuracy (%):", "",
+             accuracy_table(result), "",
+             f"Early-stop iteration (budget {result.get('iterations') or '?'} per training; {CENSORED_NOTE}) and "
+             "end-of-training test accuracy (%):", "",
              detail_table(result), ""]
     parts += [f"![{name}]({name})" for name in plots]
     walls = ", ".join(f"seed {seed}: {wall / 60:.1f} min" for seed, wall in result["training_wall_s_per_seed"].items())
@@ -230,9 +250,34 @@ def _invocation_lines(runs_root: Path) -> list[str]:
     lines = []
     for record in invocations(runs_root):
         runs = ", ".join(f"{r['experiment']}/seed{r['seed']} {r['wall_s'] / 60:.1f} min" for r in record["runs"])
+        extra = f", runs' controls on {record['run_executor']}" if "run_executor" in record else ""
+        if record.get("load_average_start"):
+            extra += (f", load average {'/'.join(map(str, record['load_average_start']))} at the start, "
+                      f"{'/'.join(map(str, record['load_average_end'] or []))} at the end")
         lines.append(f"- `{' '.join(record['argv'])}` — jobs {record['jobs']}, {record['threads_per_job']} "
-                     f"thread(s) per job, wall {record['wall_s'] / 60:.1f} min ({runs})")
+                     f"thread(s) per job{extra}, wall {record['wall_s'] / 60:.1f} min ({runs})")
     return lines or ["- (no invocation recorded yet)"]
+
+
+def _machine_line(info: dict) -> str:
+    return (f"CPU: {info['cpu']}, {info['cores']} cores available; torch {info['torch']}, "
+            f"Python {info['python']}; {info['platform']}")
+
+
+def _machine_of_runs(out: Path, name: str, seeds: list[int], runs_root: Path) -> dict | None:
+    """The machine recorded with this experiment's results, kept while its runs are unchanged.
+
+    Regenerating the tables on another machine (after adding an experiment, say) must not relabel runs
+    that were trained elsewhere: the summaries copied beside the results tell whether the runs changed."""
+    try:
+        recorded = load_json(out / f"{name}.json").get("machine")
+        for seed in seeds:
+            copy = out / "summaries" / f"{name}-seed{seed}.json"
+            if load_json(copy) != load_json(run_dir(runs_root, name, seed) / paths.SUMMARY):
+                return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) and "cpu" in recorded else None
 
 
 def write_results(experiments: list[Experiment], runs_root: Path, out: Path, suite_name: str) -> Path:
@@ -241,13 +286,15 @@ def write_results(experiments: list[Experiment], runs_root: Path, out: Path, sui
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
     sections = []
+    machines: dict[str, list[str]] = {}
     for experiment in experiments:
         result = aggregate_experiment(experiment, runs_root)
         if not result["seeds"]:
             sections.append(f"### {experiment.title}\n\nNot run yet (no summary under "
                             f"`{run_dir(runs_root, experiment.name, experiment.seeds[0]).parent}`).\n")
             continue
-        result["machine"] = info
+        result["machine"] = _machine_of_runs(out, experiment.name, result["seeds"], runs_root) or info
+        machines.setdefault(_machine_line(result["machine"]), []).append(experiment.name)
         save_json(result, out / f"{experiment.name}.json")
         for seed in result["seeds"]:
             # The raw per-seed summaries travel with the results so the aggregate can be re-checked.
@@ -261,9 +308,9 @@ def write_results(experiments: list[Experiment], runs_root: Path, out: Path, sui
             "Generated by `python tools/reproduce.py` from the run dirs' `summary.json`: do not edit by hand "
             f"(hand-written text lives in `{DISCUSSION}` and is copied in below).", "",
             "## Machine", "",
-            f"- CPU: {info['cpu']}, {info['cores']} cores available; torch {info['torch']}, "
-            f"Python {info['python']}; {info['platform']}", "",
-            "## Commands and wall times", "", f"- `python tools/reproduce.py --suite {suite_name} --jobs 2` "
+            *([f"- {line} (ran {', '.join(names)})" for line, names in machines.items()]
+              or [f"- {_machine_line(info)}"]), "",
+            "## Commands and wall times", "", f"- `python tools/reproduce.py --suite {suite_name} {COMMAND_FLAGS.get(suite_name, '--jobs 2')}` "
             "(reruns resume: finished rounds are skipped)", *_invocation_lines(runs_root), ""]
     if discussion.exists():
         text += ["## Comparison with the paper", "", discussion.read_text().strip(), ""]

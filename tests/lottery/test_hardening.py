@@ -290,3 +290,18 @@ def test_importing_and_reporting_leaves_the_matplotlib_backend_alone(tmp_path):
         **os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert result.stdout.strip() == "svg", result.stderr
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_refuses_rounds_aligned_for_another_cpu(tmp_path, monkeypatch):
+    """channel_multiple 'auto' resolves per CPU (16 / 8 / 1): a run resumed on another machine must not mix widths."""
+    recipe = recipe_from_dict(tiny_recipe(**{**SMALL, "lottery": {"rounds": 1, "controls": []}},
+                                          prune={"channel_multiple": "auto"}))
+    run_dir = tmp_path / "run"
+    find_ticket(recipe, run_dir, progress=False)
+    (paths.round_dir(run_dir, 1) / paths.RESULT).unlink()
+    from compress.lottery import runner
+
+    here = runner.resolve_multiple("auto")
+    monkeypatch.setattr(runner, "resolve_multiple", lambda value: 24 if here != 24 else 8)
+    with pytest.raises(UserError, match="different channel_multiple"):
+        find_ticket(recipe, run_dir, progress=False)

@@ -1,0 +1,59 @@
+"""Seeds interleaved round by round give the run dirs of seeds run one after the other, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from compress import paths
+from compress.errors import UserError
+from compress.reproduce import run_suite, suite
+
+
+def _without_wall(value):
+    if isinstance(value, dict):
+        return {k: _without_wall(v) for k, v in value.items() if k not in ("wall_s", "run_dir")}
+    if isinstance(value, list):
+        return [_without_wall(v) for v in value]
+    return value
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before, env = torch.get_num_threads(), os.environ.get("COMPRESS_THREADS")
+    os.environ["COMPRESS_THREADS"] = "1"
+    yield
+    torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("COMPRESS_THREADS", None)
+    else:
+        os.environ["COMPRESS_THREADS"] = env
+
+
+def test_interleaved_seeds_match_sequential_seeds(tmp_path):
+    experiments = suite("smoke")
+    record = run_suite(experiments, tmp_path / "interleaved", jobs=1, interleave=True)
+    run_suite(experiments, tmp_path / "sequential", jobs=1)
+    assert sorted(r["seed"] for r in record["runs"]) == [0, 1]
+    for seed in (0, 1):
+        ours = tmp_path / "interleaved" / "smoke_lenet300" / f"seed{seed}"
+        theirs = tmp_path / "sequential" / "smoke_lenet300" / f"seed{seed}"
+        assert _without_wall(json.loads((ours / paths.SUMMARY).read_text())) == \
+            _without_wall(json.loads((theirs / paths.SUMMARY).read_text()))
+        for name in (paths.FINAL,):
+            for folder in ("round_02", "round_02/reinit"):
+                left = torch.load(ours / folder / name, weights_only=True)
+                right = torch.load(theirs / folder / name, weights_only=True)
+                assert all(torch.equal(left[k], right[k]) for k in left), f"{folder} differs"
+    # a rerun of the finished suite retrains nothing
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "interleaved").rglob("result.json")}
+    run_suite(experiments, tmp_path / "interleaved", jobs=1, interleave=True)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "interleaved").rglob("result.json")} == before
+
+
+def test_interleave_needs_one_job(tmp_path):
+    with pytest.raises(UserError, match="--jobs must be 1"):
+        run_suite(suite("smoke"), tmp_path, jobs=2, interleave=True)
