@@ -90,8 +90,7 @@ def test_structured_masks_compact_exactly_and_export(case):
         assert heads and all(h == 1 for h in heads), "3 heads -> round(1.5) = 2 pruned, 1 left"
 
 
-@pytest.mark.parametrize("case", ["timm/resnet18", "timm/mobilenetv3_small_100", "timm/vit_tiny_patch16_224",
-                                  "resnet20"])
+@pytest.mark.parametrize("case", [f"timm/{name}" for name in TIMM] + ["resnet20"])
 def test_random_control_masks_are_structured_with_the_same_widths(case):
     model, x = build(case)
     groups = find_groups(model, x)
