@@ -18,13 +18,6 @@ STUCK = 0.85
 _NCHWC = "NCHWc"
 
 
-def cpu_flags() -> list[str]:
-    """Vector extensions of this CPU (avx*, fma, amx*; VNNI as avx512_vnni / avx_vnni)."""
-    from compress.runtime import cpu_flags as flags
-
-    return sorted(f for f in flags() if f.startswith(("avx", "fma", "amx")))
-
-
 def ort_profile(path: Path, x: np.ndarray, threads: int) -> dict:
     """Per op (``Conv [NCHWc]`` = onnxruntime's blocked-layout kernel, ``Conv`` = its im2col/GEMM path):
     ms per run and node count, over ``PROFILE_RUNS`` runs after one warm-up, from ``enable_profiling``."""

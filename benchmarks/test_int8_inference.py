@@ -20,10 +20,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from structured_cases import ALIGNED, AMOUNTS, Ticket, build
 
 from compress.bench import magnitude_ticket
 from compress.bench.backends import ort_session
-from compress.bench.report import cpu_model, machine_info
+from compress.bench.report import cpu_model, machine_info, vector_extensions
 from compress.bench.timing import load_average, measure_interleaved
 from compress.export import export_onnx, quantize_onnx
 from compress.export.quantize import choose_mode
@@ -39,20 +40,12 @@ CASES = [  # (model, weights remaining, input shape, create_model kwargs)
     ("conv4", 0.10, (3, 32, 32), {}),
     ("timm/resnet18", 0.10, (3, 32, 32), {"in_channels": 3}),
 ]
+# compacted structured tickets (benchmarks/structured_cases.py: aligned widths) at STRUCTURED_SIDE^2 inputs
+STRUCTURED = [("timm/resnet18", 0.5), ("timm/mobilenetv3_small_100", 0.5)]
+STRUCTURED_SIDE = 64
 VARIANTS = ("dense_fp32", "ticket_fp32", "ticket_int8_dynamic", "ticket_int8_static")
 _RECORDS: list[dict] = []
 _STATE: dict = {}
-
-
-def cpu_flags() -> list[str]:
-    """Vector extensions of this CPU (avx*, fma, amx*, and VNNI under its avx512_vnni / avx_vnni names)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "fma", "amx")))
-    except OSError:
-        pass
-    return []
 
 
 @pytest.fixture(scope="module")
@@ -68,23 +61,41 @@ def files(tmp_path_factory) -> dict:
         example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
         torch.manual_seed(0)
         dense = create_model(name, num_classes=10, **kwargs).eval()
-        export_onnx(dense, folder / "dense.onnx", example)
         torch.manual_seed(0)
         ticket = magnitude_ticket(create_model(name, num_classes=10, **kwargs), remaining)
-        export_onnx(ticket, folder / "ticket.onnx", example)
-        calibration = torch.randn(128, *shape, generator=torch.Generator().manual_seed(1)).numpy()
-        quantize_onnx(folder / "ticket.onnx", folder / "dynamic.onnx", mode="int8-dynamic")
-        quantize_onnx(folder / "ticket.onnx", folder / "static.onnx", mode="int8-static", calibration=calibration)
-        auto, rule = choose_mode(onnx.load(str(folder / "ticket.onnx")), "int8")
-        paths = {"dense_fp32": folder / "dense.onnx", "ticket_fp32": folder / "ticket.onnx",
-                 "ticket_int8_dynamic": folder / "dynamic.onnx", "ticket_int8_static": folder / "static.onnx"}
-        built[name] = {"paths": paths, "remaining": remaining, "shape": shape, "auto": auto, "rule": rule,
-                       "sizes": {k: p.stat().st_size for k, p in paths.items()}}
+        built[name] = _files(folder, dense, ticket, example, shape, remaining)
+    for model, target in STRUCTURED:  # compacted structured tickets: smaller dense graphs, aligned widths
+        case = Ticket(model, AMOUNTS[(model, target)][0], ALIGNED, target)
+        dense, compacted, facts = build(case, STRUCTURED_SIDE)
+        shape = (3, STRUCTURED_SIDE, STRUCTURED_SIDE)
+        example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+        built[structured_name(model, target)] = _files(root / structured_name(model, target).replace("/", "_"),
+                                                      dense, compacted, example, shape,
+                                                      facts["macs_remaining"])
     return built
 
 
+def structured_name(model: str, target: float) -> str:
+    return f"{model} structured ~{target:.0%} MACs aligned"
+
+
+def _files(folder: Path, dense: torch.nn.Module, ticket: torch.nn.Module, example: torch.Tensor,
+           shape: tuple, remaining: float) -> dict:
+    """The dense and ticket fp32 exports and the ticket's two int8 exports, with sizes and the auto choice."""
+    export_onnx(dense, folder / "dense.onnx", example)
+    export_onnx(ticket, folder / "ticket.onnx", example)
+    calibration = torch.randn(128, *shape, generator=torch.Generator().manual_seed(1)).numpy()
+    quantize_onnx(folder / "ticket.onnx", folder / "dynamic.onnx", mode="int8-dynamic")
+    quantize_onnx(folder / "ticket.onnx", folder / "static.onnx", mode="int8-static", calibration=calibration)
+    auto, rule = choose_mode(onnx.load(str(folder / "ticket.onnx")), "int8")
+    paths = {"dense_fp32": folder / "dense.onnx", "ticket_fp32": folder / "ticket.onnx",
+             "ticket_int8_dynamic": folder / "dynamic.onnx", "ticket_int8_static": folder / "static.onnx"}
+    return {"paths": paths, "remaining": remaining, "shape": shape, "auto": auto, "rule": rule,
+            "sizes": {k: p.stat().st_size for k, p in paths.items()}}
+
+
 @pytest.mark.parametrize("batch", BATCH_SIZES)
-@pytest.mark.parametrize("name", [case[0] for case in CASES])
+@pytest.mark.parametrize("name", [case[0] for case in CASES] + [structured_name(*case) for case in STRUCTURED])
 def test_int8_inference(benchmark, files, name, batch):
     built = files[name]
     threads = _STATE["threads"]
@@ -93,7 +104,7 @@ def test_int8_inference(benchmark, files, name, batch):
     calls = {k: (lambda s=s: s.run(None, {"input": x})) for k, s in sessions.items()}
     for call in calls.values():
         out = call()[0]
-        assert out.shape == (batch, 10) and np.isfinite(out).all()
+        assert out.shape[0] == batch and np.isfinite(out).all()
     timings = measure_interleaved(calls, rounds=5, warmup=5, min_repeats=10, budget_s=BUDGET_S)
     base = timings["ticket_fp32"].median_ms
     dense = timings["dense_fp32"].median_ms
@@ -113,7 +124,7 @@ def teardown_module() -> None:
     if not _RECORDS:
         return
     threads = _STATE["threads"]
-    machine = {**machine_info(threads), "cpu_flags": cpu_flags(), "load_before": _STATE["load_before"],
+    machine = {**machine_info(threads), "cpu_flags": vector_extensions(), "load_before": _STATE["load_before"],
                "load_after": load_average(), "wall_s": round(time.time() - _STATE["started"], 1)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     save_json({"machine": machine, "records": _RECORDS}, RESULTS / "int8_inference.json")
@@ -134,7 +145,9 @@ def _markdown(machine: dict, records: list[dict]) -> str:
              "(`compress.bench.timing.measure_interleaved`, 5 rounds). Tickets: layer-wise magnitude pruning of "
              "random weights (`compress.bench.magnitude_ticket`); int8 via `compress.export.quantize_onnx` "
              "(per-channel symmetric int8 weights; static = QDQ with uint8 activations calibrated on 128 random "
-             "inputs). × = ticket fp32 median / this median (> 1: faster than the fp32 ticket).", "",
+             "inputs). Structured rows: compacted structured tickets (`benchmarks/structured_cases.py`, aligned "
+             f"widths, {STRUCTURED_SIDE}x{STRUCTURED_SIDE} inputs; the % is of the dense MACs), 1000 classes, "
+             "compared with their dense model. × = ticket fp32 median / this median (> 1: faster than the fp32 ticket).", "",
              "| ticket | batch | dense fp32 ms | ticket fp32 ms | int8 dynamic ms (×) | int8 static ms (×) "
              "| `int8` picks | file fp32 → int8 (picked) |",
              "|---|---:|---:|---:|---:|---:|---|---|"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.bench.report import cpu_model
+from compress.bench.report import cpu_model, vector_extensions
 from compress.bench.timing import load_average
 from compress.io import save_text
 from compress.lottery import find_ticket
@@ -70,17 +70,6 @@ def _busy_s() -> float:
 def _own_s() -> float:
     times = os.times()
     return times.user + times.system + times.children_user + times.children_system
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
-    except OSError:
-        pass
-    return []
 
 
 @pytest.mark.parametrize("config", ORDER)
@@ -129,7 +118,7 @@ def _write() -> None:
              "ratio_local_over_serial": local["wall_s"] / _MEASURED[serial]["wall_s"],
              "accuracies_equal_at_1_thread": _MEASURED["inline-1t"]["accuracies"] == local["accuracies"]
              if "inline-1t" in _MEASURED else None,
-             "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "torch": torch.__version__,
+             "cpu": cpu_model(), "cpu_flags": vector_extensions(), "cores": os.cpu_count(), "torch": torch.__version__,
              "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "note": os.environ.get("BENCH_NOTE", ""),
              "configs": {name: {k: v for k, v in m.items() if k != "accuracies"} for name, m in _MEASURED.items()}}
     entries = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else []

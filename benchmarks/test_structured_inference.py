@@ -37,10 +37,10 @@ from structured_cases import (
     shapes_for,
     tickets,
 )
-from structured_report import cpu_flags, markdown, merge, ort_profile
+from structured_report import markdown, merge, ort_profile
 
 from compress.bench.backends import ort_session
-from compress.bench.report import machine_info
+from compress.bench.report import machine_info, vector_extensions
 from compress.bench.timing import load_average
 from compress.export import export_onnx
 from compress.io import load_json, save_json, save_text
@@ -164,7 +164,7 @@ def teardown_module() -> None:
     if not _RECORDS:
         return
     threads = _STATE["threads"]
-    machine = {**machine_info(threads), "cpu_flags": cpu_flags(), "load_before": _STATE["load_before"],
+    machine = {**machine_info(threads), "cpu_flags": vector_extensions(), "load_before": _STATE["load_before"],
                "load_after": load_average(), "wall_s": round(time.time() - _STATE["started"], 1)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{STEM}.json"

@@ -23,6 +23,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def vector_extensions() -> list[str]:
+    """The CPU's vector extensions (avx*, fma, amx*; VNNI as avx512_vnni / avx_vnni): they change which
+    onnxruntime kernels run (NCHWc block 16 vs 8, fast int8 only with VNNI)."""
+    from compress.runtime import cpu_flags
+
+    return sorted(f for f in cpu_flags() if f.startswith(("avx", "fma", "amx")))
+
+
 def machine_info(threads: int) -> dict:
     """CPU, cores, library versions and the thread count the timings ran with."""
     import numpy as np
