@@ -24,7 +24,7 @@ from structured_cases import ALIGNED, AMOUNTS, Ticket, build
 
 from compress.bench import magnitude_ticket
 from compress.bench.backends import ort_session
-from compress.bench.report import cpu_model, machine_info, vector_extensions
+from compress.bench.report import cpu_model, session_machine
 from compress.bench.timing import load_average, measure_interleaved
 from compress.export import export_onnx, quantize_onnx
 from compress.export.quantize import choose_mode
@@ -124,8 +124,7 @@ def teardown_module() -> None:
     if not _RECORDS:
         return
     threads = _STATE["threads"]
-    machine = {**machine_info(threads), "cpu_flags": vector_extensions(), "load_before": _STATE["load_before"],
-               "load_after": load_average(), "wall_s": round(time.time() - _STATE["started"], 1)}
+    machine = session_machine(threads, _STATE["load_before"], _STATE["started"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     save_json({"machine": machine, "records": _RECORDS}, RESULTS / "int8_inference.json")
     save_text(_markdown(machine, _RECORDS), RESULTS / "int8_inference.md")

@@ -40,7 +40,7 @@ from structured_cases import (
 from structured_report import markdown, merge, ort_profile
 
 from compress.bench.backends import ort_session
-from compress.bench.report import machine_info, vector_extensions
+from compress.bench.report import session_machine
 from compress.bench.timing import load_average
 from compress.export import export_onnx
 from compress.io import load_json, save_json, save_text
@@ -164,8 +164,7 @@ def teardown_module() -> None:
     if not _RECORDS:
         return
     threads = _STATE["threads"]
-    machine = {**machine_info(threads), "cpu_flags": vector_extensions(), "load_before": _STATE["load_before"],
-               "load_after": load_average(), "wall_s": round(time.time() - _STATE["started"], 1)}
+    machine = session_machine(threads, _STATE["load_before"], _STATE["started"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{STEM}.json"
     previous = load_json(path) if path.exists() else {}

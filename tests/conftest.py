@@ -47,3 +47,15 @@ def data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "xdg-cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     return cache
+
+
+@pytest.fixture
+def one_thread_per_training(monkeypatch: pytest.MonkeyPatch):
+    """COMPRESS_THREADS=1 for every training (in this process and in spawned workers): results are bit for bit
+    equal across executors only at equal threads per training."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("COMPRESS_THREADS", "1")
+    yield
+    torch.set_num_threads(before)

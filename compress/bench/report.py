@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
 
 from compress.bench.backends import BASELINE
+from compress.bench.timing import load_average
 from compress.io import save_bytes, save_json, save_text
 
 
@@ -29,6 +31,13 @@ def vector_extensions() -> list[str]:
     from compress.runtime import cpu_flags
 
     return sorted(f for f in cpu_flags() if f.startswith(("avx", "fma", "amx")))
+
+
+def session_machine(threads: int, load_before, started: float) -> dict:
+    """``machine_info`` plus what a benchmark session records around itself: vector extensions, the load
+    average before and after (the machine may be shared) and the session's wall time."""
+    return {**machine_info(threads), "cpu_flags": vector_extensions(), "load_before": load_before,
+            "load_after": load_average(), "wall_s": round(time.time() - started, 1)}
 
 
 def machine_info(threads: int) -> dict:

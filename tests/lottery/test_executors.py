@@ -28,6 +28,8 @@ from compress.recipe import recipe_from_dict, recipe_hash
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROUNDS = 2
 
+pytestmark = pytest.mark.usefixtures("one_thread_per_training")  # bit-for-bit needs equal threads
+
 
 def _recipe(**lottery):
     return tiny_recipe(lottery={"rounds": ROUNDS, "controls": ["reinit", "random_prune"], **lottery})
@@ -60,18 +62,6 @@ def assert_same_run(ours, theirs, rounds, controls=("reinit", "random_prune")):
         assert _without_wall(json.loads((a / paths.RESULT).read_text())) == \
             _without_wall(json.loads((b / paths.RESULT).read_text()))
     assert not list(ours.rglob("*.tmp"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread_per_training():
-    before, env = torch.get_num_threads(), os.environ.get("COMPRESS_THREADS")
-    os.environ["COMPRESS_THREADS"] = "1"
-    yield
-    torch.set_num_threads(before)
-    if env is None:
-        os.environ.pop("COMPRESS_THREADS", None)
-    else:
-        os.environ["COMPRESS_THREADS"] = env
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -12,6 +11,8 @@ from compress import paths
 from compress.errors import UserError
 from compress.reproduce import run_suite, suite
 
+pytestmark = pytest.mark.usefixtures("one_thread_per_training")  # bit-for-bit needs equal threads
+
 
 def _without_wall(value):
     if isinstance(value, dict):
@@ -19,18 +20,6 @@ def _without_wall(value):
     if isinstance(value, list):
         return [_without_wall(v) for v in value]
     return value
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before, env = torch.get_num_threads(), os.environ.get("COMPRESS_THREADS")
-    os.environ["COMPRESS_THREADS"] = "1"
-    yield
-    torch.set_num_threads(before)
-    if env is None:
-        os.environ.pop("COMPRESS_THREADS", None)
-    else:
-        os.environ["COMPRESS_THREADS"] = env
 
 
 def test_interleaved_seeds_match_sequential_seeds(tmp_path):
