@@ -24,7 +24,7 @@ def main() -> int:
                                                              "(quantized next to --out) and both artifacts")
     args = parser.parse_args()
 
-    from compress.export.artifact import SUFFIX, pack_onnx, unpack_onnx
+    from compress.export.artifact.pack import SUFFIX, pack_onnx, unpack_onnx
 
     source = Path(args.path)
     if args.unpack:
@@ -44,7 +44,7 @@ def main() -> int:
         print(f"  {tensor['name']}: {tensor['nnz']:,}/{tensor['count']:,} kept, {tensor['encoding']}, "
               f"{tensor['stored']:,} bytes")
     if args.sizes:
-        from compress.export.sizes import size_rows, size_table_markdown
+        from compress.export.artifact.sizes import size_rows, size_table_markdown
 
         print(size_table_markdown(size_rows(source, out.parent)))
     return 0

@@ -11,12 +11,10 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.export.compact import Compaction
-from compress.export.compact import compact as run_compaction
-from compress.export.exporter import EXPORTER, to_onnx
-from compress.export.preprocess import Preprocess, add_metadata, embed_normalisation
-from compress.export.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
-from compress.export.verify import (
+from compress.export.onnx.exporter import EXPORTER, to_onnx
+from compress.export.onnx.preprocess import Preprocess, add_metadata, embed_normalisation
+from compress.export.onnx.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
+from compress.export.onnx.verify import (
     ORT_TOLERANCE,
     check_close,
     check_onnx,
@@ -27,6 +25,8 @@ from compress.export.verify import (
 from compress.io import save_bytes
 from compress.models.unwrap import unwrap_model
 from compress.pruning import fold_masks, get_masks
+from compress.pruning.compact import Compaction
+from compress.pruning.compact import compact as run_compaction
 from compress.pruning.macs import count_params, mac_counts
 
 VERIFY_BATCH = 8  # random verification inputs when none are given
@@ -76,7 +76,7 @@ class ExportReport:
     sizes: dict[str, int]  # raw, gzip, sparse, bitmask
     sparse_max_abs_diff: float  # ORT(sparse-initializer file) vs ORT(dense file)
     compact: CompactReport | None = None
-    # the input recipe written into metadata_props (compress.export.preprocess); None: none given
+    # the input recipe written into metadata_props (compress.export.onnx.preprocess); None: none given
     preprocess: dict | None = None
     embedded_max_abs_diff: float | None = None  # ORT(embedded graph on x * std + mean) vs torch(x)
 
@@ -152,11 +152,11 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     reparametrisation). The file is written -- atomically -- only after every check passed:
     ``onnx.checker`` (full), a dynamic batch dimension, onnxruntime vs torch on ``verify_inputs``
     (default: ``VERIFY_BATCH`` seeded normal inputs) within 1e-4, the zero-count rule per pruned
-    parameter (``compress.export.verify``), and the sparse-initializer form giving the same outputs.
+    parameter (``compress.export.onnx.verify``), and the sparse-initializer form giving the same outputs.
     A failed check raises ValueError naming it. ``example_input`` (a batch) fixes the traced shape;
     it defaults to two rows of ``verify_inputs`` or, for a ticket, to the ticket's input shape.
 
-    ``preprocess`` (``compress.export.preprocess.Preprocess``) is written into ``metadata_props`` of every
+    ``preprocess`` (``compress.export.onnx.preprocess.Preprocess``) is written into ``metadata_props`` of every
     file; with ``preprocess.embedded`` the normalisation is also prepended to the graph, which then takes
     ``pixel / 255``, checked again against torch on ``inputs * std + mean``. ``verify_inputs`` are always
     normalised tensors, as the model was trained on.
