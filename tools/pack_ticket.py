@@ -24,7 +24,8 @@ def main() -> int:
                                                              "(quantized next to --out) and both artifacts")
     args = parser.parse_args()
 
-    from compress.export.artifact.pack import SUFFIX, pack_onnx, unpack_onnx
+    from compress.export.artifact.files import pack_onnx, unpack_onnx
+    from compress.export.artifact.pack import SUFFIX
 
     source = Path(args.path)
     if args.unpack:

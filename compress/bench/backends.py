@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +28,71 @@ from compress.bench.source import Source, SourceLike, resolve_source
 from compress.bench.sparse import linear_chains
 from compress.errors import UserError
 from compress.pruning import fold_masks
+from compress.registry import BACKENDS
 
-BACKENDS = ("torch_dense", "torch_sparse", "torch_sparse_compact", "ort_dense", "ort_compact", "auto")
 BASELINE = "ort_dense"  # speedups are reported against this one, measured in the same run
 ONNX_NAME = "model.onnx"
 # torch's thread count is process-wide: backends that change it for a call take turns, so that
 # concurrent calls (threads of a server sharing one ``auto``) each restore the count they found
 _THREADS_LOCK = threading.Lock()
+
+
+class Unavailable(Exception):
+    """A backend that cannot run this model; ``str()`` says why (reported, not raised, by ``make_backends``)."""
+
+
+@dataclass
+class BuildPlan:
+    """What a backend builder gets: the model, the settings, the backends built before it, one shared export."""
+    source: Source
+    threads: int
+    folder: Path
+    wanted: set[str]
+    batch_sizes: list[int] | tuple[int, ...]
+    budget_s: float
+    built: dict[str, Backend] = field(default_factory=dict)
+    _export: object = None
+
+    def onnx_export(self):
+        """One ``export_onnx`` for every ORT backend (the compacted file comes with the dense one)."""
+        if self._export is None:
+            from compress.export import export_onnx
+
+            example = self.source.require_example("ONNX export")  # a user error: raised, not reported
+            try:
+                self._export = export_onnx(self.source.model, self.folder / ONNX_NAME, example,
+                                           compact="ort_compact" in self.wanted and self.compacts())
+            except ValueError as error:
+                self._export = Unavailable(f"ONNX export failed: {str(error).splitlines()[0]}")
+        if isinstance(self._export, Unavailable):
+            raise self._export
+        return self._export
+
+    def compacts(self) -> bool:
+        try:
+            self.source.compacted()  # cheap check first: unsupported models skip only the compact backends
+        except ValueError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How to build one backend: ``build(plan)`` returns it or raises ``Unavailable``. ``composite``: built
+    after all the others, from them (``auto`` times the others)."""
+    build: Callable[[BuildPlan], Backend]
+    composite: bool = False
+
+
+
+
+def register_backend(name: str, *, composite: bool = False) -> Callable:
+    """Decorator: ``@register_backend("mine")`` on a ``build(plan) -> Backend`` function."""
+    def decorator(build: Callable[[BuildPlan], Backend]) -> Callable[[BuildPlan], Backend]:
+        BACKENDS.register(name)(BackendSpec(build, composite))
+        return build
+
+    return decorator
 
 
 class Backend:
@@ -127,42 +187,53 @@ def _check_names(names: list[str] | tuple[str, ...]) -> None:
 
 
 def _torch_sparse(name: str, model: nn.Module) -> TorchBackend:
-    converted, chains = linear_chains(model)
+    try:
+        converted, chains = linear_chains(model)
+    except ValueError as error:
+        raise Unavailable(str(error)) from None
     layers = {layer: {"shape": list(chain.dense[i].shape), "nonzeros": int(chain.csr[i].values().numel())}
               for chain in chains for i, layer in enumerate(chain.names)}
     return TorchBackend(name, converted, {"csr_layers": layers, "conv": "dense"})
 
 
-def _ort_backends(wanted: set[str], source: Source, threads: int, workdir: Path,
-                  unavailable: dict[str, str]) -> dict[str, Backend]:
-    """One ``export_onnx`` call for both ORT backends (the compacted file comes with the dense one)."""
-    from compress.export import export_onnx
+@register_backend("torch_dense")
+def _build_torch_dense(plan: BuildPlan) -> Backend:
+    return TorchBackend("torch_dense", fold_masks(plan.source.model).cpu().float().eval())
 
-    example = source.require_example("ONNX export")  # a user error, not something the model cannot do
-    compact = "ort_compact" in wanted
-    if compact:
-        try:
-            source.compacted()  # cheap check first: unsupported models skip only ort_compact
-        except ValueError as error:
-            unavailable["ort_compact"] = str(error)
-            compact = False
+
+@register_backend("torch_sparse")
+def _build_torch_sparse(plan: BuildPlan) -> Backend:
+    return _torch_sparse("torch_sparse", plan.source.model)
+
+
+@register_backend("torch_sparse_compact")
+def _build_torch_sparse_compact(plan: BuildPlan) -> Backend:
     try:
-        report = export_onnx(source.model, workdir / ONNX_NAME, example, compact=compact)
+        compacted = plan.source.compacted()
     except ValueError as error:
-        for name in wanted:
-            unavailable.setdefault(name, f"ONNX export failed: {str(error).splitlines()[0]}")
-        return {}
-    built: dict[str, Backend] = {}
-    if "ort_dense" in wanted:
-        built["ort_dense"] = OrtBackend("ort_dense", report.path, threads,
-                                        {"max_abs_diff": report.max_abs_diff, "macs": report.macs,
-                                         "nonzero_macs": report.nonzero_macs})
-    if compact and report.compact is not None:
-        built["ort_compact"] = OrtBackend("ort_compact", report.compact.path, threads,
-                                          {"max_abs_diff": report.compact.max_abs_diff,
-                                           "macs": report.compact.macs_after, "params": report.compact.params_after,
-                                           "params_before": report.compact.params_before})
-    return built
+        raise Unavailable(str(error)) from None
+    return _torch_sparse("torch_sparse_compact", compacted)
+
+
+@register_backend("ort_dense")
+def _build_ort_dense(plan: BuildPlan) -> Backend:
+    report = plan.onnx_export()
+    return OrtBackend("ort_dense", report.path, plan.threads,
+                      {"max_abs_diff": report.max_abs_diff, "macs": report.macs, "nonzero_macs": report.nonzero_macs})
+
+
+@register_backend("ort_compact")
+def _build_ort_compact(plan: BuildPlan) -> Backend:
+    try:
+        plan.source.compacted()
+    except ValueError as error:
+        raise Unavailable(str(error)) from None
+    compact = plan.onnx_export().compact
+    if compact is None:
+        raise Unavailable("the export made no compacted model")
+    return OrtBackend("ort_compact", compact.path, plan.threads,
+                      {"max_abs_diff": compact.max_abs_diff, "macs": compact.macs_after,
+                       "params": compact.params_after, "params_before": compact.params_before})
 
 
 def make_backends(names: list[str] | tuple[str, ...], model: SourceLike, example_input: torch.Tensor | None = None,
@@ -191,28 +262,21 @@ def make_backends(names: list[str] | tuple[str, ...], model: SourceLike, example
                 unavailable[name] = "an ONNX file runs only as given (ort_dense); pass a ticket for the others"
         return built, unavailable
 
-    wanted = set(BACKENDS[:-1]) if "auto" in names else set(names)  # auto times all the others
+    specs = {name: BACKENDS.get(name) for name in BACKENDS}
+    # a composite (auto) times every other backend, so asking for it builds them all
+    wanted = set(names) | ({n for n, spec in specs.items() if not spec.composite}
+                           if any(specs[n].composite for n in names) else set())
     with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
         folder = Path(workdir) if workdir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        if wanted & {"ort_dense", "ort_compact"}:
-            built.update(_ort_backends(wanted & {"ort_dense", "ort_compact"}, source, threads, folder, unavailable))
-    if "torch_dense" in wanted:
-        built["torch_dense"] = TorchBackend("torch_dense", fold_masks(source.model).cpu().float().eval())
-    if "torch_sparse" in wanted:
-        try:
-            built["torch_sparse"] = _torch_sparse("torch_sparse", source.model)
-        except ValueError as error:
-            unavailable["torch_sparse"] = str(error)
-    if "torch_sparse_compact" in wanted:
-        try:
-            built["torch_sparse_compact"] = _torch_sparse("torch_sparse_compact", source.compacted())
-        except ValueError as error:
-            unavailable["torch_sparse_compact"] = str(error)
-    if "auto" in names:
-        from compress.bench.auto import AutoBackend
-
-        built["auto"] = AutoBackend(source, dict(built), batch_sizes, budget_s=budget_s)
+        plan = BuildPlan(source, threads, folder, wanted, batch_sizes, budget_s, built)
+        for composite in (False, True):
+            for name, spec in specs.items():
+                if name in wanted and spec.composite == composite:
+                    try:
+                        built[name] = spec.build(plan)
+                    except Unavailable as why:
+                        unavailable[name] = str(why)
     picked = {name: built[name] for name in names if name in built}
     return picked, {name: why for name, why in unavailable.items() if name in names}
 

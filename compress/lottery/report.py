@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -118,20 +119,9 @@ def _layer_table(run_dir: Path, rounds: list[dict]) -> list[str]:
     return lines
 
 
-def _compression_section(run_dir: Path) -> list[str]:
-    """The exported ticket's size table (``compress.export.artifact.sizes``), once the export has measured it."""
-    from compress.export.artifact.sizes import cached_run_sizes, size_table_markdown
-
-    rows = cached_run_sizes(run_dir)
-    if not rows:
-        return []
-    return ["## Shipping the ticket: compressed size", "",
-            "Bytes of the exported ticket; ratios against the dense fp32 ONNX. The artifacts (`ticket.cta`, the "
-            "int8 one beside it) restore the ONNX file bit-exact: `python tools/pack_ticket.py --unpack ticket.cta`.",
-            "", size_table_markdown(rows), ""]
-
-
-def write_report(run_dir: Path, summary: dict, recipe) -> None:
+def write_report(run_dir: Path, summary: dict, recipe, sections: Sequence[str] = ()) -> None:
+    """``report.md`` and its plots; ``sections``: markdown lines appended by later stages (the pipeline's size
+    table), so this module never reads another stage's files."""
     run_dir = Path(run_dir)
     rounds = summary["rounds"]
     title = f"{recipe.name}: {recipe.model.name} on {recipe.data.name}"
@@ -166,6 +156,6 @@ def write_report(run_dir: Path, summary: dict, recipe) -> None:
         "",
         *_layer_table(run_dir, rounds),
         "",
-        *_compression_section(run_dir),
+        *sections,
     ]
     save_text("\n".join(lines), run_dir / paths.REPORT)

@@ -8,7 +8,6 @@ continues from its last checkpoint, and masks come out identical to an uninterru
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from tqdm.auto import tqdm
 from compress import distributed, paths
 from compress.data import load_dataset
 from compress.errors import UserError
-from compress.io import CorruptArtifactError, load_json, load_torch, save_json, save_torch
+from compress.io import load_json, load_torch, save_json, save_torch
 from compress.lottery.controls import CONTROLS, REINIT_SEED_STRIDE, ControlInput, control_seed
 from compress.lottery.executors import (
     Executor,
@@ -32,6 +31,8 @@ from compress.lottery.executors import (
     warm_up,
 )
 from compress.lottery.experiment import run_experiment
+from compress.lottery.placement import SearchPlacement
+from compress.lottery.recovery import RunFiles
 from compress.lottery.report import write_report
 from compress.lottery.rundir import (
     RunDirLock,
@@ -44,8 +45,8 @@ from compress.lottery.schedule import run_rounds
 from compress.lottery.search import LotterySearch
 from compress.lottery.summary import build_summary, choose_ticket, read_summary, result_fields, round_line
 from compress.models import build_model
-from compress.pruning import load_plain_state_dict, plain_state_dict
-from compress.pruning.structured import resolve_multiple
+from compress.pruning import plain_state_dict
+from compress.pruning.widths import resolve_multiple
 from compress.recipe import Recipe, recipe_to_dict, results_hash
 from compress.runtime import resolve_device, seed_everything, set_threads
 from compress.ticket import save_ticket
@@ -53,7 +54,7 @@ from compress.ticket import save_ticket
 __all__ = ["REINIT_SEED_STRIDE", "LotteryRun", "choose_ticket", "default_run_dir", "find_ticket", "read_summary"]
 
 
-class LotteryRun:
+class LotteryRun(RunFiles, SearchPlacement):
     """Owns data, model factory and the run dir (locked while this process writes it) for one recipe.
 
     The ticket trainings form a chain and run here, in order; each round's controls go to the executor
@@ -121,106 +122,7 @@ class LotteryRun:
                             self.recipe.data.image_size or self.data.image_size, seed=seed)
         return model.to(self.device)
 
-    # -- files that can be recomputed -----------------------------------------------------------
-    def _load(self, path: Path, recompute: Callable[[], None] | None = None, also: tuple[Path, ...] = ()):
-        """Load a run file; a truncated one is moved aside (with ``also``) and recomputed when possible."""
-        try:
-            return load_torch(path, map_location=self.device)
-        except CorruptArtifactError as error:
-            if recompute is None or not distributed.is_main() or distributed.active():
-                raise UserError(f"{error}; delete it and run the same command again to recompute it") from None
-            for stale in (path, *also):
-                if stale.exists():
-                    stale.replace(stale.with_name(stale.name + ".corrupt"))
-            print(f"warning: {error}; moved aside as {path.name}.corrupt and recomputing it", file=sys.stderr)
-            recompute()
-            return load_torch(path, map_location=self.device)
-
-    def _retrain(self, round_index: int) -> Callable[[], None]:
-        """Redo the ticket training of ``round_index`` (bit for bit what the run did the first time)."""
-        def redo() -> None:
-            folder = paths.round_dir(self.run_dir, round_index)
-            for name in (paths.RESULT, paths.FINAL, paths.CHECKPOINT):
-                (folder / name).unlink(missing_ok=True)
-            self.run_ticket(round_index, self.masks_for_round(round_index))
-        return redo
-
     # -- stages ---------------------------------------------------------------------------------
-    def rewind_state(self) -> dict:
-        if self.begin == 0:
-            return self.init_state
-        return self._load(self.run_dir / paths.REWIND, recompute=self._retrain(0))
-
-    def masks_for_round(self, round_index: int) -> dict:
-        """Computed (or read) on rank 0 only, then broadcast and verified identical on every rank."""
-        masks = self._masks_for_round(round_index) if distributed.is_main() else self.search.masks
-        masks = distributed.broadcast_masks(masks)
-        if distributed.active():
-            print(f"[rank {distributed.rank()}/{distributed.world_size()}] round {round_index} masks verified "
-                  f"identical, checksum {distributed.mask_checksum(masks).item():.1f}", file=sys.stderr)
-        return masks
-
-    def _masks_for_round(self, round_index: int) -> dict:
-        mask_path = paths.round_dir(self.run_dir, round_index) / paths.MASK
-        if mask_path.exists():
-            try:
-                return load_torch(mask_path, map_location=self.device)
-            except CorruptArtifactError as error:
-                if round_index > 0 and not (paths.round_dir(self.run_dir, round_index - 1) / paths.FINAL).exists():
-                    raise UserError(f"{error}; delete {mask_path.parent} and run again to recompute it") from None
-                mask_path.replace(mask_path.with_name(mask_path.name + ".corrupt"))
-                print(f"warning: {error}; moved aside and recomputed from the previous round", file=sys.stderr)
-        if round_index == 0:
-            masks = {name: torch.ones_like(mask) for name, mask in self.search.masks.items()}
-        else:
-            previous = paths.round_dir(self.run_dir, round_index - 1)
-            trained = self._load(previous / paths.FINAL, recompute=self._retrain(round_index - 1),
-                                 also=(previous / paths.RESULT,))
-            # the search stands where the previous round ended, then takes the same transition a user's
-            # loop takes: prune the trained weights (and rewind, which the ticket then starts from)
-            self._place_search(round_index - 1, _masks_in(trained, self.search.names), self.recipe.train.iterations)
-            self.search.model.load_state_dict(trained)
-            self.search.prune_and_rewind()
-            masks = self.search.masks
-        if (mask_path.parent / paths.RESULT).exists():  # a finished round whose mask.pt was lost: restore it
-            save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)
-        return masks
-
-    # -- the search, placed from the run's files (the runner keeps no IMP state of its own) ----------
-    def _place_search(self, level: int, masks: dict, step_count: int) -> None:
-        """Stand the search at ``level`` with ``masks`` and the run's rewind point (weights untouched)."""
-        if self.begin == 0:
-            rewind = self.init_state
-        elif level > 0:
-            rewind = self.rewind_state()
-        else:  # the dense round takes the snapshot itself; a resumed one may already have it
-            rewind = self._load(self.run_dir / paths.REWIND) if (self.run_dir / paths.REWIND).exists() else None
-        state = self.search.state_dict()
-        state.update(level=level, step_count=step_count, done=False, rewind=rewind,
-                     masks={name: masks[name] for name in self.search.names})
-        self.search.load_state_dict(state)
-
-    def _level_start(self, round_index: int, masks: dict) -> torch.nn.Module:
-        """The search's model as round ``round_index`` starts: its masks, and init or the rewound weights."""
-        self._place_search(round_index, masks, 0 if round_index == 0 else self.begin)
-        if round_index == 0:
-            load_plain_state_dict(self.search.model, self.init_state)
-        else:
-            self.search.rewind()
-        return self.search.model
-
-    def _dense_start(self, masks: dict) -> torch.nn.Module:
-        checkpoint = paths.round_dir(self.run_dir, 0) / paths.CHECKPOINT
-        if self.begin > 0 and not (self.run_dir / paths.REWIND).exists() and checkpoint.exists():
-            # a checkpoint is only ever written after the rewind point it needs; without that file the
-            # snapshot cannot be taken again from the middle of the round: train the round from the start
-            distributed.barrier()
-            if distributed.is_main():
-                checkpoint.unlink()
-                print(f"warning: {paths.REWIND} is missing; round 0 restarts from iteration 0", file=sys.stderr)
-            distributed.barrier()
-        return self._level_start(0, masks)
-
     def run_ticket(self, round_index: int, masks: dict) -> dict:
         folder = paths.round_dir(self.run_dir, round_index)
         on_step = self._dense_step if round_index == 0 and self.begin > 0 else None
@@ -369,11 +271,6 @@ class LotteryRun:
                     shape=self.shape, masks={k: v.cpu() for k, v in masks.items()},
                     rewind_state=rewind_state, trained_state=_cpu(self.search.folded_state_dict()),
                     info={**chosen, "recipe": self.recipe.name})
-
-
-def _masks_in(state: dict, names: list[str]) -> dict:
-    """The mask buffers of a pruned model's state dict, by module name."""
-    return {name: state[f"{name}.weight_mask" if name else "weight_mask"] for name in names}
 
 
 def _cpu(state: dict) -> dict:

@@ -13,7 +13,7 @@ from compress import paths
 from compress.errors import UserError
 from compress.export.onnx.export import compact_path, export_onnx
 from compress.export.onnx.preprocess import preprocess_from_data
-from compress.io import load_torch, save_json
+from compress.io import file_sha256, load_torch, save_json
 
 EXPORT_JSON = "export.json"
 VERIFY_BATCH = 32  # test examples run through torch and onnxruntime
@@ -125,7 +125,8 @@ def _settings(recipe, **given) -> _Settings:
         base = _Settings(**{f.name: getattr(recipe.export, f.name, getattr(base, f.name))
                             for f in dataclasses.fields(_Settings)})
     settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-    from compress.recipe.schema import PREPROCESS_MODES, QAT_MODES, QUANTIZE_MODES
+    from compress.recipe.schema import QAT_MODES
+    from compress.registry import PREPROCESS_MODES, QUANTIZE_MODES
 
     for key, allowed in (("preprocess", PREPROCESS_MODES), ("quantize", QUANTIZE_MODES), ("qat", QAT_MODES)):
         if getattr(settings, key) not in allowed:
@@ -201,6 +202,8 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
     exported_round = round if round is not None else ticket["info"].get("round")
     result = {"run_dir": str(run_dir), "source": source, "round": exported_round, "report": str(report_path),
               "settings": dataclasses.asdict(settings), **report_dict}
+    if round is None:  # what the pipeline compares to reuse this export: the very ticket it was made of
+        result["ticket_sha256"] = file_sha256(ticket_path)
     if compact:
         result["compact_path"] = str(compact_path(target))
     if accuracy and data is not None:

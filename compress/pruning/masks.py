@@ -10,27 +10,14 @@ import torch
 import torch.nn.utils.prune as prune
 
 from compress.errors import UserError
-from compress.registry import Registry
+from compress.pruning.widths import aligned_keep, count_to_prune
+from compress.registry import PRUNING_METHODS
 
 Masks = dict[str, torch.Tensor]
 
 # ``prune.method`` names a function here. Each gets the effective weights, the current masks, the rate per
 # target, the pool (group) of each target, the granularity and a generator seeded per (seed, level), and
 # returns the next masks (pure: nothing is applied). Adding a method is one registered function.
-PRUNING_METHODS: Registry = Registry("pruning method")
-
-
-def count_to_prune(amount: int | float, surviving: int) -> int:
-    """torch's convention: int = count, float = fraction (rounded) of ``surviving``."""
-    if isinstance(amount, bool) or amount < 0:
-        raise UserError(f"amount must be a non-negative int or a float in [0, 1], got {amount!r}")
-    if isinstance(amount, float):
-        if amount > 1:
-            raise UserError(f"fractional amount must be in [0, 1], got {amount}")
-        return round(amount * surviving)
-    if amount > surviving:
-        raise UserError(f"cannot prune {amount} of {surviving} surviving entries")
-    return amount
 
 
 def prune_lowest(scores: torch.Tensor, mask: torch.Tensor, amount: int | float) -> torch.Tensor:
@@ -55,13 +42,11 @@ def channel_scores(weight: torch.Tensor, norm: int = 2) -> torch.Tensor:
 def prune_channels(weight: torch.Tensor, mask: torch.Tensor, amount: int | float, norm: int = 2,
                    channel_multiple: int = 1) -> torch.Tensor:
     """Prune whole output channels: torch's ``LnStructured`` ranks the surviving channels by L-norm.
-    ``channel_multiple``: the kept count aligned as ``compress.pruning.structured.aligned_keep`` does."""
+    ``channel_multiple``: the kept count aligned as ``compress.pruning.widths.aligned_keep`` does."""
     alive = mask.flatten(1).any(dim=1)
     alive_index = alive.nonzero().squeeze(1)
     k = count_to_prune(amount, len(alive_index))
     if channel_multiple > 1:
-        from compress.pruning.structured import aligned_keep
-
         k = len(alive_index) - aligned_keep(len(alive_index), k / max(1, len(alive_index)), channel_multiple)
     if not k:
         return mask.clone()
@@ -96,8 +81,6 @@ def magnitude_masks(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[
             for name, channel_mask, score, live in zip(names, pooled.split([len(a) for a in alive]), scores, alive,
                                                        strict=True):
                 if channel_multiple > 1:  # the pool's count for this layer, aligned; its best channels kept
-                    from compress.pruning.structured import aligned_keep
-
                     total = int(live.sum())
                     keep = aligned_keep(total, 1 - int(channel_mask.sum()) / max(1, total), channel_multiple)
                     order = torch.argsort(torch.where(live.bool(), score, -torch.inf), descending=True, stable=True)

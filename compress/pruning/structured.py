@@ -23,30 +23,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from compress.errors import UserError
 from compress.pruning.groups import ChannelGroup, find_groups
-from compress.pruning.masks import Masks, count_to_prune
-
-
-def resolve_multiple(value: int | str) -> int:
-    """``prune.channel_multiple``: an int >= 1, or ``auto`` = onnxruntime's block on this CPU (16 / 8 / 1)."""
-    if value == "auto":
-        from compress.runtime import vector_block
-
-        return vector_block()
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"prune.channel_multiple: {value!r} must be an int >= 1 or 'auto'")
-    return value
-
-
-def aligned_keep(alive: int, rate: float, multiple: int = 1) -> int:
-    """Units kept when ``rate`` of the ``alive`` units is pruned, aligned to ``multiple`` (module docstring)."""
-    keep = alive - count_to_prune(rate, alive)
-    if multiple > 1:
-        if alive <= multiple:
-            return alive
-        keep = min(alive, max(multiple, multiple * math.floor(keep / multiple + 0.5)))
-    return max(1, keep)
+from compress.pruning.masks import Masks
+from compress.pruning.widths import aligned_keep, count_to_prune, resolve_multiple
 
 
 def unit_multiple(group: ChannelGroup, channel_multiple: int) -> int:

@@ -10,18 +10,8 @@ import math
 import re
 from collections.abc import Callable
 
-from compress.recipe.schema import (
-    CONTROLS,
-    DEVICES,
-    GRANULARITIES,
-    METHODS,
-    OPTIMIZERS,
-    PREPROCESS_MODES,
-    QAT_MODES,
-    QUANTIZE_MODES,
-    SCHEDULES,
-    SCOPES,
-)
+from compress.recipe.schema import DEVICES, GRANULARITIES, OPTIMIZERS, QAT_MODES, SCHEDULES, SCOPES
+from compress.registry import CONTROLS, PREPROCESS_MODES, PRUNING_METHODS, QUANTIZE_MODES, Registry
 
 Rule = tuple[Callable[[float], bool], str]
 
@@ -72,11 +62,12 @@ PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
     "name": (re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"), NAME_RULE),
 }
 
-CHOICES: dict[str, tuple[str, ...]] = {
+# A registry is asked when a value is checked (its providers and plugins loaded then): what is registered is valid.
+CHOICES: dict[str, tuple[str, ...] | Registry] = {
     "train.optimizer.name": OPTIMIZERS,
     "train.schedule.name": SCHEDULES,
     "train.device": DEVICES,
-    "prune.method": METHODS,
+    "prune.method": PRUNING_METHODS,
     "prune.scope": SCOPES,
     "prune.granularity": GRANULARITIES,
     "lottery.controls[]": CONTROLS,

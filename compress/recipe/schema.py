@@ -14,9 +14,7 @@ from typing import Any
 
 LAYER_KINDS = ("conv", "linear", "output")
 SCOPES = ("layerwise", "global")
-METHODS = ("magnitude", "random")
 GRANULARITIES = ("weight", "channel")
-CONTROLS = ("reinit", "random_prune")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
@@ -96,7 +94,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = doc(f"one of {', '.join(METHODS)}", default="magnitude")
+    method: str = doc("a registered pruning method (compress.registry.PRUNING_METHODS): magnitude, random, or a "
+                      "plugin's", default="magnitude")
     scope: str = doc(f"one of {', '.join(SCOPES)}; global pools all parameters that share a rate", default="layerwise")
     granularity: str = doc(f"one of {', '.join(GRANULARITIES)}", default="weight")
     rates: dict[str, float] = doc(
@@ -128,7 +127,8 @@ class PruneConfig:
 class LotteryConfig:
     rounds: int = doc("pruning rounds after the dense round (round 0)", default=5)
     rewind_to: int = doc("iteration whose weights survivors are rewound to; 0 = the original init", default=0)
-    controls: tuple[str, ...] = doc(f"control experiments per round: {', '.join(CONTROLS)}", default=())
+    controls: tuple[str, ...] = doc("control experiments per round, registered controls (compress.registry.CONTROLS): "
+                                      "reinit, random_prune, or a plugin's", default=())
     one_shot: bool = doc("prune to the final sparsity in one step after the dense round", default=False)
     ticket_tolerance: float = doc(
         "winning ticket = sparsest round whose early-stop test accuracy is within this fraction of "
@@ -144,8 +144,6 @@ class LotteryConfig:
         default="auto", results=False)
 
 
-PREPROCESS_MODES = ("metadata", "embed")
-QUANTIZE_MODES = ("none", "int8", "int8-static", "int8-dynamic")
 QAT_MODES = ("auto", "off", "on")
 
 
@@ -156,10 +154,10 @@ class ExportConfig:
     compact: bool = doc("also export an exactly compacted model (dead units removed)", default=False,
                         results=False)
     opset: int = doc("ONNX opset version", default=17, results=False)
-    preprocess: str = doc(f"one of {', '.join(PREPROCESS_MODES)}: record the input normalisation (mean, std, "
+    preprocess: str = doc("metadata or embed: record the input normalisation (mean, std, "
                           "shape, classes) in the ONNX metadata_props, or embed it in the graph, which then "
                           "takes pixel / 255", default="metadata", results=False)
-    quantize: str = doc(f"one of {', '.join(QUANTIZE_MODES)}: also write an int8 ticket (onnxruntime "
+    quantize: str = doc("none, int8, int8-static or int8-dynamic: also write an int8 ticket (onnxruntime "
                         "quantization, symmetric per-channel weights); int8 = dynamic for Linear-only nets, "
                         "static QDQ otherwise", default="none", results=False)
     calibration_size: int = doc("training images that calibrate static int8 activations", default=256,

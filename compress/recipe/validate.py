@@ -25,6 +25,7 @@ from compress.recipe.keys import (
 )
 from compress.recipe.schema import LAYER_KINDS, Recipe
 from compress.recipe.yamlio import Locations, LooseInt, loose_int_problem
+from compress.registry import DATASETS, MODELS, RECIPE_CHECKS, TIMM_PREFIX
 
 
 class Builder:
@@ -183,8 +184,6 @@ def _check_recipe(recipe: Recipe, b: Builder, sections: tuple[str, ...] | None =
 
 
 def _check_model(name: str, b: Builder) -> None:
-    from compress.models import MODELS, TIMM_PREFIX
-
     if name.startswith(TIMM_PREFIX):
         if not name[len(TIMM_PREFIX):].strip():
             raise b.error(("model", "name"), "timm/ needs a model name, e.g. timm/resnet18")
@@ -195,34 +194,20 @@ def _check_model(name: str, b: Builder) -> None:
 
 def _check_model_kwargs(name: str, kwargs: dict[str, Any], b: Builder) -> None:
     # At load time too, so --dry-run and a bad recipe fail with file:line before any data is read.
-    from compress.models.build import kwargs_problem
-
-    problem = kwargs_problem(name, kwargs)
+    problem = RECIPE_CHECKS.get("model.kwargs")(name, kwargs)
     if problem:
         raise b.error(("model", "kwargs", problem[0]), problem[1])
 
 
 def _check_dataset(name: str, b: Builder) -> None:
-    from compress.data import DATASETS
-
     if name not in DATASETS:
         raise b.error(("data", "name"), DATASETS.unknown_message(name))
 
 
 def _check_selector(text: str, path: KeyPath, b: Builder) -> None:
-    from compress.pruning.selectors import SELECTOR_HELP, Selector
-
-    head, colon, _ = text.partition(":")
-    if colon and head not in ("re", "type"):
-        # Module names never hold ':', so this glob could never match: it is a mistyped prefix.
-        hint = did_you_mean(head, ("re", "type"))
-        raise b.error(path, f"selector {text!r}: unknown prefix {head + ':'!r}{hint}; use {SELECTOR_HELP}")
-    if text.startswith("type:") and not text[5:].isidentifier():
-        raise b.error(path, f"selector {text!r}: expected a class name after 'type:', e.g. type:Conv2d")
-    try:
-        Selector(text)
-    except ValueError as error:
-        raise b.error(path, str(error)) from None
+    problem = RECIPE_CHECKS.get("selector")(text)
+    if problem:
+        raise b.error(path, problem)
 
 
 def _pattern(path: KeyPath, key: str) -> str:

@@ -13,7 +13,8 @@ from compress.lottery.dry_run import plan_table
 from compress.models import create_model
 from compress.pipeline import run_recipe
 from compress.pruning.compact.graph import compact_graph
-from compress.pruning.structured import aligned_keep, group_widths, resolve_multiple
+from compress.pruning.structured import group_widths
+from compress.pruning.widths import aligned_keep, resolve_multiple
 from compress.recipe import recipe_from_dict
 from compress.runtime import vector_block
 

@@ -1,0 +1,92 @@
+"""Recovery of a run dir's files: load what a run wrote, recompute what is lost or truncated.
+
+Every stage writes its output atomically and is skipped when that output exists; a truncated file is moved
+aside (``<name>.corrupt``) and recomputed bit for bit when it can be (a ticket training is redone, a mask
+recomputed from the previous round), else refused with what to delete.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from compress import distributed, paths
+from compress.errors import UserError
+from compress.io import CorruptArtifactError, load_torch, save_torch
+
+
+class RunFiles:
+    """The recovery half of ``LotteryRun`` (it provides ``run_dir``, ``device``, ``search``, ``recipe``,
+    ``begin``, ``init_state``, ``run_ticket`` and ``_place_search``)."""
+
+    # -- files that can be recomputed -----------------------------------------------------------
+    def _load(self, path: Path, recompute: Callable[[], None] | None = None, also: tuple[Path, ...] = ()):
+        """Load a run file; a truncated one is moved aside (with ``also``) and recomputed when possible."""
+        try:
+            return load_torch(path, map_location=self.device)
+        except CorruptArtifactError as error:
+            if recompute is None or not distributed.is_main() or distributed.active():
+                raise UserError(f"{error}; delete it and run the same command again to recompute it") from None
+            for stale in (path, *also):
+                if stale.exists():
+                    stale.replace(stale.with_name(stale.name + ".corrupt"))
+            print(f"warning: {error}; moved aside as {path.name}.corrupt and recomputing it", file=sys.stderr)
+            recompute()
+            return load_torch(path, map_location=self.device)
+
+    def _retrain(self, round_index: int) -> Callable[[], None]:
+        """Redo the ticket training of ``round_index`` (bit for bit what the run did the first time)."""
+        def redo() -> None:
+            folder = paths.round_dir(self.run_dir, round_index)
+            for name in (paths.RESULT, paths.FINAL, paths.CHECKPOINT):
+                (folder / name).unlink(missing_ok=True)
+            self.run_ticket(round_index, self.masks_for_round(round_index))
+        return redo
+
+    def rewind_state(self) -> dict:
+        if self.begin == 0:
+            return self.init_state
+        return self._load(self.run_dir / paths.REWIND, recompute=self._retrain(0))
+
+    def masks_for_round(self, round_index: int) -> dict:
+        """Computed (or read) on rank 0 only, then broadcast and verified identical on every rank."""
+        masks = self._masks_for_round(round_index) if distributed.is_main() else self.search.masks
+        masks = distributed.broadcast_masks(masks)
+        if distributed.active():
+            print(f"[rank {distributed.rank()}/{distributed.world_size()}] round {round_index} masks verified "
+                  f"identical, checksum {distributed.mask_checksum(masks).item():.1f}", file=sys.stderr)
+        return masks
+
+    def _masks_for_round(self, round_index: int) -> dict:
+        mask_path = paths.round_dir(self.run_dir, round_index) / paths.MASK
+        if mask_path.exists():
+            try:
+                return load_torch(mask_path, map_location=self.device)
+            except CorruptArtifactError as error:
+                if round_index > 0 and not (paths.round_dir(self.run_dir, round_index - 1) / paths.FINAL).exists():
+                    raise UserError(f"{error}; delete {mask_path.parent} and run again to recompute it") from None
+                mask_path.replace(mask_path.with_name(mask_path.name + ".corrupt"))
+                print(f"warning: {error}; moved aside and recomputed from the previous round", file=sys.stderr)
+        if round_index == 0:
+            masks = {name: torch.ones_like(mask) for name, mask in self.search.masks.items()}
+        else:
+            previous = paths.round_dir(self.run_dir, round_index - 1)
+            trained = self._load(previous / paths.FINAL, recompute=self._retrain(round_index - 1),
+                                 also=(previous / paths.RESULT,))
+            # the search stands where the previous round ended, then takes the same transition a user's
+            # loop takes: prune the trained weights (and rewind, which the ticket then starts from)
+            self._place_search(round_index - 1, _masks_in(trained, self.search.names), self.recipe.train.iterations)
+            self.search.model.load_state_dict(trained)
+            self.search.prune_and_rewind()
+            masks = self.search.masks
+        if (mask_path.parent / paths.RESULT).exists():  # a finished round whose mask.pt was lost: restore it
+            save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)
+        return masks
+
+
+def _masks_in(state: dict, names: list[str]) -> dict:
+    """The mask buffers of a pruned model's state dict, by module name."""
+    return {name: state[f"{name}.weight_mask" if name else "weight_mask"] for name in names}
