@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 
 from compress.errors import UserError
 from compress.integrations._engine import (
+    checked_steps,
     make_search,
     rounds_of,
     steps_done,
@@ -52,7 +53,7 @@ class LotteryTicketCallback(TrainerCallback):
     def __init__(self, recipe: Recipe, model: nn.Module, *, where: Callable[[str], str] | None = None,
                  iterations: int | None = None) -> None:
         self.recipe = recipe
-        self.iterations = iterations or recipe.train.iterations
+        self.iterations = checked_steps(recipe, iterations, "hf")
         self.rewind_to = recipe.lottery.rewind_to
         self.rounds = rounds_of(recipe)
         self.search = make_search(model, recipe, where, iterations=self.iterations)

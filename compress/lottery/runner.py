@@ -98,7 +98,7 @@ class LotteryRun:
         self.identity = {"recipe": results_hash(recipe), "data": self.data.identity_hash}
         if recipe.prune.channel_multiple == "auto":  # 'auto' differs by CPU: a resume elsewhere must not mix widths
             self.identity["channel_multiple"] = resolve_multiple("auto")
-        self.search = LotterySearch(self.make_model(recipe.seed), recipe, where)
+        self.search = LotterySearch(self.make_model(recipe.seed), recipe, where, entry_point="find_ticket")
         if progress and distributed.is_main():  # what will be pruned, and what not, before hours of training
             from compress.lottery.dry_run import format_plan
 
