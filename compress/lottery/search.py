@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.lottery.control_runs import ControlsMixin
 from compress.lottery.events import STATE_FORMAT, StepEvent, check_state, search_settings
 from compress.models.unwrap import unwrap_model
 from compress.pruning import (
@@ -106,7 +107,7 @@ def one_shot_rates(rates: dict[str, float], rounds: int) -> dict[str, float]:
     return {name: 1 - (1 - rate) ** rounds for name, rate in rates.items()}
 
 
-class LotterySearch:
+class LotterySearch(ControlsMixin):
     """Masks installed with torch.nn.utils.prune, a rewind snapshot, and the IMP schedule of levels."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None, *,
@@ -368,6 +369,7 @@ class LotterySearch:
                 "schedule_start": copy.deepcopy(self._schedule_start),
                 "watched": [self._optimizer is not None, self._scheduler is not None]
                 if self._rewatch is None else list(self._rewatch),
+                "results": copy.deepcopy(self.__dict__.get("_results", {})),
                 "masks": {name: module.weight_mask.detach().clone()
                           for name, module in zip(self.names, self._modules, strict=True)}}
 
@@ -389,6 +391,7 @@ class LotterySearch:
         self.level, self.step_count, self.done = state["level"], state["step_count"], state["done"]
         if state.get("schedule_start") is not None:
             self._schedule_start = copy.deepcopy(state["schedule_start"])
+        self.__dict__["_results"] = {int(k): dict(v) for k, v in dict(state.get("results") or {}).items()}
         self._optimizer = self._scheduler = None
         watched = tuple(bool(w) for w in state.get("watched", (False, False)))
         self._rewatch = watched if any(watched) else None
@@ -408,5 +411,7 @@ class LotterySearch:
         return plan_rows(self.model, plan_layers(self.model, self.prune_config), self.rates(), self.rounds)
 
     def report(self) -> dict:
+        """Sparsity per layer and in total, and ``levels``: per level the ``record``-ed results of the
+        ticket and of each control (None where the recipe asks for a control nobody recorded)."""
         refresh_weights(self.model)
-        return sparsity_report(self.model, self.names)
+        return {**sparsity_report(self.model, self.names), "levels": self.level_rows()}

@@ -82,8 +82,8 @@ SUPPORT: dict[str, tuple[tuple[str, str, str, str], str]] = {
     "prune.channel_multiple": (_ALL, ""),
     "lottery.rounds": (_ALL, ""),
     "lottery.rewind_to": (_ALL, ""),
-    "lottery.controls": ((H, W, R, R), "own loop: train search.controls() and record_control(); callbacks "
-                                       "refuse"),
+    "lottery.controls": (_NO_CONTROLS, "own loop: search.control_models() + record(), report() shows a "
+                                       "missing one as None; the callbacks refuse (no second training loop)"),
     "lottery.one_shot": (_ALL, ""),
     "lottery.ticket_tolerance": (_OWN, "find_ticket.py picks the ticket; search.report() has no pick"),
     "lottery.executor": (_OWN, "where find_ticket.py trains controls; yours train where your code runs"),
