@@ -19,7 +19,8 @@ from compress import distributed, paths
 from compress.data import load_dataset
 from compress.errors import UserError
 from compress.io import CorruptArtifactError, load_json, load_torch, save_json, save_torch
-from compress.lottery.controls import CONTROLS, REINIT_SEED_STRIDE, ControlInput, control_seed
+from compress.lottery.control_runs import control_start
+from compress.lottery.controls import REINIT_SEED_STRIDE
 from compress.lottery.executors import (
     Executor,
     TrainingJob,
@@ -98,7 +99,7 @@ class LotteryRun:
         self.identity = {"recipe": results_hash(recipe), "data": self.data.identity_hash}
         if recipe.prune.channel_multiple == "auto":  # 'auto' differs by CPU: a resume elsewhere must not mix widths
             self.identity["channel_multiple"] = resolve_multiple("auto")
-        self.search = LotterySearch(self.make_model(recipe.seed), recipe, where)
+        self.search = LotterySearch(self.make_model(recipe.seed), recipe, where, entry_point="find_ticket")
         if progress and distributed.is_main():  # what will be pruned, and what not, before hours of training
             from compress.lottery.dry_run import format_plan
 
@@ -273,10 +274,9 @@ class LotteryRun:
             done: Future = Future()  # finished before: nothing to send
             done.set_result(load_json(folder / paths.RESULT))
             return done
-        control = CONTROLS.get(name)
-        start, masks = control(ControlInput(round_index=round_index, masks=masks, start_state=start,
-                                            seed=control_seed(self.recipe.seed, round_index),
-                                            granularity=self.recipe.prune.granularity, make_model=self.make_model))
+        # the one way a control's inputs are made, shared with LotterySearch.control_models (own loops)
+        start, masks = control_start(name, round_index, masks, start, self.recipe.seed,
+                                     self.recipe.prune.granularity, self.make_model)
         if executor is None:
             done = Future()
             done.set_result(run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,

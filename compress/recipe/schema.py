@@ -131,8 +131,8 @@ class LotteryConfig:
     controls: tuple[str, ...] = doc(f"control experiments per round: {', '.join(CONTROLS)}", default=())
     one_shot: bool = doc("prune to the final sparsity in one step after the dense round", default=False)
     ticket_tolerance: float = doc(
-        "winning ticket = sparsest round whose early-stop test accuracy is within this fraction of "
-        "accuracy of the dense round (0.005 = 0.5 points)",
+        "winning ticket = the sparsest round whose early-stop validation accuracy (test accuracy when "
+        "data.validation_size is 0) is within this fraction of the dense round's (0.005 = 0.5 points)",
         default=0.005,
     )
     executor: str = doc(

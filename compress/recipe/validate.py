@@ -135,8 +135,11 @@ def build_recipe(data: dict[str, Any], locs: Locations, source: str,
                 raise RecipeError(f"sections[{i}]: unknown section {section!r}{did_you_mean(section, known)}; "
                                   f"sections are {', '.join(known)}", source)
         if isinstance(data, dict):
+            train = data.get("train")
             data = {key: value for key, value in data.items() if key in sections or key in _ALWAYS
                     or key not in known}  # an unknown key stays, so a typo is still reported
+            if "train" not in sections and isinstance(train, dict) and train.get("iterations") is not None:
+                data["train"] = {"iterations": train["iterations"]}  # the budget is read even when partial
     recipe = builder.section(Recipe, data, ())
     _check_recipe(recipe, builder, sections)
     return recipe
