@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 from pathlib import Path
 
 from compress import distributed, paths
@@ -49,12 +50,23 @@ class RunDirLock:
         path = self.run_dir / LOCK
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "a+")  # noqa: SIM115  (held open for the run's lifetime)
+            # O_NOFOLLOW: a lock that is a link to someone's file must not truncate it; O_NONBLOCK: a FIFO
+            # put there must not hang the open (fstat refuses it below)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise UserError(f"{path}: the lock file is a symbolic link; compress never follows it (remove "
+                                "it, or pass another --out)") from None
             if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and self.run_dir.is_dir():
                 self.read_only = True  # a finished run can still be read; any write names the file
                 return self
             raise
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise UserError(f"{path}: the lock file is not a regular file; remove it, or pass another --out")
+        os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "r+")  # held open for the run's lifetime
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -102,6 +114,27 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
     return removed
+
+
+def refuse_links(run_dir: Path) -> None:
+    """Refuse a run dir whose own files or folders (``round_NN``, its controls, the files a run writes)
+    are symbolic links: writing a round through a link would write wherever it points."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    folders = [run_dir]
+    for entry in run_dir.iterdir():
+        ours = entry.name in _WRITTEN or entry.name == LOCK or _ROUND.match(entry.name)
+        if ours and entry.is_symlink():
+            raise UserError(f"{entry}: is a symbolic link inside the run dir; compress never writes through one "
+                            "(replace it with the real folder or file, or pass another --out)")
+        if _ROUND.match(entry.name) and entry.is_dir():
+            folders.append(entry)
+    for folder in folders[1:]:  # below round_NN everything is the run's own
+        for entry in [*folder.iterdir(), *(sub for d in _subdirs(folder) for sub in d.iterdir())]:
+            if entry.is_symlink():
+                raise UserError(f"{entry}: is a symbolic link inside the run dir; compress never writes through "
+                                "one (replace it with the real folder or file, or pass another --out)")
 
 
 def _subdirs(folder: Path) -> list[Path]:

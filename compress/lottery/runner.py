@@ -38,6 +38,7 @@ from compress.lottery.rundir import (
     check_identity,
     default_run_dir,
     prepare_run_dir,
+    refuse_links,
     remove_stale_temp_files,
 )
 from compress.lottery.schedule import run_rounds
@@ -80,6 +81,7 @@ class LotteryRun:
             raise
 
     def _setup(self, recipe: Recipe, run_dir: Path, progress: bool, where) -> None:
+        refuse_links(run_dir)
         self.run_dir = prepare_run_dir(recipe, run_dir)
         if self.lock is not None and not self.lock.read_only:
             remove_stale_temp_files(self.run_dir)  # ours alone: the lock says no live writer owns them
