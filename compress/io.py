@@ -41,6 +41,14 @@ def check_target(path: Path) -> None:
                         "(name a regular file or a new path)")
 
 
+def refuse_existing(paths: list[Path], hint: str) -> None:
+    """For commands that promise never to overwrite: one ``UserError`` naming the first path that exists
+    (or is a link, even a dangling one); ``hint`` says how to go on."""
+    for path in paths:
+        if os.path.lexists(path):
+            raise UserError(f"{path} exists and is never overwritten: {hint}")
+
+
 def _kind(mode: int) -> str:
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
              (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
