@@ -20,8 +20,14 @@ from compress import paths
 from compress.errors import UserError
 from compress.io import check_target, save_bytes, save_json
 from compress.models import build_model
-from compress.pruning import apply_masks, effective_weights, magnitude_masks, ones_masks, plain_state_dict
-from compress.pruning import prunable_modules
+from compress.pruning import (
+    apply_masks,
+    effective_weights,
+    magnitude_masks,
+    ones_masks,
+    plain_state_dict,
+    prunable_modules,
+)
 from compress.recipe import DataConfig, ModelConfig, Recipe, dump_recipe, recipe_to_dict
 from compress.ticket import save_ticket
 
@@ -135,7 +141,8 @@ def test_pack_never_overwrites_and_refuses_special_outputs(exported, tmp_path, m
     code, _, err = _tool(monkeypatch, capsys, PACK, str(onnx_file), "--out", str(tmp_path / "other.cta"), "--sizes")
     assert code == 2 and "ticket.cta" in err and not (tmp_path / "other.cta").exists()
     assert (tmp_path / "ticket.cta").read_bytes() == b"mine"
-    for kind, path in _specials(tmp_path / "s" if (tmp_path / "s").mkdir() is None else tmp_path).items():
+    (tmp_path / "s").mkdir()
+    for path in _specials(tmp_path / "s").values():
         code, _, err = _tool(monkeypatch, capsys, PACK, str(onnx_file), "--out", str(path))
         assert code == 2 and err.count("\n") == 1 and str(path) in err
         code, _, err = _tool(monkeypatch, capsys, PACK, "--unpack", str(tmp_path / "ticket.cta"), "--out", str(path))
