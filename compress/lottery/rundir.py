@@ -141,8 +141,15 @@ def _subdirs(folder: Path) -> list[Path]:
     return [entry for entry in folder.iterdir() if entry.is_dir() and not entry.is_symlink()]
 
 
-def check_identity(folder: Path, identity: dict, what: str) -> None:
-    """Record ``identity`` in ``folder`` (first visit) or refuse when the folder was made by something else."""
+# identity keys newer than some run dirs: a round recorded without one is not refused for lacking it
+_ADDED_LATER = frozenset({"threads"})
+
+
+def check_identity(folder: Path, identity: dict, what: str, *, skip: tuple[str, ...] = ()) -> None:
+    """Record ``identity`` in ``folder`` (first visit) or refuse when the folder was made by something else.
+
+    ``skip``: keys not compared (a finished round is read, not trained: its thread count no longer matters).
+    """
     folder = Path(folder)
     recorded_path = folder / IDENTITY
     if recorded_path.exists():
@@ -150,9 +157,18 @@ def check_identity(folder: Path, identity: dict, what: str) -> None:
             recorded = load_json(recorded_path)
         except ValueError:
             recorded = None
-        if recorded != identity:
-            changed = sorted(k for k in identity if not isinstance(recorded, dict) or recorded.get(k) != identity[k])
-            raise UserError(f"{folder}: {what} was made by a different {' and '.join(changed) or 'run'} "
+        if not isinstance(recorded, dict):
+            recorded, changed = {}, ["run"]
+        else:
+            changed = sorted(key for key in set(identity) | set(recorded)
+                             if key not in skip and not (key in _ADDED_LATER and key not in recorded)
+                             and recorded.get(key) != identity.get(key))
+        if changed:
+            hint = ""
+            if "threads" in changed and isinstance(recorded.get("threads"), int):
+                hint = (f" (it trained with {recorded['threads']} torch threads per training, this process "
+                        f"{identity.get('threads')}: set COMPRESS_THREADS={recorded['threads']} to resume it)")
+            raise UserError(f"{folder}: {what} was made by a different {' and '.join(changed)}{hint} "
                             f"(see {recorded_path}); resuming would mix runs: pass another --out or delete "
                             "the folder")
         return
@@ -175,11 +191,13 @@ def default_run_dir(recipe: Recipe, base: Path = RUNS) -> Path:
     return run_dir
 
 
-def prepare_run_dir(recipe: Recipe, run_dir: Path) -> Path:
+def prepare_run_dir(recipe: Recipe, run_dir: Path, read_only: bool = False) -> Path:
     """Create the run dir with the resolved recipe, or check that an existing one holds a run of it.
 
     Only fields that change results must agree (``recipe.yaml`` is rewritten when, say, ``export.opset``
-    changed); each round is checked again against its own ``identity.json``.
+    changed); each round is checked again against its own ``identity.json``. ``read_only`` (the run dir's
+    lock could not be opened for writing: read-only media): a differing field outside the hash (no
+    ``--executor``, another ``export.opset``) writes nothing, so a finished run still reruns there.
     """
     run_dir = Path(run_dir)
     recorded = run_dir / paths.RECIPE
@@ -193,6 +211,7 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path) -> Path:
         if results_hash(old) != results_hash(recipe):
             raise UserError(f"{run_dir} holds a run of a different recipe ({recorded}); pass another --out "
                             "or delete that folder")
-    if distributed.is_main() and (not recorded.exists() or recorded.read_text() != text):
+    if distributed.is_main() and not (read_only and recorded.exists()) and \
+            (not recorded.exists() or recorded.read_text() != text):
         save_text(text, recorded)
     return run_dir
