@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,8 +38,9 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
     folder = Path(folder)
     result_path = folder / paths.RESULT
     distributed.barrier()  # every rank sees the same files before deciding to skip
-    if result_path.exists():
-        return load_json(result_path)
+    done = read_result(result_path)
+    if done is not None:
+        return done
     model = make_model()
     apply_masks(model, masks)
     if start_state is not None:
@@ -70,6 +72,25 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
     (folder / paths.CHECKPOINT).unlink(missing_ok=True)
     distributed.barrier()
     return result
+
+
+def read_result(path: Path) -> dict | None:
+    """A finished training's ``result.json``; None when there is none, or when it is empty or cut (a disk
+    that filled up): the training then runs again, deterministically, and writes it anew."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        result = load_json(path)
+    except (ValueError, UnicodeDecodeError):
+        result = None
+    if isinstance(result, dict) and "weights_remaining" in result:
+        return result
+    if distributed.is_main():
+        print(f"warning: {path} is empty or cut; training that experiment again (same seed, same result)",
+              file=sys.stderr)
+        path.unlink()
+    return None
 
 
 @torch.no_grad()

@@ -32,13 +32,14 @@ from compress.lottery.executors import (
     threads_per_worker,
     warm_up,
 )
-from compress.lottery.experiment import run_experiment
+from compress.lottery.experiment import read_result, run_experiment
 from compress.lottery.report import write_report
 from compress.lottery.rundir import (
     RunDirLock,
     check_identity,
     default_run_dir,
     prepare_run_dir,
+    refuse_links,
     remove_stale_temp_files,
 )
 from compress.lottery.schedule import run_rounds
@@ -81,7 +82,8 @@ class LotteryRun:
             raise
 
     def _setup(self, recipe: Recipe, run_dir: Path, progress: bool, where) -> None:
-        self.run_dir = prepare_run_dir(recipe, run_dir)
+        refuse_links(run_dir)
+        self.run_dir = prepare_run_dir(recipe, run_dir, read_only=self.lock is not None and self.lock.read_only)
         if self.lock is not None and not self.lock.read_only:
             remove_stale_temp_files(self.run_dir)  # ours alone: the lock says no live writer owns them
         distributed.barrier()
@@ -243,7 +245,11 @@ class LotteryRun:
         Returns the round's entry (without ``controls``) and a future of each control's result.
         """
         if distributed.is_main():
-            check_identity(paths.round_dir(self.run_dir, round_index), self.identity, f"round {round_index}")
+            # torch's thread count changes float sums in the last bits: a round resumed under another count
+            # would match neither run; a finished round is only read, so its count no longer matters
+            identity = {**self.identity, "threads": torch.get_num_threads()}
+            check_identity(paths.round_dir(self.run_dir, round_index), identity, f"round {round_index}",
+                           skip=("threads",) if self._finished(round_index) else ())
         distributed.barrier()
         masks = self.masks_for_round(round_index)
         ticket = self.run_ticket(round_index, masks)
@@ -270,9 +276,10 @@ class LotteryRun:
                        start: dict) -> Future:
         """The control's inputs are made here (in the run's order); its training goes to ``executor``."""
         folder = paths.experiment_dir(self.run_dir, round_index, name)
-        if executor is not None and not executor.inline and (folder / paths.RESULT).exists():
+        finished = read_result(folder / paths.RESULT) if executor is not None and not executor.inline else None
+        if finished is not None:
             done: Future = Future()  # finished before: nothing to send
-            done.set_result(load_json(folder / paths.RESULT))
+            done.set_result(finished)
             return done
         # the one way a control's inputs are made, shared with LotterySearch.control_models (own loops)
         start, masks = control_start(name, round_index, masks, start, self.recipe.seed,
@@ -342,14 +349,15 @@ class LotteryRun:
 
     def _finished(self, round_index: int) -> bool:
         names = ["ticket", *(self.recipe.lottery.controls if round_index > 0 else ())]
-        return all((paths.experiment_dir(self.run_dir, round_index, name) / paths.RESULT).exists() for name in names)
+        return all(read_result(paths.experiment_dir(self.run_dir, round_index, name) / paths.RESULT) is not None
+                   for name in names)
 
     def write_summary(self, rounds: list[dict]) -> dict:
         summary = build_summary(self.recipe, rounds)
         chosen = next(entry for entry in rounds if entry["round"] == summary["ticket"]["round"])
         summary_path = self.run_dir / paths.SUMMARY
         written = (summary_path.exists() and (self.run_dir / paths.TICKET).exists()
-                   and (self.run_dir / paths.REPORT).exists() and load_json(summary_path) == summary)
+                   and (self.run_dir / paths.REPORT).exists() and _json_or_none(summary_path) == summary)
         if not written:  # a finished run on read-only media reruns without writing
             self.save_ticket(chosen)
             save_json(summary, summary_path)
@@ -374,6 +382,14 @@ class LotteryRun:
 def _masks_in(state: dict, names: list[str]) -> dict:
     """The mask buffers of a pruned model's state dict, by module name."""
     return {name: state[f"{name}.weight_mask" if name else "weight_mask"] for name in names}
+
+
+def _json_or_none(path: Path):
+    """A run file derived from the round files (``summary.json``): None when empty or cut, so it is rewritten."""
+    try:
+        return load_json(path)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def _cpu(state: dict) -> dict:

@@ -164,6 +164,9 @@ def _check_recipe(recipe: Recipe, b: Builder, sections: tuple[str, ...] | None =
         if opt.nesterov and (opt.name != "sgd" or opt.momentum <= 0):
             raise b.error(("train", "optimizer", "nesterov"),
                           "Nesterov momentum needs optimizer sgd with momentum > 0")
+    if checked("export") and recipe.export.qat == "on" and recipe.export.quantize == "none":
+        raise b.error(("export", "qat"), "on needs an int8 export (export.quantize: int8, int8-static or "
+                                         "int8-dynamic); with quantize none there is nothing to fine-tune for")
     for i, control in enumerate(lottery.controls):
         if control in lottery.controls[:i]:
             raise b.error(("lottery", "controls", i), f"duplicate control {control!r}")
