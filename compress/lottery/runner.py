@@ -7,6 +7,7 @@ continues from its last checkpoint, and masks come out identical to an uninterru
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -33,6 +34,7 @@ from compress.lottery.executors import (
     warm_up,
 )
 from compress.lottery.experiment import read_result, run_experiment
+from compress.lottery.methods_run import early_bird_hooks, inverted_masks
 from compress.lottery.report import write_report
 from compress.lottery.rundir import (
     RunDirLock,
@@ -44,9 +46,11 @@ from compress.lottery.rundir import (
 )
 from compress.lottery.schedule import run_rounds
 from compress.lottery.search import LotterySearch
+from compress.lottery.strategies import finetune_config
 from compress.lottery.summary import build_summary, choose_ticket, read_summary, result_fields, round_line
 from compress.models import build_model
-from compress.pruning import load_plain_state_dict, plain_state_dict
+from compress.pruning import apply_masks, load_plain_state_dict, plain_state_dict
+from compress.pruning.scorers import NEEDS_DATA
 from compress.pruning.structured import resolve_multiple
 from compress.recipe import Recipe, recipe_to_dict, results_hash
 from compress.runtime import resolve_device, seed_everything, set_threads
@@ -106,6 +110,9 @@ class LotteryRun:
             from compress.lottery.dry_run import format_plan
 
             print("\n".join(format_plan(self.search.plan(), self.search.rounds)), file=sys.stderr)
+        if recipe.lottery.strategy == "at_init" and recipe.prune.method in NEEDS_DATA:
+            stream = self.data.train.batches(recipe.train.batch_size, recipe.seed)  # the first steps' batches
+            self.search.score_at_init([next(stream) for _ in range(recipe.prune.score_batches)])
         self.init_state = plain_state_dict(self.search.model)
         self.begin = recipe.lottery.rewind_to
 
@@ -173,7 +180,10 @@ class LotteryRun:
                     raise UserError(f"{error}; delete {mask_path.parent} and run again to recompute it") from None
                 mask_path.replace(mask_path.with_name(mask_path.name + ".corrupt"))
                 print(f"warning: {error}; moved aside and recomputed from the previous round", file=sys.stderr)
-        if round_index == 0:
+        early_bird = paths.round_dir(self.run_dir, round_index - 1) / paths.EARLY_BIRD
+        if round_index > 0 and early_bird.exists():  # the previous round's converged draw (You et al. 2020)
+            masks = {name: mask.to(self.device) for name, mask in load_torch(early_bird)["masks"].items()}
+        elif round_index == 0:
             masks = {name: torch.ones_like(mask) for name, mask in self.search.masks.items()}
         else:
             previous = paths.round_dir(self.run_dir, round_index - 1)
@@ -208,6 +218,11 @@ class LotteryRun:
         self._place_search(round_index, masks, 0 if round_index == 0 else self.begin)
         if round_index == 0:
             load_plain_state_dict(self.search.model, self.init_state)
+        elif self.recipe.lottery.retrain != "rewind":  # lr_rewind / finetune: the trained survivors go on
+            previous = paths.round_dir(self.run_dir, round_index - 1)
+            self.search.model.load_state_dict(self._load(previous / paths.FINAL, recompute=self._retrain(round_index - 1),
+                                                         also=(previous / paths.RESULT,)))
+            apply_masks(self.search.model, masks)
         else:
             self.search.rewind()
         return self.search.model
@@ -228,9 +243,14 @@ class LotteryRun:
         folder = paths.round_dir(self.run_dir, round_index)
         on_step = self._dense_step if round_index == 0 and self.begin > 0 else None
         start = (lambda: self._dense_start(masks)) if round_index == 0 else (lambda: self._level_start(round_index, masks))
+        recipe, hooks = self.recipe, {}
+        if round_index > 0 and recipe.lottery.retrain == "finetune":
+            recipe = dataclasses.replace(recipe, train=finetune_config(recipe.train))
+        if recipe.lottery.early_bird.every and round_index < self.search.rounds:
+            on_step, hooks = early_bird_hooks(self, folder, on_step)
         return run_experiment(folder, make_model=start, start_state=None, masks=masks,
-                              recipe=self.recipe, data=self.data, begin=0 if round_index == 0 else self.begin,
-                              desc=f"round {round_index} ticket", progress=self.progress, on_step=on_step)
+                              recipe=recipe, data=self.data, begin=0 if round_index == 0 else self.begin,
+                              desc=f"round {round_index} ticket", progress=self.progress, on_step=on_step, **hooks)
 
     def run_round(self, round_index: int, executor: Executor | None = None) -> dict:
         """Ticket and controls of one round, here and in order (``executor``: the controls go there)."""
@@ -282,8 +302,10 @@ class LotteryRun:
             done.set_result(finished)
             return done
         # the one way a control's inputs are made, shared with LotterySearch.control_models (own loops)
-        start, masks = control_start(name, round_index, masks, start, self.recipe.seed,
-                                     self.recipe.prune.granularity, self.make_model)
+        ticket_masks = masks
+        start, masks = control_start(name, round_index, ticket_masks, start, self.recipe.seed,
+                                     self.recipe.prune.granularity, self.make_model,
+                                     inverted=lambda: inverted_masks(self, round_index, ticket_masks))
         if executor is None:
             done = Future()
             done.set_result(run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,

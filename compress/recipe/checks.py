@@ -19,8 +19,10 @@ from compress.recipe.schema import (
     PREPROCESS_MODES,
     QAT_MODES,
     QUANTIZE_MODES,
+    RETRAINS,
     SCHEDULES,
     SCOPES,
+    STRATEGIES,
 )
 
 Rule = tuple[Callable[[float], bool], str]
@@ -61,6 +63,10 @@ RANGES: dict[str, Rule] = {
     "lottery.rounds": NON_NEGATIVE,
     "lottery.rewind_to": NON_NEGATIVE,
     "lottery.ticket_tolerance": TOLERANCE,
+    "prune.score_batches": POSITIVE,
+    "lottery.early_bird.every": NON_NEGATIVE,
+    "lottery.early_bird.distance": FRACTION,
+    "lottery.early_bird.patience": POSITIVE,
     "export.opset": OPSET,
     "export.calibration_size": POSITIVE,
     "export.qat_tolerance": TOLERANCE,
@@ -81,6 +87,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.scope": SCOPES,
     "prune.granularity": GRANULARITIES,
     "lottery.controls[]": CONTROLS,
+    "lottery.strategy": STRATEGIES,
+    "lottery.retrain": RETRAINS,
     "export.preprocess": PREPROCESS_MODES,
     "export.quantize": QUANTIZE_MODES,
     "export.qat": QAT_MODES,
@@ -91,6 +99,8 @@ CROSS_RULES: dict[str, str] = {
     "lottery.rewind_to": "must be < train.iterations",
     "train.schedule.milestones": "strictly increasing; needed by the step schedule",
     "train.optimizer.nesterov": "needs sgd with momentum > 0",
+    "lottery.strategy": "at_init needs lottery.retrain rewind, no early_bird, no one_shot",
+    "prune.method": "random_erk, snip, grasp, synflow need lottery.strategy at_init and granularity weight",
 }
 
 
