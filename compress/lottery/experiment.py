@@ -46,10 +46,16 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
     mask_path = folder / paths.MASK
     if not mask_path.exists() and distributed.is_main():
         save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)
-    outcome = train(model, data, recipe.train, recipe.seed, metrics_path=folder / paths.METRICS,
-                    checkpoint_path=folder / paths.CHECKPOINT, begin=begin,
-                    on_step=(lambda iteration: on_step(iteration, model)) if on_step else None,
-                    augment=recipe.data.augment, progress=progress, desc=desc)
+    tracker = experiment_tracker(folder, recipe) if distributed.is_main() else None
+    try:
+        outcome = train(model, data, recipe.train, recipe.seed, metrics_path=folder / paths.METRICS,
+                        checkpoint_path=folder / paths.CHECKPOINT, begin=begin,
+                        on_step=(lambda iteration: on_step(iteration, model)) if on_step else None,
+                        augment=recipe.data.augment, progress=progress, desc=desc, tracker=tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.close()
+        raise
     report = sparsity_report(model, list(masks))
     check_ticket_invariants(model, masks)
     if not distributed.is_main():
@@ -66,10 +72,27 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
     # what an ideal sparse kernel would multiply (a whole-channel ticket, once compacted, saves a bit more)
     result["macs_remaining"] = nonzero_macs / dense_macs if dense_macs else 1.0
     result["final_iteration"] = outcome.iterations
+    if tracker is not None:
+        with tracker:  # the outcome, at the last iteration: a scalar per run to compare runs by
+            tracker.log({"result/weights_remaining": result["weights_remaining"],
+                         "result/macs_remaining": result["macs_remaining"],
+                         "result/early_stop_iteration": outcome.early_stop_iteration,
+                         "result/early_stop_test_accuracy": outcome.early_stop_test_accuracy,
+                         "result/test_accuracy": outcome.test_accuracy}, outcome.iterations)
     save_json(result, result_path)
     (folder / paths.CHECKPOINT).unlink(missing_ok=True)
     distributed.barrier()
     return result
+
+
+def experiment_tracker(folder: Path, recipe):
+    """The tracker of one ticket or control run (``train.log``); its run dir is the folder holding round_NN/."""
+    from compress.tracking import open_tracker, recipe_params
+
+    folder = Path(folder)
+    run_dir = folder.parent if folder.name.startswith("round_") else folder.parent.parent
+    name = str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else folder.name
+    return open_tracker(recipe.train.log, folder, run_dir=run_dir, name=name, params=recipe_params(recipe))
 
 
 @torch.no_grad()

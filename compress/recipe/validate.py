@@ -161,6 +161,9 @@ def _check_recipe(recipe: Recipe, b: Builder, sections: tuple[str, ...] | None =
         if opt.nesterov and (opt.name != "sgd" or opt.momentum <= 0):
             raise b.error(("train", "optimizer", "nesterov"),
                           "Nesterov momentum needs optimizer sgd with momentum > 0")
+    for i, logger in enumerate(recipe.train.log):
+        if logger in recipe.train.log[:i]:
+            raise b.error(("train", "log", i), f"duplicate logger {logger!r}")
     for i, control in enumerate(lottery.controls):
         if control in lottery.controls[:i]:
             raise b.error(("lottery", "controls", i), f"duplicate control {control!r}")
