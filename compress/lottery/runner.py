@@ -337,8 +337,12 @@ class LotteryRun:
         state = {"summary": {}}
         done: list[dict] = []
 
+        tracker = self.run_tracker() if main else None
+
         def round_done(entry: dict, finished_before: bool) -> None:
             done.append(entry)
+            if tracker is not None:
+                track_round(tracker, entry)
             # a rerun of finished rounds writes nothing until the end (and nothing at all if nothing changed)
             if main and (not finished_before or len(done) == total):
                 state["summary"] = self.write_summary(done)
@@ -362,8 +366,19 @@ class LotteryRun:
         finally:
             executor.close(cancel=failed)
             bar.close()
+            if tracker is not None:
+                tracker.close()
         distributed.barrier()
         return state["summary"] if main else {"rounds": rounds}
+
+    def run_tracker(self):
+        """The run dir's own tracking run: one point per round (``track_round``); None when read-only."""
+        if self.lock is not None and self.lock.read_only:
+            return None
+        from compress.tracking import open_tracker, recipe_params
+
+        return open_tracker(self.recipe.train.log, self.run_dir, run_dir=self.run_dir, name="rounds",
+                            params=recipe_params(self.recipe))
 
     @property
     def _recipe_dict(self) -> dict:
@@ -399,6 +414,17 @@ class LotteryRun:
                     shape=self.shape, masks={k: v.cpu() for k, v in masks.items()},
                     rewind_state=rewind_state, trained_state=_cpu(self.search.folded_state_dict()),
                     info={**chosen, "recipe": self.recipe.name})
+
+
+def track_round(tracker, entry: dict) -> None:
+    """A round's outcome at step = round index: weights / MACs remaining, early stop, each control's."""
+    metrics = {f"round/{key}": entry[key] for key in ("weights_remaining", "macs_remaining", "early_stop_iteration",
+                                                      "early_stop_test_accuracy", "test_accuracy") if key in entry}
+    for name, control in entry.get("controls", {}).items():
+        metrics.update({f"round/{name}/{key}": control[key] for key in ("early_stop_test_accuracy", "test_accuracy")
+                        if key in control})
+    tracker.log(metrics, entry["round"])
+    tracker.flush()
 
 
 def _masks_in(state: dict, names: list[str]) -> dict:

@@ -169,6 +169,9 @@ def _check_recipe(recipe: Recipe, b: Builder, sections: tuple[str, ...] | None =
                                          "int8-dynamic); with quantize none there is nothing to fine-tune for")
     if checked("prune", "lottery"):
         _check_strategy(recipe, b)
+    for i, logger in enumerate(recipe.train.log):
+        if logger in recipe.train.log[:i]:
+            raise b.error(("train", "log", i), f"duplicate logger {logger!r}")
     for i, control in enumerate(lottery.controls):
         if control in lottery.controls[:i]:
             raise b.error(("lottery", "controls", i), f"duplicate control {control!r}")
