@@ -166,7 +166,7 @@ def _markdown(machine: dict, records: list[dict]) -> str:
               f"({r['speedup_vs_ticket_fp32']:.2f}×)" for r in records
               if r["variant"].startswith("ticket_int8") and r["speedup_vs_ticket_fp32"] < 1.0]
     lines += ["", "**Where int8 is slower than the fp32 ticket:** " + ("; ".join(slower) or "nowhere") + ".", "",
-              "Rule of `export.quantize: int8` (`compress.export.quantize.choose_mode`): no Conv in the graph "
+              "Rule of `export.quantize: int8` (`compress.export.quantize.int8.choose_mode`): no Conv in the graph "
               "→ dynamic, else static QDQ.", ""]
     return "\n".join(lines)
 

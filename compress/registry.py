@@ -107,16 +107,38 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
+class Names:
+    """The names of several registries as one choice (``prune.method``: IMP methods and at-init scorers)."""
+
+    def __init__(self, *registries: Registry) -> None:
+        self.registries = registries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name for registry in self.registries for name in registry))
+
+    def __contains__(self, name: object) -> bool:
+        return any(name in registry for registry in self.registries)
+
+
 # Every registry of the toolkit. Entries are registered by the providers named here (and by plugins).
 MODELS: Registry[Callable[..., Any]] = Registry("model", ("compress.models",))
 TIMM_PREFIX = "timm/"  # not registered: any timm model, as timm/<name> (checked when built)
 DATASETS: Registry[Any] = Registry("dataset", ("compress.data",))
 PRUNING_METHODS: Registry[Callable[..., Any]] = Registry("pruning method", ("compress.pruning.masks",))
+# scores of single weights at initialization (lottery.strategy: at_init); magnitude and random are both kinds
+SCORERS: Registry[Callable[..., Any]] = Registry("pruning scorer", ("compress.pruning.scorers",))
 CONTROLS: Registry[Any] = Registry("control", ("compress.lottery.controls",))
 EXECUTORS: Registry[Callable[..., Any]] = Registry("executor", ("compress.lottery.executors",))
+LOGGERS: Registry[Callable[..., Any]] = Registry("logger", ("compress.tracking.local", "compress.tracking.remote"))
 BACKENDS: Registry[Any] = Registry("backend", ("compress.bench.backends", "compress.bench.auto"))
 PREPROCESS_MODES: Registry[str] = Registry("export.preprocess mode", ("compress.export.onnx.preprocess",))
 QUANTIZE_MODES: Registry[str] = Registry("export.quantize mode", ("compress.export.quantize.int8",))
 # Recipe checks that need another layer's knowledge (model kwargs, selector syntax): validation asks by name.
 RECIPE_CHECKS: Registry[Callable[..., Any]] = Registry("recipe check", ("compress.models.build",
                                                                         "compress.pruning.selectors"))
+PRUNE_METHOD_NAMES = Names(PRUNING_METHODS, SCORERS)
+
+
+def init_only(method: str) -> bool:
+    """A scorer with no IMP step of its own: it scores weights at initialization only (snip, grasp, ...)."""
+    return method in SCORERS and method not in PRUNING_METHODS

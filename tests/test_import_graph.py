@@ -1,6 +1,6 @@
 """compress/ has no import cycle: the graph of every import (module-level and inside functions) is acyclic.
 
-Importing ``a.b.c`` from outside package ``a.b`` also runs ``a/b/__init__.py``, so it counts as an edge to
+Imports under ``if TYPE_CHECKING:`` never run and are left out. Importing ``a.b.c`` from outside package ``a.b`` also runs ``a/b/__init__.py``, so it counts as an edge to
 that package too: a package whose ``__init__`` pulls in a module that imports back into it is a cycle.
 """
 
@@ -28,13 +28,26 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     return name or None
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node that can run: all of them but the bodies of ``if TYPE_CHECKING:`` (type hints only)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+            else:
+                stack.append(child)
+
+
 def import_graph() -> dict[str, set[str]]:
     """module -> the compress modules it imports anywhere in its body (plus the packages that runs)."""
     modules = _modules()
     graph: dict[str, set[str]] = {}
     for module, path in modules.items():
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):

@@ -11,11 +11,12 @@ import sys
 import torch
 
 from compress import distributed, paths
-from compress.pruning import load_plain_state_dict
+from compress.io import save_torch
+from compress.pruning import apply_masks, load_plain_state_dict
 
 
 class SearchPlacement:
-    """The placement half of ``LotteryRun`` (it provides ``search``, ``run_dir``, ``begin``, ``init_state``,
+    """The placement half of ``LotteryRun`` (which provides ``search``, ``run_dir``, ``begin``, ``init_state``,
     ``rewind_state`` and ``_load``)."""
 
     def _place_search(self, level: int, masks: dict, step_count: int) -> None:
@@ -36,6 +37,11 @@ class SearchPlacement:
         self._place_search(round_index, masks, 0 if round_index == 0 else self.begin)
         if round_index == 0:
             load_plain_state_dict(self.search.model, self.init_state)
+        elif self.recipe.lottery.retrain != "rewind":  # lr_rewind / finetune: the trained survivors go on
+            previous = paths.round_dir(self.run_dir, round_index - 1)
+            self.search.model.load_state_dict(self._load(previous / paths.FINAL, recompute=self._retrain(round_index - 1),
+                                                         also=(previous / paths.RESULT,)))
+            apply_masks(self.search.model, masks)
         else:
             self.search.rewind()
         return self.search.model
@@ -52,3 +58,10 @@ class SearchPlacement:
             distributed.barrier()
         return self._level_start(0, masks)
 
+    def _dense_step(self, iteration: int, model: torch.nn.Module) -> None:
+        """The dense round steps the search, which snapshots at ``rewind_to``; the snapshot goes to a file."""
+        had_snapshot = self.search.rewind_state is not None
+        self.search.step(iteration)
+        target = self.run_dir / paths.REWIND
+        if not had_snapshot and self.search.rewind_state is not None and not target.exists() and distributed.is_main():
+            save_torch(self.search.rewind_state, target)

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from compress.pruning import is_pruned
 from compress.pruning.plan import LayerPlan
-from compress.pruning.structured import StructuredPlan, channel_plan
+from compress.pruning.structured import StructuredPlan, channel_plan, check_group_method
 
 if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
@@ -34,6 +34,7 @@ def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str
     ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.pruning.compact``)."""
     if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
         return None
+    check_group_method(recipe.prune.method)  # before any training: refused, never turned into magnitude
     return channel_plan(model, recipe.prune, recipe_example_input(recipe), where)
 
 

@@ -1,8 +1,9 @@
-"""Recovery of a run dir's files: load what a run wrote, recompute what is lost or truncated.
+"""The run dir's files for ``LotteryRun``: loaded, recovered when lost or truncated, and the derived ones written.
 
 Every stage writes its output atomically and is skipped when that output exists; a truncated file is moved
 aside (``<name>.corrupt``) and recomputed bit for bit when it can be (a ticket training is redone, a mask
-recomputed from the previous round), else refused with what to delete.
+recomputed from the previous round), else refused with what to delete. ``summary.json``, ``ticket.pt`` and
+``report.md`` are derived from the round files and rewritten only when they differ.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import torch
 
 from compress import distributed, paths
 from compress.errors import UserError
-from compress.io import CorruptArtifactError, load_torch, save_torch
+from compress.io import CorruptArtifactError, load_json, load_torch, save_json, save_torch
+from compress.lottery.experiment import read_result
+from compress.lottery.report import write_report
+from compress.lottery.summary import build_summary
+from compress.recipe import recipe_to_dict
+from compress.ticket import save_ticket
 
 
 class RunFiles:
-    """The recovery half of ``LotteryRun`` (it provides ``run_dir``, ``device``, ``search``, ``recipe``,
-    ``begin``, ``init_state``, ``run_ticket`` and ``_place_search``)."""
+    """The files half of ``LotteryRun`` (which provides ``run_dir``, ``device``, ``search``, ``recipe``,
+    ``begin``, ``init_state``, ``shape``, ``run_ticket``, ``_place_search`` and ``_level_start``)."""
 
     # -- files that can be recomputed -----------------------------------------------------------
     def _load(self, path: Path, recompute: Callable[[], None] | None = None, also: tuple[Path, ...] = ()):
@@ -46,6 +52,17 @@ class RunFiles:
             self.run_ticket(round_index, self.masks_for_round(round_index))
         return redo
 
+    def _saved_init(self, generated: dict) -> dict:
+        """``rewind_to: 0`` rewinds to the initial weights: saved once (``init.pt``) and read back on a resume,
+        so a resume never depends on regenerating them from the seed (another torch may draw others)."""
+        path = self.run_dir / paths.INIT
+        if path.exists():
+            saved = self._load(path)
+            return {key: value.to(generated[key].device) if key in generated else value for key, value in saved.items()}
+        if distributed.is_main() and not (self.lock is not None and self.lock.read_only):
+            save_torch({key: value.detach().cpu() for key, value in generated.items()}, path)
+        return generated
+
     def rewind_state(self) -> dict:
         if self.begin == 0:
             return self.init_state
@@ -70,7 +87,10 @@ class RunFiles:
                     raise UserError(f"{error}; delete {mask_path.parent} and run again to recompute it") from None
                 mask_path.replace(mask_path.with_name(mask_path.name + ".corrupt"))
                 print(f"warning: {error}; moved aside and recomputed from the previous round", file=sys.stderr)
-        if round_index == 0:
+        early_bird = paths.round_dir(self.run_dir, round_index - 1) / paths.EARLY_BIRD
+        if round_index > 0 and early_bird.exists():  # the previous round's converged draw (You et al. 2020)
+            masks = {name: mask.to(self.device) for name, mask in load_torch(early_bird)["masks"].items()}
+        elif round_index == 0:
             masks = {name: torch.ones_like(mask) for name, mask in self.search.masks.items()}
         else:
             previous = paths.round_dir(self.run_dir, round_index - 1)
@@ -86,7 +106,50 @@ class RunFiles:
             save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)
         return masks
 
+    def _finished(self, round_index: int) -> bool:
+        names = ["ticket", *(self.recipe.lottery.controls if round_index > 0 else ())]
+        return all(read_result(paths.experiment_dir(self.run_dir, round_index, name) / paths.RESULT) is not None
+                   for name in names)
+
+    def write_summary(self, rounds: list[dict]) -> dict:
+        summary = build_summary(self.recipe, rounds)
+        chosen = next(entry for entry in rounds if entry["round"] == summary["ticket"]["round"])
+        summary_path = self.run_dir / paths.SUMMARY
+        written = (summary_path.exists() and (self.run_dir / paths.TICKET).exists()
+                   and (self.run_dir / paths.REPORT).exists() and _json_or_none(summary_path) == summary)
+        if not written:  # a finished run on read-only media reruns without writing
+            self.save_ticket(chosen)
+            save_json(summary, summary_path)
+            write_report(self.run_dir, summary, self.recipe)
+        return summary
+
+    def save_ticket(self, chosen: dict) -> None:
+        folder = paths.round_dir(self.run_dir, chosen["round"])
+        masks = load_torch(folder / paths.MASK)
+        trained = self._load(folder / paths.FINAL, recompute=self._retrain(chosen["round"]),
+                             also=(folder / paths.RESULT,))
+        # folded (pruned entries exactly zero): each loads into a fresh, unpruned model as it is
+        self._level_start(chosen["round"], masks)
+        rewind_state = _cpu(self.search.folded_state_dict())
+        self.search.model.load_state_dict(trained)
+        save_ticket(self.run_dir / paths.TICKET, model_config={**recipe_to_dict(self.recipe)["model"]},
+                    shape=self.shape, masks={k: v.cpu() for k, v in masks.items()},
+                    rewind_state=rewind_state, trained_state=_cpu(self.search.folded_state_dict()),
+                    info={**chosen, "recipe": self.recipe.name})
+
 
 def _masks_in(state: dict, names: list[str]) -> dict:
     """The mask buffers of a pruned model's state dict, by module name."""
     return {name: state[f"{name}.weight_mask" if name else "weight_mask"] for name in names}
+
+
+def _json_or_none(path: Path):
+    """A run file derived from the round files (``summary.json``): None when empty or cut, so it is rewritten."""
+    try:
+        return load_json(path)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _cpu(state: dict) -> dict:
+    return {key: value.cpu() for key, value in state.items()}

@@ -119,6 +119,10 @@ def _layer_table(run_dir: Path, rounds: list[dict]) -> list[str]:
     return lines
 
 
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}%"
+
+
 def write_report(run_dir: Path, summary: dict, recipe, sections: Sequence[str] = ()) -> None:
     """``report.md`` and its plots; ``sections``: markdown lines appended by later stages (the pipeline's size
     table), so this module never reads another stage's files."""
@@ -137,11 +141,13 @@ def write_report(run_dir: Path, summary: dict, recipe, sections: Sequence[str] =
         f"{recipe.prune.method} ({recipe.prune.granularity}), rewind to iteration {recipe.lottery.rewind_to}.",
         "",
         f"**Winning ticket**: round {ticket['round']}, {ticket['weights_remaining'] * 100:.2f}% of weights "
-        f"remaining, early-stop test accuracy {ticket['early_stop_test_accuracy'] * 100:.2f}%. "
-        f"Rule: {ticket['rule']}. Saved as `{paths.TICKET}`.",
+        f"remaining, test accuracy {_percent(ticket.get('test_accuracy'))} with the weights `{paths.TICKET}` and "
+        f"the ONNX export hold (the end of the round's training); early-stop test accuracy "
+        f"{_percent(ticket['early_stop_test_accuracy'])}. Rule: {ticket['rule']}.",
         "",
-        "Accuracy is test accuracy at the early-stop iteration (minimum validation loss) and at the end "
-        "of training. Controls: `reinit` keeps the mask with a fresh random init; `random_prune` keeps "
+        "One rule for accuracy: the headline is the test accuracy of the shipped weights (the end of training); "
+        "the early-stop accuracy (minimum validation loss) chose the round and is shown beside it. The tables "
+        "give both per round. Controls: `reinit` keeps the mask with a fresh random init; `random_prune` keeps "
         "the per-layer sparsity with a random mask, trained from the rewind point.",
         "",
         f"![accuracy]({ACCURACY_PLOT})",

@@ -7,6 +7,7 @@ continues from its last checkpoint, and masks come out identical to an uninterru
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from concurrent.futures import Future
 from pathlib import Path
@@ -17,8 +18,8 @@ from tqdm.auto import tqdm
 from compress import distributed, paths
 from compress.data import load_dataset
 from compress.errors import UserError
-from compress.io import load_json, load_torch, save_json, save_torch
-from compress.lottery.controls import CONTROLS, REINIT_SEED_STRIDE, ControlInput, control_seed
+from compress.lottery.control_runs import control_start
+from compress.lottery.controls import REINIT_SEED_STRIDE
 from compress.lottery.executors import (
     Executor,
     TrainingJob,
@@ -30,26 +31,28 @@ from compress.lottery.executors import (
     threads_per_worker,
     warm_up,
 )
-from compress.lottery.experiment import run_experiment
+from compress.lottery.experiment import read_result, run_experiment
+from compress.lottery.methods_run import early_bird_hooks, inverted_masks
 from compress.lottery.placement import SearchPlacement
-from compress.lottery.recovery import RunFiles
-from compress.lottery.report import write_report
+from compress.lottery.recovery import RunFiles, _cpu
 from compress.lottery.rundir import (
     RunDirLock,
     check_identity,
     default_run_dir,
     prepare_run_dir,
+    refuse_links,
     remove_stale_temp_files,
 )
 from compress.lottery.schedule import run_rounds
 from compress.lottery.search import LotterySearch
-from compress.lottery.summary import build_summary, choose_ticket, read_summary, result_fields, round_line
+from compress.lottery.strategies import finetune_config
+from compress.lottery.summary import choose_ticket, read_summary, result_fields, round_line, track_round
 from compress.models import build_model
-from compress.pruning import plain_state_dict
+from compress.pruning import load_plain_state_dict, plain_state_dict
+from compress.pruning.scorers import NEEDS_DATA
 from compress.pruning.widths import resolve_multiple
 from compress.recipe import Recipe, recipe_to_dict, results_hash
 from compress.runtime import resolve_device, seed_everything, set_threads
-from compress.ticket import save_ticket
 
 __all__ = ["REINIT_SEED_STRIDE", "LotteryRun", "choose_ticket", "default_run_dir", "find_ticket", "read_summary"]
 
@@ -81,7 +84,8 @@ class LotteryRun(RunFiles, SearchPlacement):
             raise
 
     def _setup(self, recipe: Recipe, run_dir: Path, progress: bool, where) -> None:
-        self.run_dir = prepare_run_dir(recipe, run_dir)
+        refuse_links(run_dir)
+        self.run_dir = prepare_run_dir(recipe, run_dir, read_only=self.lock is not None and self.lock.read_only)
         if self.lock is not None and not self.lock.read_only:
             remove_stale_temp_files(self.run_dir)  # ours alone: the lock says no live writer owns them
         distributed.barrier()
@@ -96,16 +100,24 @@ class LotteryRun(RunFiles, SearchPlacement):
             raise UserError(f"model.num_classes: {classes} outputs, but {recipe.data.name} has "
                             f"{self.data.num_classes} classes (labels 0..{self.data.num_classes - 1}); "
                             "set it to null to take the dataset's")
-        self.identity = {"recipe": results_hash(recipe), "data": self.data.identity_hash}
+        # torch's version too: the same seed can draw other initial weights under another torch
+        self.identity = {"recipe": results_hash(recipe), "data": self.data.identity_hash, "torch": torch.__version__}
         if recipe.prune.channel_multiple == "auto":  # 'auto' differs by CPU: a resume elsewhere must not mix widths
             self.identity["channel_multiple"] = resolve_multiple("auto")
-        self.search = LotterySearch(self.make_model(recipe.seed), recipe, where)
+        self.search = LotterySearch(self.make_model(recipe.seed), recipe, where, entry_point="find_ticket")
         if progress and distributed.is_main():  # what will be pruned, and what not, before hours of training
             from compress.lottery.dry_run import format_plan
 
             print("\n".join(format_plan(self.search.plan(), self.search.rounds)), file=sys.stderr)
         self.init_state = plain_state_dict(self.search.model)
+        if recipe.lottery.rewind_to == 0:  # the saved initial weights (init.pt), the same on every resume
+            self.init_state = self._saved_init(self.init_state)
+            load_plain_state_dict(self.search.model, self.init_state)
+        if recipe.lottery.strategy == "at_init" and recipe.prune.method in NEEDS_DATA:
+            stream = self.data.train.batches(recipe.train.batch_size, recipe.seed)  # the first steps' batches
+            self.search.score_at_init([next(stream) for _ in range(recipe.prune.score_batches)])
         self.begin = recipe.lottery.rewind_to
+        self.init_state = plain_state_dict(self.search.model)
 
     def close(self) -> None:
         if self.lock is not None:
@@ -127,9 +139,14 @@ class LotteryRun(RunFiles, SearchPlacement):
         folder = paths.round_dir(self.run_dir, round_index)
         on_step = self._dense_step if round_index == 0 and self.begin > 0 else None
         start = (lambda: self._dense_start(masks)) if round_index == 0 else (lambda: self._level_start(round_index, masks))
+        recipe, hooks = self.recipe, {}
+        if round_index > 0 and recipe.lottery.retrain == "finetune":
+            recipe = dataclasses.replace(recipe, train=finetune_config(recipe.train))
+        if recipe.lottery.early_bird.every and round_index < self.search.rounds:
+            on_step, hooks = early_bird_hooks(self, folder, on_step)
         return run_experiment(folder, make_model=start, start_state=None, masks=masks,
-                              recipe=self.recipe, data=self.data, begin=0 if round_index == 0 else self.begin,
-                              desc=f"round {round_index} ticket", progress=self.progress, on_step=on_step)
+                              recipe=recipe, data=self.data, begin=0 if round_index == 0 else self.begin,
+                              desc=f"round {round_index} ticket", progress=self.progress, on_step=on_step, **hooks)
 
     def run_round(self, round_index: int, executor: Executor | None = None) -> dict:
         """Ticket and controls of one round, here and in order (``executor``: the controls go there)."""
@@ -144,7 +161,11 @@ class LotteryRun(RunFiles, SearchPlacement):
         Returns the round's entry (without ``controls``) and a future of each control's result.
         """
         if distributed.is_main():
-            check_identity(paths.round_dir(self.run_dir, round_index), self.identity, f"round {round_index}")
+            # torch's thread count changes float sums in the last bits: a round resumed under another count
+            # would match neither run; a finished round is only read, so its count no longer matters
+            identity = {**self.identity, "threads": torch.get_num_threads()}
+            check_identity(paths.round_dir(self.run_dir, round_index), identity, f"round {round_index}",
+                           skip=("threads", "torch") if self._finished(round_index) else ())
         distributed.barrier()
         masks = self.masks_for_round(round_index)
         ticket = self.run_ticket(round_index, masks)
@@ -156,14 +177,6 @@ class LotteryRun(RunFiles, SearchPlacement):
                 controls[name] = self.submit_control(executor, name, round_index, masks, start)
         return entry, controls
 
-    def _dense_step(self, iteration: int, model: torch.nn.Module) -> None:
-        """The dense round steps the search, which snapshots at ``rewind_to``; the snapshot goes to a file."""
-        had_snapshot = self.search.rewind_state is not None
-        self.search.step(iteration)
-        target = self.run_dir / paths.REWIND
-        if not had_snapshot and self.search.rewind_state is not None and not target.exists() and distributed.is_main():
-            save_torch(self.search.rewind_state, target)
-
     def run_control(self, name: str, round_index: int, masks: dict, start: dict) -> dict:
         return result_fields(self.submit_control(None, name, round_index, masks, start).result())
 
@@ -171,14 +184,16 @@ class LotteryRun(RunFiles, SearchPlacement):
                        start: dict) -> Future:
         """The control's inputs are made here (in the run's order); its training goes to ``executor``."""
         folder = paths.experiment_dir(self.run_dir, round_index, name)
-        if executor is not None and not executor.inline and (folder / paths.RESULT).exists():
+        finished = read_result(folder / paths.RESULT) if executor is not None and not executor.inline else None
+        if finished is not None:
             done: Future = Future()  # finished before: nothing to send
-            done.set_result(load_json(folder / paths.RESULT))
+            done.set_result(finished)
             return done
-        control = CONTROLS.get(name)
-        start, masks = control(ControlInput(round_index=round_index, masks=masks, start_state=start,
-                                            seed=control_seed(self.recipe.seed, round_index),
-                                            granularity=self.recipe.prune.granularity, make_model=self.make_model))
+        # the one way a control's inputs are made, shared with LotterySearch.control_models (own loops)
+        ticket_masks = masks
+        start, masks = control_start(name, round_index, ticket_masks, start, self.recipe.seed,
+                                     self.recipe.prune.granularity, self.make_model,
+                                     inverted=lambda: inverted_masks(self, round_index, ticket_masks))
         if executor is None:
             done = Future()
             done.set_result(run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
@@ -210,8 +225,12 @@ class LotteryRun(RunFiles, SearchPlacement):
         state = {"summary": {}}
         done: list[dict] = []
 
+        tracker = self.run_tracker() if main else None
+
         def round_done(entry: dict, finished_before: bool) -> None:
             done.append(entry)
+            if tracker is not None:
+                track_round(tracker, entry)
             # a rerun of finished rounds writes nothing until the end (and nothing at all if nothing changed)
             if main and (not finished_before or len(done) == total):
                 state["summary"] = self.write_summary(done)
@@ -235,46 +254,26 @@ class LotteryRun(RunFiles, SearchPlacement):
         finally:
             executor.close(cancel=failed)
             bar.close()
+            if tracker is not None:
+                tracker.close()
         distributed.barrier()
         return state["summary"] if main else {"rounds": rounds}
+
+    def run_tracker(self):
+        """The run dir's own tracking run: one point per round (``track_round``); None when read-only."""
+        if self.lock is not None and self.lock.read_only:
+            return None
+        from compress.tracking import open_tracker, recipe_params
+
+        return open_tracker(self.recipe.train.log, self.run_dir, run_dir=self.run_dir, name="rounds",
+                            params=recipe_params(self.recipe))
 
     @property
     def _recipe_dict(self) -> dict:
         return recipe_to_dict(self.recipe)
 
-    def _finished(self, round_index: int) -> bool:
-        names = ["ticket", *(self.recipe.lottery.controls if round_index > 0 else ())]
-        return all((paths.experiment_dir(self.run_dir, round_index, name) / paths.RESULT).exists() for name in names)
-
-    def write_summary(self, rounds: list[dict]) -> dict:
-        summary = build_summary(self.recipe, rounds)
-        chosen = next(entry for entry in rounds if entry["round"] == summary["ticket"]["round"])
-        summary_path = self.run_dir / paths.SUMMARY
-        written = (summary_path.exists() and (self.run_dir / paths.TICKET).exists()
-                   and (self.run_dir / paths.REPORT).exists() and load_json(summary_path) == summary)
-        if not written:  # a finished run on read-only media reruns without writing
-            self.save_ticket(chosen)
-            save_json(summary, summary_path)
-            write_report(self.run_dir, summary, self.recipe)
-        return summary
-
-    def save_ticket(self, chosen: dict) -> None:
-        folder = paths.round_dir(self.run_dir, chosen["round"])
-        masks = load_torch(folder / paths.MASK)
-        trained = self._load(folder / paths.FINAL, recompute=self._retrain(chosen["round"]),
-                             also=(folder / paths.RESULT,))
-        # folded (pruned entries exactly zero): each loads into a fresh, unpruned model as it is
-        self._level_start(chosen["round"], masks)
-        rewind_state = _cpu(self.search.folded_state_dict())
-        self.search.model.load_state_dict(trained)
-        save_ticket(self.run_dir / paths.TICKET, model_config={**recipe_to_dict(self.recipe)["model"]},
-                    shape=self.shape, masks={k: v.cpu() for k, v in masks.items()},
-                    rewind_state=rewind_state, trained_state=_cpu(self.search.folded_state_dict()),
-                    info={**chosen, "recipe": self.recipe.name})
 
 
-def _cpu(state: dict) -> dict:
-    return {key: value.cpu() for key, value in state.items()}
 
 
 def find_ticket(recipe: Recipe, out: Path | None = None, progress: bool = True, where=None, *,

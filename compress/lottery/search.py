@@ -36,8 +36,6 @@ model averages the 0/1 mask buffers too; call ``search.copy_masks_to(ema_model)`
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +43,11 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.lottery.events import STATE_FORMAT, StepEvent, check_state, search_settings
+from compress.lottery.control_runs import ControlsMixin
+from compress.lottery.events import StepEvent, search_settings
 from compress.lottery.planning import one_shot_rates, plan_rows, structured_plan
+from compress.lottery.search_state import StateMixin, WatchMixin
+from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches
 from compress.models.unwrap import unwrap_model
 from compress.pruning import (
     Masks,
@@ -56,7 +57,6 @@ from compress.pruning import (
     effective_weights,
     folded_state_dict,
     get_masks,
-    is_pruned,
     load_plain_state_dict,
     ones_masks,
     plain_state_dict,
@@ -72,11 +72,18 @@ if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
 
 
-class LotterySearch:
+class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
     """Masks installed with torch.nn.utils.prune, a rewind snapshot, and the IMP schedule of levels."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None, *,
-                 iterations: int | None = None) -> None:
+                 iterations: int | None = None, entry_point: str | None = "search") -> None:
+        from compress.recipe.support import enforce, steps_per_level
+
+        # every recipe key is honoured, refused or warned about here (compress/recipe/support.py)
+        iterations = steps_per_level(recipe, iterations)
+        if entry_point is not None:  # None: the caller (a callback) enforced its own column already
+            enforce(recipe, entry_point)
+        self.recipe = recipe
         model = unwrap_model(model)  # torch.compile / DDP: the masks live on the module they wrap
         self.model = model
         self.prune_config = recipe.prune
@@ -85,19 +92,26 @@ class LotterySearch:
         self.rewind_to = recipe.lottery.rewind_to
         self.one_shot = recipe.lottery.one_shot
         self.seed = recipe.seed
-        self.iterations = recipe.train.iterations if iterations is None else iterations
+        self.iterations = iterations
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
             raise UserError(f"iterations: {self.iterations!r} must be a positive int (steps per level)")
         if self.rewind_to >= self.iterations:
             raise UserError(f"lottery.rewind_to = {self.rewind_to} must be < iterations per level "
                             f"({self.iterations}): the rewind point would never be reached")
-        self.method = PRUNING_METHODS.get(recipe.prune.method)
+        self.strategy, self.retrain = recipe.lottery.strategy, recipe.lottery.retrain
+        # imp prunes trained weights with a registered method; at_init scores the init (strategies.py)
+        self.method = PRUNING_METHODS.get(recipe.prune.method) if self.strategy == "imp" else None
+        self.score_batches: list | None = None
+        self.early_bird = EarlyBird(recipe.lottery.early_bird) if recipe.lottery.early_bird.every else None
+        self.early_bird_steps: dict[int, int | None] = {}  # level -> the step its mask converged at
         # channel granularity on a graph that is not an nn.Sequential: whole channel groups / heads
         self.structure = structured_plan(model, recipe, where)
         self.targets = (plan_targets(model, self.structure, recipe.prune, where) if self.structure is not None
                         else build_plan(model, recipe.prune, where))
         multiple = resolve_multiple(recipe.prune.channel_multiple)  # only passed when set: custom methods keep working
         self._multiple = {"channel_multiple": multiple} if multiple > 1 and recipe.prune.granularity == "channel" else {}
+        if recipe.prune.global_normalize:  # passed only when set, like channel_multiple
+            self._multiple["global_normalize"] = True
         if not self.targets:
             raise UserError("prune: no module is pruned (every rate is 0 or every module excluded)")
         self.names = [target.name for target in self.targets]
@@ -115,6 +129,8 @@ class LotterySearch:
         self._scheduler: Any = None
         # the watched scheduler's state and its optimizer's hyperparameters at level 0, step 0
         self._schedule_start: dict | None = None
+        # (optimizer, scheduler) watched when a loaded state was saved, until watch() sees them again
+        self._rewatch: tuple[bool, bool] | None = None
         if self.rewind_to == 0:
             self.snapshot()
 
@@ -139,6 +155,11 @@ class LotterySearch:
         if self.level == 0 and step == self.rewind_to and self.rewind_state is None:
             self.snapshot()
             taken = True
+        if self.early_bird is not None and self.level < self.rounds and self.early_bird.due(step):
+            if self.early_bird.check(step, self.next_masks()):  # converged: the level ends here
+                self.early_bird_steps[self.level] = step
+                self._advance()
+                return StepEvent(step, taken, True, False, self.level)
         if step < self.iterations:
             self.step_count = step
             return StepEvent(step, taken, False, False, self.level)
@@ -201,14 +222,23 @@ class LotterySearch:
         if self.rewind_state is None:
             raise UserError(f"missed the rewind snapshot at step {self.rewind_to}: call search.step(i) (1-based) "
                             "or search.on_step() after every optimizer step of level 0")
-        masks = self.next_masks()
+        if self._rewatch is not None:
+            what = " and ".join(n for n, w in zip(("optimizer", "scheduler"), self._rewatch, strict=True) if w)
+            raise UserError(f"this search was saved watching an {what}: call search.watch(optimizer, scheduler) "
+                            "after load_state_dict (or load_state_dict(state, optimizer, scheduler)) so the rewind "
+                            "resets them")
+        masks = self.early_bird.masks if self.early_bird is not None and self.early_bird.masks else self.next_masks()
         apply_masks(self.model, masks)
-        self.rewind()
+        if self.retrain == "rewind":
+            self.rewind()  # lr_rewind / finetune keep the trained survivors (Renda et al. 2020)
+        self.early_bird_steps.setdefault(self.level, None)
         self.level += 1
         self.step_count = self.start_step
+        if self.early_bird is not None:
+            self.early_bird.reset()
         if self._optimizer is not None:
             self.reset_optimizer(self._optimizer)
-        if self._scheduler is not None:
+        if self._scheduler is not None and self.retrain != "finetune":  # finetune stays at the final lr
             self.rewind_scheduler(self._scheduler)
 
     # -- the rewind point -----------------------------------------------------------------------------
@@ -222,47 +252,6 @@ class LotterySearch:
             raise UserError(f"no rewind snapshot: call step(i) during level 0 (rewind_to={self.rewind_to})")
         load_plain_state_dict(self.model, self.rewind_state)
 
-    @staticmethod
-    def reset_optimizer(optimizer: torch.optim.Optimizer) -> None:
-        """Forget per-parameter state (Adam moments, momentum buffers) before a new level."""
-        optimizer.state.clear()
-
-    def watch(self, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> None:
-        """Reset ``optimizer`` and rewind ``scheduler`` automatically at every rewind (``on_step`` and
-        ``prune_and_rewind`` call ``reset_optimizer`` / ``rewind_scheduler``).
-
-        At level 0, step 0 (build them, then watch, before the first step) the scheduler's state and its
-        optimizer's hyperparameters (lr, momentum, ...) are recorded as the schedule's start, which
-        ``state_dict`` saves; later (a resumed run) the start comes from ``load_state_dict``.
-        """
-        if scheduler is not None:
-            if self.level == 0 and self.step_count == 0:
-                groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
-                          for group in scheduler.optimizer.param_groups]
-                self._schedule_start = {"state": copy.deepcopy(scheduler.state_dict()), "groups": groups}
-            elif self._schedule_start is None:
-                raise UserError(f"watch(scheduler) at level {self.level}, step {self.step_count}: the search must "
-                                "see the schedule's start; watch it before the first step, or load a search state "
-                                "saved with a watched scheduler first")
-        self._optimizer = optimizer
-        self._scheduler = scheduler
-
-    def rewind_scheduler(self, scheduler: Any) -> None:
-        """Restart a torch LR scheduler at ``start_step``: restore the start ``watch`` recorded (with the
-        optimizer's lr), then ``scheduler.step()`` ``start_step`` times -- the same arithmetic as the first
-        run, so the rewound level's learning rates equal the dense level's from ``rewind_to`` on, bit for
-        bit. For schedulers stepped once per optimizer step, without arguments."""
-        if self._schedule_start is None:
-            raise UserError("rewind_scheduler: call search.watch(optimizer, scheduler) right after building "
-                            "the scheduler, so the search knows where the schedule starts")
-        for group, saved in zip(scheduler.optimizer.param_groups, self._schedule_start["groups"], strict=True):
-            group.update(copy.deepcopy(saved))
-        scheduler.load_state_dict(copy.deepcopy(self._schedule_start["state"]))
-        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
-            warnings.simplefilter("ignore")
-            for _ in range(self.start_step):
-                scheduler.step()
-
     # -- pruning --------------------------------------------------------------------------------------
     @property
     def masks(self) -> Masks:
@@ -274,6 +263,8 @@ class LotterySearch:
 
     def next_masks(self) -> Masks:
         """Masks for the next level from the current (trained) weights; pure, nothing is applied."""
+        if self.strategy == "at_init":
+            return at_init_masks(self, self.level + 1)
         current = {name: module.weight_mask.detach().clone() for name, module in zip(self.names, self._modules,
                                                                                    strict=True)}
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.level)
@@ -289,6 +280,12 @@ class LotterySearch:
                           **self._multiple)
         check_shrinks(current, new)
         return new
+
+    def score_at_init(self, batches) -> None:
+        """Give the data-needing scorers (``prune.method`` snip / grasp / synflow under ``lottery.strategy:
+        at_init``) their batches of ``(inputs, labels)``; kept (on the model's device) for every level."""
+        device = next(self.model.parameters()).device
+        self.score_batches = device_batches(batches, device)
 
     def prune(self, masks: Masks | None = None) -> Masks:
         """Apply ``masks`` (default: ``next_masks()``); low level: neither rewinds nor advances ``level``."""
@@ -309,32 +306,6 @@ class LotterySearch:
             masks[name] = own.weight_mask.detach()
         apply_masks(model, masks)
 
-    # -- checkpoints ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Level, step count, done, rewind snapshot, masks, the watched schedule's start and the settings;
-        loads with ``torch.load(weights_only=True)``."""
-        rewind = None if self.rewind_state is None else {k: v.clone() for k, v in self.rewind_state.items()}
-        return {"format": STATE_FORMAT, "settings": copy.deepcopy(self.settings), "level": self.level,
-                "step_count": self.step_count, "done": self.done, "rewind": rewind,
-                "schedule_start": copy.deepcopy(self._schedule_start),
-                "masks": {name: module.weight_mask.detach().clone()
-                          for name, module in zip(self.names, self._modules, strict=True)}}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue a saved search: installs its masks, rewind snapshot and position. Weights are the
-        model's business (``model.load_state_dict``). A state of other prune / lottery settings is refused."""
-        shapes = {name: tuple(module.weight_mask.shape) for name, module in zip(self.names, self._modules, strict=True)}
-        check_state(state, self.settings, self.names, shapes, self.rounds, self.iterations, self.rewind_to)
-        for name, module in zip(self.names, self._modules, strict=True):
-            if not is_pruned(module):
-                raise UserError(f"{name!r} lost its torch prune reparametrisation; build a new search")
-        apply_masks(self.model, state["masks"])
-        rewind = state["rewind"]
-        self.rewind_state = None if rewind is None else {k: v.clone() for k, v in rewind.items()}
-        self.level, self.step_count, self.done = state["level"], state["step_count"], state["done"]
-        if state.get("schedule_start") is not None:
-            self._schedule_start = copy.deepcopy(state["schedule_start"])
-
     # -- results --------------------------------------------------------------------------------------
     def folded_state_dict(self) -> dict[str, torch.Tensor]:
         """Plain state dict with the masks folded in: a fresh, unpruned model loads it to be the ticket."""
@@ -346,5 +317,7 @@ class LotterySearch:
         return plan_rows(self.model, plan_layers(self.model, self.prune_config), self.rates(), self.rounds)
 
     def report(self) -> dict:
+        """Sparsity per layer and in total, and ``levels``: per level the ``record``-ed results of the
+        ticket and of each control (None where the recipe asks for a control nobody recorded)."""
         refresh_weights(self.model)
-        return sparsity_report(self.model, self.names)
+        return {**sparsity_report(self.model, self.names), "levels": self.level_rows()}

@@ -9,7 +9,7 @@ from compress.export.artifact.sizes import cached_run_sizes, report_sizes, size_
 from compress.io import file_sha256, load_json
 from compress.lottery import find_ticket
 from compress.lottery.report import write_report
-from compress.pipeline.export import EXPORT_JSON, export_run
+from compress.pipeline.export import EXPORT_JSON, anchored_paths, export_run
 from compress.recipe import Recipe
 
 
@@ -54,6 +54,7 @@ def current_export(run_dir: Path, recipe: Recipe) -> dict | None:
         return None
     if not isinstance(done, dict) or done.get("ticket_sha256") != file_sha256(ticket):
         return None
+    done = anchored_paths(done, run_dir)  # stored relative to the run dir (it may have been copied)
     if done.get("opset") != recipe.export.opset or bool(done.get("compact")) != recipe.export.compact:
         return None
     settings = done.get("settings")
@@ -64,15 +65,21 @@ def current_export(run_dir: Path, recipe: Recipe) -> dict | None:
     return done
 
 
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}%"
+
+
 def format_summary(summary: dict) -> str:
     """What ``find_ticket.py`` prints at the end: the answer, in a few lines (the JSON is in the run dir)."""
     rounds = {entry["round"]: entry for entry in summary["rounds"]}
     ticket = summary["ticket"]
     chosen, dense = rounds[ticket["round"]], rounds[0]
     run_dir = Path(summary["run_dir"])
+    shipped, dense_final = chosen.get("test_accuracy"), dense.get("test_accuracy")
     lines = [f"winning ticket: round {ticket['round']}, {ticket['weights_remaining'] * 100:.2f}% of weights left, "
-             f"test accuracy {chosen['early_stop_test_accuracy'] * 100:.2f}% vs dense "
-             f"{dense['early_stop_test_accuracy'] * 100:.2f}% (early stop)",
+             f"test accuracy {_percent(shipped)} vs dense {_percent(dense_final)} (the shipped weights: end of "
+             f"training); early stop {chosen['early_stop_test_accuracy'] * 100:.2f}% vs "
+             f"{dense['early_stop_test_accuracy'] * 100:.2f}%",
              f"  rule: {ticket['rule']}"]
     for name, control in chosen.get("controls", {}).items():
         lines.append(f"  control {name}: {control['early_stop_test_accuracy'] * 100:.2f}% at the same sparsity")

@@ -14,10 +14,13 @@ from typing import Any
 
 LAYER_KINDS = ("conv", "linear", "output")
 SCOPES = ("layerwise", "global")
+STRATEGIES = ("imp", "at_init")
+RETRAINS = ("rewind", "lr_rewind", "finetune")
 GRANULARITIES = ("weight", "channel")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+# experiment trackers (compress.tracking registers one logger under each name)
 
 
 def field_default(f: Any) -> Any:
@@ -88,16 +91,30 @@ class TrainConfig:
     checkpoint_every: int = doc("write a resumable checkpoint every N iterations", default=500, results=False)
     device: str = doc(f"one of {', '.join(DEVICES)} (auto = CUDA when present)", default="auto", results=False)
     bf16: bool = doc("CUDA only: bf16 autocast", default=False)
+    compile: bool = doc("wrap the model in torch.compile for training (masks stay on the module it wraps)",
+                        default=False, results=False)
     channels_last: bool = doc("CUDA only: channels_last memory format", default=False)
     sync_batchnorm: bool = doc("under torchrun, convert BatchNorm to SyncBatchNorm so N processes match one", default=True)
+    log: tuple[str, ...] = doc(
+        "experiment trackers, registered loggers (compress.registry.LOGGERS: tensorboard, csv, mlflow, wandb, or "
+        "a plugin's; [] = none): per-iteration loss and lr, every "
+        "evaluation, per-round weights / MACs remaining, each ticket and control its own run, written into the "
+        "run dir (tensorboard --logdir runs/; mlflow: a local file store <run dir>/mlruns unless "
+        "MLFLOW_TRACKING_URI is set; wandb: offline unless WANDB_MODE is set)",
+        default=("tensorboard",), results=False)
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = doc("a registered pruning method (compress.registry.PRUNING_METHODS): magnitude, random, or a "
-                      "plugin's", default="magnitude")
+    method: str = doc("a registered pruning method (compress.registry.PRUNING_METHODS: magnitude, random) or "
+                      "at-init scorer (SCORERS: snip, grasp, synflow, random_erk), or a plugin's", default="magnitude")
     scope: str = doc(f"one of {', '.join(SCOPES)}; global pools all parameters that share a rate", default="layerwise")
     granularity: str = doc(f"one of {', '.join(GRANULARITIES)}", default="weight")
+    global_normalize: bool = doc(
+        "scope global only: divide each layer's scores (each channel group's, on any graph) by their mean over "
+        "its survivors before ranking the pool, so layers of different fan-in compete on one scale (as "
+        "Torch-Pruning does); false ranks raw |w| across layers, as the lottery-ticket paper's global pruning, "
+        "where small-fan-in layers (larger weights) keep more", default=False)
     rates: dict[str, float] = doc(
         "fraction of surviving weights pruned per round, by layer kind (conv / linear / output) "
         "or by selector; a selector key wins over a kind",
@@ -121,18 +138,39 @@ class PruneConfig:
         "this CPU: 16 with AVX-512, 8 with AVX2, else 1",
         default=1,
     )
+    score_batches: int = doc("lottery.strategy at_init with snip / grasp / synflow: the first N training batches "
+                             "(train.batch_size each) the scorer reads (synflow only their shape)", default=1)
+
+
+@dataclass(frozen=True)
+class EarlyBirdConfig:
+    every: int = doc("early-bird tickets (You et al. 2020): every N steps of a level, draw the mask the next "
+                     "prune would give; 0 = off", default=0)
+    distance: float = doc("a level's mask has converged when the normalised Hamming distance between "
+                          "consecutive draws stays below this", default=0.1)
+    patience: int = doc("consecutive draws below distance that end the level's search", default=3)
 
 
 @dataclass(frozen=True)
 class LotteryConfig:
     rounds: int = doc("pruning rounds after the dense round (round 0)", default=5)
     rewind_to: int = doc("iteration whose weights survivors are rewound to; 0 = the original init", default=0)
+    strategy: str = doc("imp (train, prune, rewind, repeat) or at_init (each round's mask scored at the "
+                        "initialization by prune.method, at that round's density, then trained once)",
+                        default="imp")
+    retrain: str = doc(f"imp: how each pruned round retrains (Renda et al. 2020): {', '.join(RETRAINS)}; rewind = "
+                       "weights and schedule back to rewind_to; lr_rewind = trained weights kept, schedule from "
+                       "rewind_to; finetune = trained weights kept, final learning rate for the same steps",
+                       default="rewind")
+    early_bird: EarlyBirdConfig = doc("early-bird mask draws during each level (imp)",
+                                      default_factory=EarlyBirdConfig)
     controls: tuple[str, ...] = doc("control experiments per round, registered controls (compress.registry.CONTROLS): "
-                                      "reinit, random_prune, or a plugin's", default=())
+                                    "reinit, random_prune, shuffle (permutes each layer's mask), invert (keeps the "
+                                    "lowest-scored weights), or a plugin's", default=())
     one_shot: bool = doc("prune to the final sparsity in one step after the dense round", default=False)
     ticket_tolerance: float = doc(
-        "winning ticket = sparsest round whose early-stop test accuracy is within this fraction of "
-        "accuracy of the dense round (0.005 = 0.5 points)",
+        "winning ticket = the sparsest round whose early-stop validation accuracy (test accuracy when "
+        "data.validation_size is 0) is within this fraction of the dense round's (0.005 = 0.5 points)",
         default=0.005,
     )
     executor: str = doc(

@@ -16,12 +16,18 @@ import numpy as np
 import onnx
 
 from compress.errors import ArtifactError
+from compress.export.artifact.bounds import (
+    MAX_HEADER_BYTES,
+    MAX_RESTORED_BYTES,
+    check_header,
+    check_header_text,
+    check_shapes,
+)
 from compress.export.artifact.pack import (
     _FILTERS,
     _PREAMBLE,
     CODEC,
     MAGIC,
-    MAX_HEADER_BYTES,
     VERSION,
     _decode_tensor,
     _decompress,
@@ -32,8 +38,9 @@ from compress.export.quantize.dequantize import dequantized_arrays
 from compress.io import save_bytes
 
 
-def _split(blob: bytes, path: object) -> tuple[dict, bytes]:
-    """Header and payload of an artifact, after checking magic, version, lengths and checksum."""
+def _split(blob: bytes, path: object, max_bytes: int = MAX_RESTORED_BYTES) -> tuple[dict, bytes]:
+    """Header and payload of an artifact, after checking magic, version, lengths, checksum and the header's
+    claims (``compress.export.artifact.bounds``)."""
     if len(blob) < len(MAGIC) or blob[:len(MAGIC)] != MAGIC:
         raise ArtifactError(path, "not a compress ticket artifact (bad magic bytes)")
     if len(blob) < _PREAMBLE.size:
@@ -48,10 +55,13 @@ def _split(blob: bytes, path: object) -> tuple[dict, bytes]:
                                   f"expected {header_len + payload_len})")
     if hashlib.sha256(body).digest() != digest:
         raise ArtifactError(path, "corrupt artifact (sha256 checksum mismatch)")
+    text = _lzma_header(body[:header_len], path)
+    check_header_text(text, path)
     try:
-        header = json.loads(_lzma_header(body[:header_len], path))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ArtifactError(path, f"corrupt artifact header ({error})") from None
+        header = json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise ArtifactError(path, f"corrupt artifact header ({type(error).__name__}: {error})") from None
+    check_header(header, payload_len, path, max_bytes)
     return header, body[header_len:]
 
 
@@ -62,19 +72,21 @@ def _lzma_header(data: bytes, path: object) -> bytes:
     except lzma.LZMAError as error:
         raise ArtifactError(path, f"corrupt artifact header ({error})") from None
     if not decoder.eof:
-        raise ArtifactError(path, "corrupt artifact header (does not end)")
+        raise ArtifactError(path, f"corrupt artifact header (longer than {MAX_HEADER_BYTES:,} bytes, or cut)")
     return out
 
 
-def unpack_bytes(blob: bytes, path: object = "<artifact>") -> onnx.ModelProto:
-    """The ModelProto of an artifact's bytes (``unpack_onnx`` without files)."""
-    header, payload = _split(blob, path)
+def unpack_bytes(blob: bytes, path: object = "<artifact>", max_bytes: int = MAX_RESTORED_BYTES) -> onnx.ModelProto:
+    """The ModelProto of an artifact's bytes (``unpack_onnx`` without files); an artifact that restores to
+    more than ``max_bytes`` is refused before anything is decompressed."""
+    header, payload = _split(blob, path, max_bytes)
     try:
         model_spec = header["model"]
         offset = model_spec["stored"]
         shell = onnx.ModelProto()
         shell.ParseFromString(_decompress(payload[:offset], model_spec["size"], "model", path))
         initializers = shell.graph.initializer
+        check_shapes(header, initializers, path)
         for entry in header["tensors"]:
             streams = []
             for spec in entry["streams"]:
@@ -89,7 +101,10 @@ def unpack_bytes(blob: bytes, path: object = "<artifact>") -> onnx.ModelProto:
         raise ArtifactError(path, f"corrupt artifact ({type(error).__name__}: {error})") from None
     except Exception as error:  # protobuf's DecodeError
         raise ArtifactError(path, f"corrupt artifact model ({type(error).__name__})") from None
-    restored = shell.SerializeToString()
+    try:
+        restored = shell.SerializeToString()
+    except Exception as error:  # protobuf's EncodeError (over 2 GiB): the bounds should have caught it
+        raise ArtifactError(path, f"corrupt artifact model ({type(error).__name__})") from None
     if hashlib.sha256(restored).hexdigest() != header.get("source", {}).get("sha256"):
         raise ArtifactError(path, "corrupt artifact (the restored model differs from the packed one)")
     return shell
@@ -97,8 +112,11 @@ def unpack_bytes(blob: bytes, path: object = "<artifact>") -> onnx.ModelProto:
 
 def _read(artifact_path: str | Path) -> bytes:
     path = Path(artifact_path)
-    if not path.is_file():
-        raise ArtifactError(path, "no such artifact file")
+    if not path.is_file():  # a FIFO or device too: reading one could block or never end
+        raise ArtifactError(path, "no such artifact file" if not path.exists() else "not a regular file")
+    size = path.stat().st_size
+    if size > MAX_RESTORED_BYTES + MAX_HEADER_BYTES:
+        raise ArtifactError(path, f"{size:,} bytes: larger than any artifact this reads")
     return path.read_bytes()
 
 

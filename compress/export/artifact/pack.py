@@ -1,6 +1,6 @@
 """A ticket packed for shipping: the ONNX file with its sparse tensors mask-coded and entropy-coded, bit-exact.
 
-    from compress.export.artifact.pack import pack_onnx, unpack_onnx, artifact_state_dict
+    from compress.export.artifact import pack_onnx, unpack_onnx, artifact_state_dict
     info = pack_onnx("runs/x/ticket.onnx", "ticket.cta")        # info["ratio"]: source bytes / artifact bytes
     proto = unpack_onnx("ticket.cta", "restored.onnx")          # serialises exactly as the source ModelProto
 
@@ -46,7 +46,6 @@ MAGIC = b"\x89CTKT\r\n\x1a"  # like PNG's: a high byte, then line-ending bytes t
 VERSION = 1
 SUFFIX = ".cta"
 MIN_TENSOR_BYTES = 256  # smaller initializers stay in the serialised model: a mask would not pay for itself
-MAX_HEADER_BYTES = 1 << 24
 _PREAMBLE = struct.Struct("<8sHHIQ32s")
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]  # 9 and 9e: same size +-0.05% here, 2-10x slower
 CODEC = "lzma (raw LZMA2, preset 6)"
