@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,8 +44,9 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
     folder = Path(folder)
     result_path = folder / paths.RESULT
     distributed.barrier()  # every rank sees the same files before deciding to skip
-    if result_path.exists():
-        return load_json(result_path)
+    done = read_result(result_path)
+    if done is not None:
+        return done
     model = make_model()
     apply_masks(model, masks)
     if start_state is not None:
@@ -52,10 +54,17 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
     mask_path = folder / paths.MASK
     if not mask_path.exists() and distributed.is_main():
         save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)
-    outcome = train(model, data, recipe.train, recipe.seed, metrics_path=folder / paths.METRICS,
-                    checkpoint_path=folder / paths.CHECKPOINT, begin=begin,
-                    on_step=(lambda iteration: on_step(iteration, model)) if on_step else None,
-                    augment=recipe.data.augment, progress=progress, desc=desc, extra_state=extra_state)
+    tracker = experiment_tracker(folder, recipe) if distributed.is_main() else None
+    try:
+        outcome = train(model, data, recipe.train, recipe.seed, metrics_path=folder / paths.METRICS,
+                        checkpoint_path=folder / paths.CHECKPOINT, begin=begin,
+                        on_step=(lambda iteration: on_step(iteration, model)) if on_step else None,
+                        augment=recipe.data.augment, progress=progress, desc=desc, tracker=tracker,
+                        extra_state=extra_state)
+    except BaseException:
+        if tracker is not None:
+            tracker.close()
+        raise
     report = sparsity_report(model, list(masks))
     check_ticket_invariants(model, masks)
     if not distributed.is_main():
@@ -75,10 +84,36 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
     result.update(training_compute(dense_macs, nonzero_macs, recipe.train.batch_size, outcome.iterations - begin))
     if extra_result is not None:
         result.update(extra_result())
+    if tracker is not None:
+        with tracker:  # the outcome, at the last iteration: a scalar per run to compare runs by
+            tracker.log({"result/weights_remaining": result["weights_remaining"],
+                         "result/macs_remaining": result["macs_remaining"],
+                         "result/early_stop_iteration": outcome.early_stop_iteration,
+                         "result/early_stop_test_accuracy": outcome.early_stop_test_accuracy,
+                         "result/test_accuracy": outcome.test_accuracy}, outcome.iterations)
     save_json(result, result_path)
     (folder / paths.CHECKPOINT).unlink(missing_ok=True)
     distributed.barrier()
     return result
+
+
+def read_result(path: Path) -> dict | None:
+    """A finished training's ``result.json``; None when there is none, or when it is empty or cut (a disk
+    that filled up): the training then runs again, deterministically, and writes it anew."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        result = load_json(path)
+    except (ValueError, UnicodeDecodeError):
+        result = None
+    if isinstance(result, dict) and "weights_remaining" in result:
+        return result
+    if distributed.is_main():
+        print(f"warning: {path} is empty or cut; training that experiment again (same seed, same result)",
+              file=sys.stderr)
+        path.unlink()
+    return None
 
 
 def training_compute(dense_macs: int, nonzero_macs: int, batch_size: int, iterations: int) -> dict:
@@ -86,6 +121,16 @@ def training_compute(dense_macs: int, nonzero_macs: int, batch_size: int, iterat
     rule), dense-equivalent and at the mask's nonzero MACs."""
     return {"iterations_trained": iterations, "train_flops": 3 * dense_macs * batch_size * iterations,
             "train_flops_sparse": 3 * nonzero_macs * batch_size * iterations}
+
+
+def experiment_tracker(folder: Path, recipe):
+    """The tracker of one ticket or control run (``train.log``); its run dir is the folder holding round_NN/."""
+    from compress.tracking import open_tracker, recipe_params
+
+    folder = Path(folder)
+    run_dir = folder.parent if folder.name.startswith("round_") else folder.parent.parent
+    name = str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else folder.name
+    return open_tracker(recipe.train.log, folder, run_dir=run_dir, name=name, params=recipe_params(recipe))
 
 
 @torch.no_grad()

@@ -20,7 +20,8 @@ from compress import distributed, paths
 from compress.data import load_dataset
 from compress.errors import UserError
 from compress.io import CorruptArtifactError, load_json, load_torch, save_json, save_torch
-from compress.lottery.controls import CONTROLS, REINIT_SEED_STRIDE, ControlInput, control_seed
+from compress.lottery.control_runs import control_start
+from compress.lottery.controls import REINIT_SEED_STRIDE
 from compress.lottery.executors import (
     Executor,
     TrainingJob,
@@ -32,7 +33,7 @@ from compress.lottery.executors import (
     threads_per_worker,
     warm_up,
 )
-from compress.lottery.experiment import run_experiment
+from compress.lottery.experiment import read_result, run_experiment
 from compress.lottery.methods_run import early_bird_hooks, inverted_masks
 from compress.lottery.report import write_report
 from compress.lottery.rundir import (
@@ -40,6 +41,7 @@ from compress.lottery.rundir import (
     check_identity,
     default_run_dir,
     prepare_run_dir,
+    refuse_links,
     remove_stale_temp_files,
 )
 from compress.lottery.schedule import run_rounds
@@ -84,7 +86,8 @@ class LotteryRun:
             raise
 
     def _setup(self, recipe: Recipe, run_dir: Path, progress: bool, where) -> None:
-        self.run_dir = prepare_run_dir(recipe, run_dir)
+        refuse_links(run_dir)
+        self.run_dir = prepare_run_dir(recipe, run_dir, read_only=self.lock is not None and self.lock.read_only)
         if self.lock is not None and not self.lock.read_only:
             remove_stale_temp_files(self.run_dir)  # ours alone: the lock says no live writer owns them
         distributed.barrier()
@@ -102,7 +105,7 @@ class LotteryRun:
         self.identity = {"recipe": results_hash(recipe), "data": self.data.identity_hash}
         if recipe.prune.channel_multiple == "auto":  # 'auto' differs by CPU: a resume elsewhere must not mix widths
             self.identity["channel_multiple"] = resolve_multiple("auto")
-        self.search = LotterySearch(self.make_model(recipe.seed), recipe, where)
+        self.search = LotterySearch(self.make_model(recipe.seed), recipe, where, entry_point="find_ticket")
         if progress and distributed.is_main():  # what will be pruned, and what not, before hours of training
             from compress.lottery.dry_run import format_plan
 
@@ -262,7 +265,11 @@ class LotteryRun:
         Returns the round's entry (without ``controls``) and a future of each control's result.
         """
         if distributed.is_main():
-            check_identity(paths.round_dir(self.run_dir, round_index), self.identity, f"round {round_index}")
+            # torch's thread count changes float sums in the last bits: a round resumed under another count
+            # would match neither run; a finished round is only read, so its count no longer matters
+            identity = {**self.identity, "threads": torch.get_num_threads()}
+            check_identity(paths.round_dir(self.run_dir, round_index), identity, f"round {round_index}",
+                           skip=("threads",) if self._finished(round_index) else ())
         distributed.barrier()
         masks = self.masks_for_round(round_index)
         ticket = self.run_ticket(round_index, masks)
@@ -289,15 +296,16 @@ class LotteryRun:
                        start: dict) -> Future:
         """The control's inputs are made here (in the run's order); its training goes to ``executor``."""
         folder = paths.experiment_dir(self.run_dir, round_index, name)
-        if executor is not None and not executor.inline and (folder / paths.RESULT).exists():
+        finished = read_result(folder / paths.RESULT) if executor is not None and not executor.inline else None
+        if finished is not None:
             done: Future = Future()  # finished before: nothing to send
-            done.set_result(load_json(folder / paths.RESULT))
+            done.set_result(finished)
             return done
-        control = CONTROLS.get(name)
-        start, masks = control(ControlInput(round_index=round_index, masks=masks, start_state=start,
-                                            seed=control_seed(self.recipe.seed, round_index),
-                                            granularity=self.recipe.prune.granularity, make_model=self.make_model,
-                                            inverted=lambda: inverted_masks(self, round_index, masks)))
+        # the one way a control's inputs are made, shared with LotterySearch.control_models (own loops)
+        ticket_masks = masks
+        start, masks = control_start(name, round_index, ticket_masks, start, self.recipe.seed,
+                                     self.recipe.prune.granularity, self.make_model,
+                                     inverted=lambda: inverted_masks(self, round_index, ticket_masks))
         if executor is None:
             done = Future()
             done.set_result(run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
@@ -329,8 +337,12 @@ class LotteryRun:
         state = {"summary": {}}
         done: list[dict] = []
 
+        tracker = self.run_tracker() if main else None
+
         def round_done(entry: dict, finished_before: bool) -> None:
             done.append(entry)
+            if tracker is not None:
+                track_round(tracker, entry)
             # a rerun of finished rounds writes nothing until the end (and nothing at all if nothing changed)
             if main and (not finished_before or len(done) == total):
                 state["summary"] = self.write_summary(done)
@@ -354,8 +366,19 @@ class LotteryRun:
         finally:
             executor.close(cancel=failed)
             bar.close()
+            if tracker is not None:
+                tracker.close()
         distributed.barrier()
         return state["summary"] if main else {"rounds": rounds}
+
+    def run_tracker(self):
+        """The run dir's own tracking run: one point per round (``track_round``); None when read-only."""
+        if self.lock is not None and self.lock.read_only:
+            return None
+        from compress.tracking import open_tracker, recipe_params
+
+        return open_tracker(self.recipe.train.log, self.run_dir, run_dir=self.run_dir, name="rounds",
+                            params=recipe_params(self.recipe))
 
     @property
     def _recipe_dict(self) -> dict:
@@ -363,14 +386,15 @@ class LotteryRun:
 
     def _finished(self, round_index: int) -> bool:
         names = ["ticket", *(self.recipe.lottery.controls if round_index > 0 else ())]
-        return all((paths.experiment_dir(self.run_dir, round_index, name) / paths.RESULT).exists() for name in names)
+        return all(read_result(paths.experiment_dir(self.run_dir, round_index, name) / paths.RESULT) is not None
+                   for name in names)
 
     def write_summary(self, rounds: list[dict]) -> dict:
         summary = build_summary(self.recipe, rounds)
         chosen = next(entry for entry in rounds if entry["round"] == summary["ticket"]["round"])
         summary_path = self.run_dir / paths.SUMMARY
         written = (summary_path.exists() and (self.run_dir / paths.TICKET).exists()
-                   and (self.run_dir / paths.REPORT).exists() and load_json(summary_path) == summary)
+                   and (self.run_dir / paths.REPORT).exists() and _json_or_none(summary_path) == summary)
         if not written:  # a finished run on read-only media reruns without writing
             self.save_ticket(chosen)
             save_json(summary, summary_path)
@@ -392,9 +416,28 @@ class LotteryRun:
                     info={**chosen, "recipe": self.recipe.name})
 
 
+def track_round(tracker, entry: dict) -> None:
+    """A round's outcome at step = round index: weights / MACs remaining, early stop, each control's."""
+    metrics = {f"round/{key}": entry[key] for key in ("weights_remaining", "macs_remaining", "early_stop_iteration",
+                                                      "early_stop_test_accuracy", "test_accuracy") if key in entry}
+    for name, control in entry.get("controls", {}).items():
+        metrics.update({f"round/{name}/{key}": control[key] for key in ("early_stop_test_accuracy", "test_accuracy")
+                        if key in control})
+    tracker.log(metrics, entry["round"])
+    tracker.flush()
+
+
 def _masks_in(state: dict, names: list[str]) -> dict:
     """The mask buffers of a pruned model's state dict, by module name."""
     return {name: state[f"{name}.weight_mask" if name else "weight_mask"] for name in names}
+
+
+def _json_or_none(path: Path):
+    """A run file derived from the round files (``summary.json``): None when empty or cut, so it is rewritten."""
+    try:
+        return load_json(path)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def _cpu(state: dict) -> dict:

@@ -14,6 +14,7 @@ from compress.recipe.schema import (
     CONTROLS,
     DEVICES,
     GRANULARITIES,
+    LOGGERS,
     METHODS,
     OPTIMIZERS,
     PREPROCESS_MODES,
@@ -36,9 +37,10 @@ TOLERANCE: Rule = (lambda v: 0 <= v <= 0.1, "must be in [0, 0.1], a fraction of 
 IMAGE_SIDE: Rule = (lambda v: 0 < v <= 1024, "must be in [1, 1024]")
 # Mirrors compress.export.onnx_export.OPSET_RANGE (the recipe layer does not import export);
 # checked at load so a bad value fails before training instead of after it.
-OPSET_RANGE = (7, 20)
+OPSET_RANGE = (9, 20)
 OPSET: Rule = (lambda v: OPSET_RANGE[0] <= v <= OPSET_RANGE[1],
-               f"must be in [{OPSET_RANGE[0]}, {OPSET_RANGE[1]}] (the ONNX exporter's range)")
+               f"must be in [{OPSET_RANGE[0]}, {OPSET_RANGE[1]}] (below 9 the exporter keeps weights as graph "
+               "inputs, which the export does not verify)")
 
 RANGES: dict[str, Rule] = {
     "seed": NON_NEGATIVE,
@@ -88,6 +90,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lottery.controls[]": CONTROLS,
     "lottery.strategy": STRATEGIES,
     "lottery.retrain": RETRAINS,
+    "train.log[]": LOGGERS,
     "export.preprocess": PREPROCESS_MODES,
     "export.quantize": QUANTIZE_MODES,
     "export.qat": QAT_MODES,

@@ -24,6 +24,8 @@ CONTROLS = ("reinit", "random_prune", "shuffle", "invert")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+# experiment trackers (compress.tracking registers one logger under each name)
+LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
 
 
 def field_default(f: Any) -> Any:
@@ -98,6 +100,12 @@ class TrainConfig:
                         default=False, results=False)
     channels_last: bool = doc("CUDA only: channels_last memory format", default=False)
     sync_batchnorm: bool = doc("under torchrun, convert BatchNorm to SyncBatchNorm so N processes match one", default=True)
+    log: tuple[str, ...] = doc(
+        f"experiment trackers, any of {', '.join(LOGGERS)} ([] = none): per-iteration loss and lr, every "
+        "evaluation, per-round weights / MACs remaining, each ticket and control its own run, written into the "
+        "run dir (tensorboard --logdir runs/; mlflow: a local file store <run dir>/mlruns unless "
+        "MLFLOW_TRACKING_URI is set; wandb: offline unless WANDB_MODE is set)",
+        default=("tensorboard",), results=False)
 
 
 @dataclass(frozen=True)
@@ -158,8 +166,8 @@ class LotteryConfig:
                                     "layer's mask; invert keeps the lowest-scored weights)", default=())
     one_shot: bool = doc("prune to the final sparsity in one step after the dense round", default=False)
     ticket_tolerance: float = doc(
-        "winning ticket = sparsest round whose early-stop test accuracy is within this fraction of "
-        "accuracy of the dense round (0.005 = 0.5 points)",
+        "winning ticket = the sparsest round whose early-stop validation accuracy (test accuracy when "
+        "data.validation_size is 0) is within this fraction of the dense round's (0.005 = 0.5 points)",
         default=0.005,
     )
     executor: str = doc(

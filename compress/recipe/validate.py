@@ -135,8 +135,11 @@ def build_recipe(data: dict[str, Any], locs: Locations, source: str,
                 raise RecipeError(f"sections[{i}]: unknown section {section!r}{did_you_mean(section, known)}; "
                                   f"sections are {', '.join(known)}", source)
         if isinstance(data, dict):
+            train = data.get("train")
             data = {key: value for key, value in data.items() if key in sections or key in _ALWAYS
                     or key not in known}  # an unknown key stays, so a typo is still reported
+            if "train" not in sections and isinstance(train, dict) and train.get("iterations") is not None:
+                data["train"] = {"iterations": train["iterations"]}  # the budget is read even when partial
     recipe = builder.section(Recipe, data, ())
     _check_recipe(recipe, builder, sections)
     return recipe
@@ -161,8 +164,14 @@ def _check_recipe(recipe: Recipe, b: Builder, sections: tuple[str, ...] | None =
         if opt.nesterov and (opt.name != "sgd" or opt.momentum <= 0):
             raise b.error(("train", "optimizer", "nesterov"),
                           "Nesterov momentum needs optimizer sgd with momentum > 0")
+    if checked("export") and recipe.export.qat == "on" and recipe.export.quantize == "none":
+        raise b.error(("export", "qat"), "on needs an int8 export (export.quantize: int8, int8-static or "
+                                         "int8-dynamic); with quantize none there is nothing to fine-tune for")
     if checked("prune", "lottery"):
         _check_strategy(recipe, b)
+    for i, logger in enumerate(recipe.train.log):
+        if logger in recipe.train.log[:i]:
+            raise b.error(("train", "log", i), f"duplicate logger {logger!r}")
     for i, control in enumerate(lottery.controls):
         if control in lottery.controls[:i]:
             raise b.error(("lottery", "controls", i), f"duplicate control {control!r}")
