@@ -46,8 +46,9 @@ def at_init_masks(search: LotterySearch, level: int, invert: bool = False) -> Ma
     load_plain_state_dict(init, search.rewind_state)
     rates = {target.name: target.rate for target in search.targets}
     generator = torch.Generator().manual_seed(search.seed * 1000 + level)
+    steps = search.total_rounds if search.one_shot else level  # one_shot: the one level is the final density
     multiple = search._multiple.get("channel_multiple", 1)
-    return init_masks(init, search.names, dense, search.prune_config.method, level_rates(rates, level),
+    return init_masks(init, search.names, dense, search.prune_config.method, level_rates(rates, steps),
                       {t.name: t.group for t in search.targets}, granularity=search.prune_config.granularity,
                       batches=search.score_batches, generator=generator, invert=invert, channel_multiple=multiple)
 
