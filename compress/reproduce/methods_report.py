@@ -101,13 +101,13 @@ def table(rows: list[dict]) -> str:
              "reinit % | shuffle % | invert % | seeds |", "|" + "---|" * 12]
     for r in rows:
         flops = r.get("compute_flops")
+        gap = "–" if "accuracy_vs_imp" not in r else f"{r['accuracy_vs_imp'] * 100:+.2f}"
+        pflop = "–" if flops is None else f"{flops['mean'] / 1e15:.3f}"
+        ratio = "–" if "compute_vs_imp" not in r else f"{r['compute_vs_imp']:.2f}"
         lines.append(
             f"| {r['model']} | {r['method']} | {r['target']} | {_pm(r['weights_remaining'])} | {_pm(r['accuracy'])} | "
-            f"{'–' if 'accuracy_vs_imp' not in r else f'{r['accuracy_vs_imp'] * 100:+.2f}'} | "
-            f"{'–' if flops is None else f'{flops['mean'] / 1e15:.3f}'} | "
-            f"{'–' if 'compute_vs_imp' not in r else f'{r['compute_vs_imp']:.2f}'} | "
-            f"{_pm(r.get('reinit'))} | {_pm(r.get('shuffle'))} | {_pm(r.get('invert'))} | "
-            f"{','.join(map(str, r['seeds']))} |")
+            f"{gap} | {pflop} | {ratio} | {_pm(r.get('reinit'))} | {_pm(r.get('shuffle'))} | "
+            f"{_pm(r.get('invert'))} | {','.join(map(str, r['seeds']))} |")
     return "\n".join(lines)
 
 
