@@ -53,7 +53,9 @@ def method_experiments(model: Model, seeds: tuple[int, ...] = SEEDS) -> list[Exp
     last = max(model.targets)
     k = f"lottery.rewind_to={model.rewind_to}"
     chained = {
-        "imp_reset": ("IMP, reset to init", (CONTROLS,)),
+        # IMP's own reinit / random-prune controls at every round are the full suite's (reproduction/);
+        # here the controls go to the one-step methods, where Frankle et al. 2021 ask the question
+        "imp_reset": ("IMP, reset to init", ()),
         "imp_rewind": (f"IMP, rewind to {model.rewind_to}", (k,)),
         "imp_early_bird": ("IMP + early-bird (reset)", ("lottery.early_bird.every=50", "lottery.early_bird.distance=0.1",
                                                         "lottery.early_bird.patience=3")),
