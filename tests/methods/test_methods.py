@@ -149,3 +149,26 @@ def test_compute_to_ticket_is_cumulative_for_imp_and_own_for_at_init():
     at_init = [dict(entry) for entry in rounds]
     add_compute_to_ticket(_recipe(strategy="at_init"), at_init)
     assert [e["compute_to_ticket"]["flops"] for e in at_init] == [10.0, 20.0, 30.0]
+
+
+@pytest.mark.parametrize("strategy", ["imp", "at_init"])
+def test_invert_control_from_an_own_loop_keeps_the_lowest_at_equal_counts(strategy):
+    model = _net()
+    search = LotterySearch(model, _recipe(strategy=strategy, controls=["invert"]))
+    x, y = _data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    trained = None
+    while search.level == 0:
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if search.step_count == search.iterations - 1:
+            trained = {n: (m.weight_orig * m.weight_mask).detach().abs() for n, m in (("0", model[0]), ("2", model[2]))}
+        search.on_step()
+    [control] = search.control_models(lambda seed: _net(), ("invert",)).values()
+    for name, module in (("0", control[0]), ("2", control[2])):
+        ticket, inverted = search.masks[name], module.weight_mask
+        assert int(inverted.sum()) == int(ticket.sum())
+        if strategy == "imp":  # by the trained magnitudes: what invert dropped is above what it kept
+            assert trained[name][~inverted.bool()].min() >= trained[name][inverted.bool()].max()
+            assert not torch.equal(inverted, ticket)
