@@ -84,7 +84,7 @@ def recipe_example_input(recipe: Recipe) -> torch.Tensor:
 def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None
                     ) -> StructuredPlan | None:
     """The channel groups plan when ``prune.granularity`` is channel and the model is not an
-    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.export.compact``)."""
+    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.pruning.compact``)."""
     if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
         return None
     return channel_plan(model, recipe.prune, recipe_example_input(recipe), where)

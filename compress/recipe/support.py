@@ -97,7 +97,7 @@ SUPPORT: dict[str, tuple[tuple[str, str, str, str], str]] = {
     "lottery.ticket_tolerance": (_OWN, "find_ticket.py picks the ticket; search.report() has no pick"),
     "lottery.executor": (_OWN, "where find_ticket.py trains controls; yours train where your code runs"),
     "export.onnx": (_OWN, "call compress.export_onnx yourself"),
-    "export.compact": (_OWN, "call compress.export.compact yourself"),
+    "export.compact": (_OWN, "call compress.pruning.compact yourself"),
     "export.opset": (_OWN, "export_onnx(opset=...)"),
     "export.preprocess": (_OWN, "find_ticket.py's export"),
     "export.quantize": (_OWN, "find_ticket.py's export"),
