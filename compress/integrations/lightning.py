@@ -49,9 +49,10 @@ class LotteryTicketCallback(pl.Callback):
     """
 
     def __init__(self, recipe: Recipe, module: str | None = None, *, where: Callable[[str], str] | None = None,
-                 iterations: int | None = None) -> None:
+                 iterations: int | None = None, score_batches: Any = None) -> None:
         super().__init__()
         self.recipe = recipe
+        self._score_batches = score_batches  # lottery.strategy at_init: what snip / grasp / synflow score on
         self.module = module
         self.where = where
         self.iterations = checked_steps(recipe, iterations, "lightning")
@@ -92,7 +93,8 @@ class LotteryTicketCallback(pl.Callback):
             return
         # installed now, before configure_optimizers and before a checkpoint's weights are loaded: the
         # module's state dict then has the weight_orig / weight_mask entries a checkpoint holds
-        self.search = make_search(model, self.recipe, self.where, iterations=self.iterations)
+        self.search = make_search(model, self.recipe, self.where, iterations=self.iterations,
+                                  score_batches=self._score_batches)
         if self._pending is not None:
             self.search.load_state_dict(self._pending)
             self._pending = None
