@@ -18,11 +18,19 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(script: str, *args: str, env: dict | None = None) -> str:
+def run(script: str, *args: str, env: dict | None = None, stderr: list | None = None) -> str:
     result = subprocess.run([sys.executable, f"examples/{script}", *args], cwd=REPO, capture_output=True, text=True,
                             timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     assert result.returncode == 0, result.stderr[-3000:]
+    if stderr is not None:
+        stderr.append(result.stderr)
     return result.stdout
+
+
+def assert_same_run(full: dict, resumed: dict) -> None:
+    for part in ("folded", "masks"):
+        assert set(full[part]) == set(resumed[part])
+        assert all(torch.equal(full[part][k], resumed[part][k]) for k in full[part]), part
 
 
 def assert_rewound(at_k: dict, after: dict) -> None:
@@ -58,9 +66,7 @@ def test_hf_example_resumes_exactly_and_exports_a_tiny_bert(tmp_path):
 
     # resume_from_checkpoint restores the search: the same masks and weights, bit for bit
     run("hf_ticket.py", "--out", str(out), "--resume", str(out / "checkpoint-30"), env=env)
-    resumed = torch.load(out / "final.pt", weights_only=True)
-    for part in ("folded", "masks"):
-        assert all(torch.equal(full[part][k], resumed[part][k]) for k in full[part]), part
+    assert_same_run(full, torch.load(out / "final.pt", weights_only=True))
 
     # sparsity per the recipe's plan, and ONNX equal to torch on the folded ticket
     config = transformers.BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -88,3 +94,53 @@ def test_hf_example_resumes_exactly_and_exports_a_tiny_bert(tmp_path):
     with pytest.raises(UserError, match="lottery.controls .* not supported by the HF callback"):
         LotteryTicketCallback(controls, transformers.BertForSequenceClassification(config))
     shutil.rmtree(out)
+
+
+@pytest.mark.slow
+def test_lightning_example_resumes_exactly_with_the_sampler_and_exports(tmp_path):
+    pytest.importorskip("lightning")
+    import onnxruntime as ort
+
+    import compress
+    from compress.errors import UserError
+    from compress.integrations.lightning import NOT_RESUMABLE, LotteryTicketCallback, ticket_state_dict
+
+    out = tmp_path / "pl"
+    env = {"TICKET_ITERATIONS": "20"}  # 20 + 2 x 16 steps; a checkpoint at step 30, mid-level 1
+    assert "after 52 steps" in run("lightning_ticket.py", "--out", str(out), env=env)
+    full = torch.load(out / "final.pt", weights_only=True)
+    assert_rewound(torch.load(out / "weights_at_k.pt", weights_only=True),
+                   torch.load(out / "after_rewind.pt", weights_only=True))
+    run("lightning_ticket.py", "--out", str(out), "--resume", str(out / "ckpt" / "step=30.ckpt"), env=env)
+    assert_same_run(full, torch.load(out / "final.pt", weights_only=True))
+
+    # the checkpoint -> a plain model of one's own -> ONNX equal to torch
+    plain = ticket_state_dict(out / "final.ckpt", module="net")
+    assert not any(key.endswith(("_orig", "_mask")) for key in plain)
+    assert all(torch.equal(plain[key], value) for key, value in full["folded"].items())
+    x = torch.randn(3, 1, 12, 12, generator=torch.Generator().manual_seed(3))
+    (onnx_out,) = ort.InferenceSession(str(out / "ticket.onnx")).run(None, {"input": x.numpy()})
+    recipe = compress.recipe.recipe_from_dict({"train": {"iterations": 20}, "lottery": {"rounds": 2, "rewind_to": 4},
+                                               "prune": {"rates": {"conv": 0.2, "linear": 0.3, "output": 0.1}}},
+                                              sections=compress.recipe.PARTIAL_SECTIONS)
+    def make_net() -> torch.nn.Module:  # the example's CNN
+        nn = torch.nn
+        return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    assert_planned(full["masks"], compress.LotterySearch(make_net(), recipe).plan(), 2)
+    net = make_net()
+    net.load_state_dict(plain)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(onnx_out), net.eval()(x), atol=1e-5)
+
+    # a plain shuffling DataLoader: the resume is refused nothing, but the callback says what holds
+    plain_out = tmp_path / "plain"
+    run("lightning_ticket.py", "--out", str(plain_out), "--plain-loader", env=env)
+    stderr: list = []
+    run("lightning_ticket.py", "--out", str(plain_out), "--plain-loader", "--resume",
+        str(plain_out / "ckpt" / "step=30.ckpt"), env=env, stderr=stderr)
+    assert NOT_RESUMABLE[:60] in stderr[0].replace("\n", " ")
+    with pytest.raises(UserError, match="lottery.controls .* not supported by the Lightning callback"):
+        LotteryTicketCallback(compress.recipe.recipe_from_dict({"lottery": {"controls": ["random_prune"]}}))
