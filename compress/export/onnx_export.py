@@ -35,8 +35,10 @@ VERIFY_BATCH = 8  # random verification inputs when none are given
 # compacted vs original torch: removing exact zeros and folding constants into biases only reorders
 # float32 sums, so the difference is rounding -- 1e-5 absolute, relative once outputs exceed 1
 COMPACT_TOLERANCE = 1e-5
-# opsets the TorchScript exporter supports (inclusive); the recipe layer mirrors this for export.opset
-OPSET_RANGE = (7, 20)
+# opsets exported (inclusive); the recipe layer mirrors this for export.opset. The TorchScript exporter
+# goes down to 7, but below 9 it keeps every weight as a graph input (ONNX IR 3), which the checks here
+# (a dynamic batch dimension on every input) and onnxruntime's int8 tools do not take
+OPSET_RANGE = (9, 20)
 
 
 @dataclass
@@ -177,8 +179,9 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     model, ticket_shape = _resolve(model_or_ticket)
     low, high = OPSET_RANGE
     if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
-        raise UserError(f"opset must be an int from {low} to {high} (the TorchScript exporter's range), "
-                        f"got {opset!r}")
+        below = " (opsets 7 and 8 keep the weights as graph inputs, which this export does not verify)" \
+            if isinstance(opset, int) and 7 <= opset < low else ""
+        raise UserError(f"opset must be an int from {low} to {high}, got {opset!r}{below}")
     masks = get_masks(model)
     folded = _plain_zeros(fold_masks(model).cpu().float().eval())
     compaction = _compact_first(model) if compact else None  # fail on an unsupported model before any work

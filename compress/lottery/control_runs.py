@@ -28,12 +28,15 @@ from compress.pruning import Masks, apply_masks, load_plain_state_dict
 
 
 def control_start(name: str, level: int, masks: Masks, start_state: dict[str, torch.Tensor], seed: int,
-                  granularity: str, make_model: Callable[..., nn.Module]) -> tuple[dict[str, torch.Tensor], Masks]:
+                  granularity: str, make_model: Callable[..., nn.Module],
+                  inverted: Callable[[], Masks] | None = None) -> tuple[dict[str, torch.Tensor], Masks]:
     """The start state and masks control ``name`` trains at ``level`` (the ticket's ``masks`` and rewind
-    point ``start_state``; ``seed`` the recipe's); ``make_model(seed)`` builds a fresh model."""
+    point ``start_state``; ``seed`` the recipe's); ``make_model(seed)`` builds a fresh model; ``inverted()``
+    gives the level's masks ranked the other way (the ``invert`` control; only a run dir has the scores)."""
     control = CONTROLS.get(name)
     return control(ControlInput(round_index=level, masks=masks, start_state=start_state,
-                                seed=control_seed(seed, level), granularity=granularity, make_model=make_model))
+                                seed=control_seed(seed, level), granularity=granularity, make_model=make_model,
+                                inverted=inverted))
 
 
 def build_control(make_model: Callable[..., nn.Module], seed: int, start_state: dict[str, torch.Tensor],

@@ -47,6 +47,7 @@ import torch.nn as nn
 from compress.errors import UserError
 from compress.lottery.control_runs import ControlsMixin
 from compress.lottery.events import STATE_FORMAT, StepEvent, check_state, search_settings
+from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches
 from compress.models.unwrap import unwrap_model
 from compress.pruning import (
     Masks,
@@ -133,7 +134,12 @@ class LotterySearch(ControlsMixin):
         if self.rewind_to >= self.iterations:
             raise UserError(f"lottery.rewind_to = {self.rewind_to} must be < iterations per level "
                             f"({self.iterations}): the rewind point would never be reached")
-        self.method = PRUNING_METHODS.get(recipe.prune.method)
+        self.strategy, self.retrain = recipe.lottery.strategy, recipe.lottery.retrain
+        # imp prunes trained weights with a registered method; at_init scores the init (strategies.py)
+        self.method = PRUNING_METHODS.get(recipe.prune.method) if self.strategy == "imp" else None
+        self.score_batches: list | None = None
+        self.early_bird = EarlyBird(recipe.lottery.early_bird) if recipe.lottery.early_bird.every else None
+        self.early_bird_steps: dict[int, int | None] = {}  # level -> the step its mask converged at
         # channel granularity on a graph that is not an nn.Sequential: whole channel groups / heads
         self.structure = structured_plan(model, recipe, where)
         self.targets = (plan_targets(model, self.structure, recipe.prune, where) if self.structure is not None
@@ -183,6 +189,11 @@ class LotterySearch(ControlsMixin):
         if self.level == 0 and step == self.rewind_to and self.rewind_state is None:
             self.snapshot()
             taken = True
+        if self.early_bird is not None and self.level < self.rounds and self.early_bird.due(step):
+            if self.early_bird.check(step, self.next_masks()):  # converged: the level ends here
+                self.early_bird_steps[self.level] = step
+                self._advance()
+                return StepEvent(step, taken, True, False, self.level)
         if step < self.iterations:
             self.step_count = step
             return StepEvent(step, taken, False, False, self.level)
@@ -250,14 +261,18 @@ class LotterySearch(ControlsMixin):
             raise UserError(f"this search was saved watching an {what}: call search.watch(optimizer, scheduler) "
                             "after load_state_dict (or load_state_dict(state, optimizer, scheduler)) so the rewind "
                             "resets them")
-        masks = self.next_masks()
+        masks = self.early_bird.masks if self.early_bird is not None and self.early_bird.masks else self.next_masks()
         apply_masks(self.model, masks)
-        self.rewind()
+        if self.retrain == "rewind":
+            self.rewind()  # lr_rewind / finetune keep the trained survivors (Renda et al. 2020)
+        self.early_bird_steps.setdefault(self.level, None)
         self.level += 1
         self.step_count = self.start_step
+        if self.early_bird is not None:
+            self.early_bird.reset()
         if self._optimizer is not None:
             self.reset_optimizer(self._optimizer)
-        if self._scheduler is not None:
+        if self._scheduler is not None and self.retrain != "finetune":  # finetune stays at the final lr
             self.rewind_scheduler(self._scheduler)
 
     # -- the rewind point -----------------------------------------------------------------------------
@@ -324,6 +339,8 @@ class LotterySearch(ControlsMixin):
 
     def next_masks(self) -> Masks:
         """Masks for the next level from the current (trained) weights; pure, nothing is applied."""
+        if self.strategy == "at_init":
+            return at_init_masks(self, self.level + 1)
         current = {name: module.weight_mask.detach().clone() for name, module in zip(self.names, self._modules,
                                                                                    strict=True)}
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.level)
@@ -339,6 +356,12 @@ class LotterySearch(ControlsMixin):
                           **self._multiple)
         check_shrinks(current, new)
         return new
+
+    def score_at_init(self, batches) -> None:
+        """Give the data-needing scorers (``prune.method`` snip / grasp / synflow under ``lottery.strategy:
+        at_init``) their batches of ``(inputs, labels)``; kept (on the model's device) for every level."""
+        device = next(self.model.parameters()).device
+        self.score_batches = device_batches(batches, device)
 
     def prune(self, masks: Masks | None = None) -> Masks:
         """Apply ``masks`` (default: ``next_masks()``); low level: neither rewinds nor advances ``level``."""
@@ -370,6 +393,8 @@ class LotterySearch(ControlsMixin):
                 "watched": [self._optimizer is not None, self._scheduler is not None]
                 if self._rewatch is None else list(self._rewatch),
                 "results": copy.deepcopy(self.__dict__.get("_results", {})),
+                "early_bird": None if self.early_bird is None else self.early_bird.state_dict(),
+                "early_bird_steps": dict(self.early_bird_steps),
                 "masks": {name: module.weight_mask.detach().clone()
                           for name, module in zip(self.names, self._modules, strict=True)}}
 
@@ -399,6 +424,9 @@ class LotterySearch(ControlsMixin):
             self.watch(optimizer, scheduler)
             if watched[1] and scheduler is None:
                 self._rewatch = watched
+        if self.early_bird is not None and state.get("early_bird") is not None:
+            self.early_bird.load_state_dict(state["early_bird"], next(self.model.parameters()).device)
+        self.early_bird_steps = dict(state.get("early_bird_steps") or {})
 
     # -- results --------------------------------------------------------------------------------------
     def folded_state_dict(self) -> dict[str, torch.Tensor]:
