@@ -27,9 +27,9 @@ class Source:
     _compact: nn.Module | str | None = field(default=None, repr=False)  # the module, or why not
 
     def compacted(self) -> nn.Module:
-        """``compress.export.compact_model`` of the model, computed once; ValueError when unsupported."""
+        """``compress.pruning.compact.compact_model`` of the model, computed once; ValueError when unsupported."""
         if self._compact is None:
-            from compress.export import compact_model
+            from compress.pruning.compact import compact_model
 
             try:
                 self._compact = compact_model(self.model).cpu().float().eval()

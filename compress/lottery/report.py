@@ -119,8 +119,8 @@ def _layer_table(run_dir: Path, rounds: list[dict]) -> list[str]:
 
 
 def _compression_section(run_dir: Path) -> list[str]:
-    """The exported ticket's size table (``compress.export.sizes``), once the export has measured it."""
-    from compress.export.sizes import cached_run_sizes, size_table_markdown
+    """The exported ticket's size table (``compress.export.artifact.sizes``), once the export has measured it."""
+    from compress.export.artifact.sizes import cached_run_sizes, size_table_markdown
 
     rows = cached_run_sizes(run_dir)
     if not rows:

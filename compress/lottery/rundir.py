@@ -33,7 +33,9 @@ _WRITTEN = {paths.RECIPE, paths.SUMMARY, paths.REPORT, paths.TICKET, paths.TICKE
             paths.RESULT, IDENTITY, "export.json", "accuracy.png", "early_stop.png", "ticket.compact.onnx",
             # the export's int8 / QAT files and the compressed artifacts with their size table
             "ticket.int8.onnx", "ticket.qat.onnx", "ticket.int8-dynamic.onnx", "ticket.cta", "ticket.int8.cta",
-            "ticket.int8-dynamic.cta", "compression.json"}
+            "ticket.int8-dynamic.cta", "compression.json",
+            # compress.tracking's files
+            "tracking.json", "metrics.csv", "params.json"}
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{6,}\.tmp$")
 _ROUND = re.compile(r"^round_\d{2,}$")
 

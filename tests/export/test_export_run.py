@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from compress import paths
-from compress.export import export_run
 from compress.io import save_text, save_torch
 from compress.models import build_model
+from compress.pipeline import export_run
 from compress.pruning import (
     apply_masks,
     effective_weights,

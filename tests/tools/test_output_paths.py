@@ -67,7 +67,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run_dir) -> Path:
-    from compress.export import export_run
+    from compress.pipeline import export_run
 
     export_run(run_dir, accuracy=False)
     return run_dir / paths.TICKET_ONNX

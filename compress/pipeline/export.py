@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from compress import paths
 from compress.errors import UserError
-from compress.export.onnx_export import compact_path, export_onnx
-from compress.export.preprocess import preprocess_from_data
+from compress.export.onnx.export import compact_path, export_onnx
+from compress.export.onnx.preprocess import preprocess_from_data
 from compress.io import check_target, load_torch, save_json
 
 EXPORT_JSON = "export.json"
@@ -214,7 +214,7 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
     if accuracy and data is not None:
         result["accuracy"] = _accuracies(model, data, recipe, target, compact, ticket if round is None else None)
     if settings.quantize != "none":
-        from compress.export.int8_export import export_int8
+        from compress.export.quantize.export import export_int8
 
         result["int8"] = export_int8(model, target, report, recipe, data, settings, opset, inputs,
                                      fp32_accuracy=result.get("accuracy", {}).get("onnx_raw_images"))
@@ -257,7 +257,7 @@ def _relative(text: str, base: Path) -> str:
 
 
 def _int8_target(target: Path) -> Path:
-    from compress.export.int8_export import int8_path
+    from compress.export.quantize.export import int8_path
 
     return int8_path(target)
 
@@ -265,7 +265,7 @@ def _int8_target(target: Path) -> Path:
 def _accuracies(model: nn.Module, data, recipe, target: Path, compact: bool, ticket: dict | None) -> dict:
     """Test accuracy of the torch model on the toolkit's normalised split and of the ONNX file(s) through
     onnxruntime from the dataset's raw pixels, preprocessed as the file's metadata (or graph) says."""
-    from compress.export.accuracy import onnx_test_accuracy
+    from compress.export.onnx.accuracy import onnx_test_accuracy
     from compress.pruning import fold_masks
     from compress.training.evaluate import evaluate
 

@@ -1,6 +1,6 @@
 """A ticket packed for shipping: the ONNX file with its sparse tensors mask-coded and entropy-coded, bit-exact.
 
-    from compress.export.artifact import pack_onnx, unpack_onnx, artifact_state_dict
+    from compress.export.artifact.pack import pack_onnx, unpack_onnx, artifact_state_dict
     info = pack_onnx("runs/x/ticket.onnx", "ticket.cta")        # info["ratio"]: source bytes / artifact bytes
     proto = unpack_onnx("ticket.cta", "restored.onnx")          # serialises exactly as the source ModelProto
 
@@ -40,15 +40,15 @@ import onnx
 from onnx import TensorProto
 
 from compress.errors import ArtifactError, UserError
-from compress.export.artifact_bounds import (
+from compress.export.artifact.bounds import (
     MAX_HEADER_BYTES,
     MAX_RESTORED_BYTES,
     check_header,
     check_header_text,
     check_shapes,
 )
-from compress.export.artifact_coding import byte_shuffle, byte_unshuffle, decode_mask, mask_streams
-from compress.export.dequantize import dequantized_arrays
+from compress.export.artifact.coding import byte_shuffle, byte_unshuffle, decode_mask, mask_streams
+from compress.export.quantize.dequantize import dequantized_arrays
 from compress.io import save_bytes
 
 MAGIC = b"\x89CTKT\r\n\x1a"  # like PNG's: a high byte, then line-ending bytes that text-mode copies mangle
