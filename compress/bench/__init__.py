@@ -10,6 +10,7 @@ from compress.bench.auto import AutoBackend, calibrate_layers
 from compress.bench.backends import (
     BACKENDS,
     BASELINE,
+    REDUCED_PRECISION,
     Backend,
     OrtBackend,
     TorchBackend,
@@ -33,7 +34,7 @@ from compress.bench.suite import BenchResult, benchmark, describe
 from compress.bench.timing import Timing, load_average, measure, measure_interleaved, pinned_threads
 
 __all__ = [
-    "BACKENDS", "BASELINE", "AutoBackend", "Backend", "BenchResult", "LinearChain", "OrtBackend", "Source",
+    "BACKENDS", "BASELINE", "REDUCED_PRECISION", "AutoBackend", "Backend", "BenchResult", "LinearChain", "OrtBackend", "Source",
     "Timing", "TorchBackend", "add_speedups", "batch_of", "benchmark", "calibrate_layers", "describe",
     "linear_chains", "load_average", "machine_info", "macs_remaining", "magnitude_ticket", "make_backend",
     "make_backends", "markdown_table", "measure", "measure_interleaved", "onnx_source", "onnx_weights_remaining",
