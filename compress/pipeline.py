@@ -40,6 +40,11 @@ def _current_export(run_dir: Path, recipe: Recipe) -> dict | None:
         done = load_json(report)
     except ValueError:
         return None
+    if not isinstance(done, dict):
+        return None
+    from compress.export.run import anchored_paths
+
+    done = anchored_paths(done, run_dir)  # stored relative to the run dir (it may have been copied)
     if done.get("opset") != recipe.export.opset or bool(done.get("compact")) != recipe.export.compact:
         return None
     # an export from before preprocessing metadata / int8 existed has no "settings": redo it

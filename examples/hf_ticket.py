@@ -21,7 +21,7 @@ from compress.training import build_optimizer, build_schedule, evaluate
 
 ITERATIONS = int(os.environ.get("TICKET_ITERATIONS", "300"))  # per level; the test suite runs fewer
 recipe = compress.load_recipe("recipes/lth_lenet300_fashion.yaml", overrides={
-    "lottery.rounds": 3, "lottery.rewind_to": ITERATIONS // 6, "train.iterations": ITERATIONS})
+    "lottery.rounds": 3, "lottery.controls": [], "lottery.rewind_to": ITERATIONS // 6, "train.iterations": ITERATIONS})
 data = compress.load_dataset(recipe.data, seed=recipe.seed)
 
 

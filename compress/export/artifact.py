@@ -40,6 +40,13 @@ import onnx
 from onnx import TensorProto
 
 from compress.errors import ArtifactError, UserError
+from compress.export.artifact_bounds import (
+    MAX_HEADER_BYTES,
+    MAX_RESTORED_BYTES,
+    check_header,
+    check_header_text,
+    check_shapes,
+)
 from compress.export.artifact_coding import byte_shuffle, byte_unshuffle, decode_mask, mask_streams
 from compress.export.dequantize import dequantized_arrays
 from compress.io import save_bytes
@@ -48,7 +55,6 @@ MAGIC = b"\x89CTKT\r\n\x1a"  # like PNG's: a high byte, then line-ending bytes t
 VERSION = 1
 SUFFIX = ".cta"
 MIN_TENSOR_BYTES = 256  # smaller initializers stay in the serialised model: a mask would not pay for itself
-MAX_HEADER_BYTES = 1 << 24
 _PREAMBLE = struct.Struct("<8sHHIQ32s")
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]  # 9 and 9e: same size +-0.05% here, 2-10x slower
 CODEC = "lzma (raw LZMA2, preset 6)"
@@ -268,8 +274,9 @@ def pack_onnx(onnx_path: str | Path, out_path: str | Path) -> dict:
             "tensors": tensors}
 
 
-def _split(blob: bytes, path: object) -> tuple[dict, bytes]:
-    """Header and payload of an artifact, after checking magic, version, lengths and checksum."""
+def _split(blob: bytes, path: object, max_bytes: int = MAX_RESTORED_BYTES) -> tuple[dict, bytes]:
+    """Header and payload of an artifact, after checking magic, version, lengths, checksum and the header's
+    claims (``artifact_bounds``)."""
     if len(blob) < len(MAGIC) or blob[:len(MAGIC)] != MAGIC:
         raise ArtifactError(path, "not a compress ticket artifact (bad magic bytes)")
     if len(blob) < _PREAMBLE.size:
@@ -284,10 +291,13 @@ def _split(blob: bytes, path: object) -> tuple[dict, bytes]:
                                   f"expected {header_len + payload_len})")
     if hashlib.sha256(body).digest() != digest:
         raise ArtifactError(path, "corrupt artifact (sha256 checksum mismatch)")
+    text = _lzma_header(body[:header_len], path)
+    check_header_text(text, path)
     try:
-        header = json.loads(_lzma_header(body[:header_len], path))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ArtifactError(path, f"corrupt artifact header ({error})") from None
+        header = json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise ArtifactError(path, f"corrupt artifact header ({type(error).__name__}: {error})") from None
+    check_header(header, payload_len, path, max_bytes)
     return header, body[header_len:]
 
 
@@ -298,19 +308,21 @@ def _lzma_header(data: bytes, path: object) -> bytes:
     except lzma.LZMAError as error:
         raise ArtifactError(path, f"corrupt artifact header ({error})") from None
     if not decoder.eof:
-        raise ArtifactError(path, "corrupt artifact header (does not end)")
+        raise ArtifactError(path, f"corrupt artifact header (longer than {MAX_HEADER_BYTES:,} bytes, or cut)")
     return out
 
 
-def unpack_bytes(blob: bytes, path: object = "<artifact>") -> onnx.ModelProto:
-    """The ModelProto of an artifact's bytes (``unpack_onnx`` without files)."""
-    header, payload = _split(blob, path)
+def unpack_bytes(blob: bytes, path: object = "<artifact>", max_bytes: int = MAX_RESTORED_BYTES) -> onnx.ModelProto:
+    """The ModelProto of an artifact's bytes (``unpack_onnx`` without files); an artifact that restores to
+    more than ``max_bytes`` is refused before anything is decompressed."""
+    header, payload = _split(blob, path, max_bytes)
     try:
         model_spec = header["model"]
         offset = model_spec["stored"]
         shell = onnx.ModelProto()
         shell.ParseFromString(_decompress(payload[:offset], model_spec["size"], "model", path))
         initializers = shell.graph.initializer
+        check_shapes(header, initializers, path)
         for entry in header["tensors"]:
             streams = []
             for spec in entry["streams"]:
@@ -325,7 +337,10 @@ def unpack_bytes(blob: bytes, path: object = "<artifact>") -> onnx.ModelProto:
         raise ArtifactError(path, f"corrupt artifact ({type(error).__name__}: {error})") from None
     except Exception as error:  # protobuf's DecodeError
         raise ArtifactError(path, f"corrupt artifact model ({type(error).__name__})") from None
-    restored = shell.SerializeToString()
+    try:
+        restored = shell.SerializeToString()
+    except Exception as error:  # protobuf's EncodeError (over 2 GiB): the bounds should have caught it
+        raise ArtifactError(path, f"corrupt artifact model ({type(error).__name__})") from None
     if hashlib.sha256(restored).hexdigest() != header.get("source", {}).get("sha256"):
         raise ArtifactError(path, "corrupt artifact (the restored model differs from the packed one)")
     return shell
@@ -333,8 +348,11 @@ def unpack_bytes(blob: bytes, path: object = "<artifact>") -> onnx.ModelProto:
 
 def _read(artifact_path: str | Path) -> bytes:
     path = Path(artifact_path)
-    if not path.is_file():
-        raise ArtifactError(path, "no such artifact file")
+    if not path.is_file():  # a FIFO or device too: reading one could block or never end
+        raise ArtifactError(path, "no such artifact file" if not path.exists() else "not a regular file")
+    size = path.stat().st_size
+    if size > MAX_RESTORED_BYTES + MAX_HEADER_BYTES:
+        raise ArtifactError(path, f"{size:,} bytes: larger than any artifact this reads")
     return path.read_bytes()
 
 

@@ -53,6 +53,14 @@ def _gzip_size(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), GZIP_LEVEL))
 
 
+def size_outputs(fp32_onnx: str | Path, workdir: str | Path) -> list[Path]:
+    """The files ``size_rows`` (without ``int8_onnx``) writes into ``workdir``."""
+    fp32 = Path(fp32_onnx)
+    stem = fp32.name[:-len(".onnx")] if fp32.name.endswith(".onnx") else fp32.name
+    int8 = Path(workdir) / f"{stem}{INT8_SUFFIX}"
+    return [int8, Path(workdir) / f"{stem}{SUFFIX}", Path(workdir) / f"{int8.name[:-len('.onnx')]}{SUFFIX}"]
+
+
 def size_rows(fp32_onnx: str | Path, workdir: str | Path, *, dense_onnx: str | Path | None = None,
               int8_onnx: str | Path | None = None) -> list[dict]:
     """The size table of one exported ticket; quantized and packed files are written into ``workdir``.

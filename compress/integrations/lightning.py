@@ -30,7 +30,7 @@ import lightning.pytorch as pl
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.integrations._engine import make_search, rounds_of, steps_done, total_steps
+from compress.integrations._engine import checked_steps, make_search, rounds_of, steps_done, total_steps
 from compress.integrations.data import TicketBatches
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class LotteryTicketCallback(pl.Callback):
         self.recipe = recipe
         self.module = module
         self.where = where
-        self.iterations = iterations or recipe.train.iterations
+        self.iterations = checked_steps(recipe, iterations, "lightning")
         self.rewind_to = recipe.lottery.rewind_to
         self.rounds = rounds_of(recipe)
         self.search: Any = None

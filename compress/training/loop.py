@@ -149,6 +149,7 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
           metrics_path: Path | None = None, checkpoint_path: Path | None = None,
           on_step: StepCallback | None = None, optimizer: torch.optim.Optimizer | None = None, begin: int = 0,
           augment: bool = False, progress: bool = True, desc: str = "train",
+          extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
           tracker: MetricSink | None = None) -> TrainResult:
     """Train ``model`` in place for ``config.iterations`` steps on ``data.train``.
 
@@ -157,6 +158,9 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
     ``config.checkpoint_every`` steps and resumes from it when it exists. ``on_step(k)`` runs after
     the k-th step (the lottery uses it to snapshot the rewind point). ``begin`` > 0 continues a
     rewound run at that iteration: the schedule and the batch stream pick up where they were.
+    ``extra_state = (get, put)``: ``get()`` is saved in each checkpoint and ``put(saved)`` restores it on
+    resume (what ``on_step`` accumulates, e.g. the early-bird mask draws). ``config.compile``: the steps
+    run through ``torch.compile(model)``; the masks stay on ``model``.
     ``tracker`` (``compress.tracking``) gets each step's loss and learning rate and each evaluation,
     at every evaluation (one host sync for the whole window); on rank 0 only.
     """
@@ -185,6 +189,8 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
         schedule.load_state_dict(state["schedule"])
         _set_rng_state(state["rng"])
         start, history, elapsed = state["iteration"], state["history"], state["wall_s"]
+        if extra_state is not None and state.get("extra") is not None:
+            extra_state[1](state["extra"])
         window = state.get("window", [])[:len(losses)]  # the global batch's losses since the last evaluation
         steps_since_eval = synced = len(window)
         losses[:steps_since_eval] = torch.tensor(window, dtype=losses.dtype)
@@ -198,6 +204,7 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "rng": _rng_state(), "iteration": iteration,
                         "history": history, "window": losses[:steps_since_eval].tolist(),
+                        "extra": extra_state[0]() if extra_state is not None else None,
                         "window_lr": rates,
                         "wall_s": elapsed + time.perf_counter() - began}, checkpoint_path)
 
@@ -210,6 +217,8 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
     # is now -- the prune reparametrisation must already be installed.
     with distributed.sync_batchnorm(model) if config.sync_batchnorm else nullcontext(), bar:
         net = nn.parallel.DistributedDataParallel(model) if distributed.active() else model
+        if config.compile:
+            net = torch.compile(net)
         model.train()
         for iteration in range(start + 1, config.iterations + 1):
             x, y = distributed.shard(*next(batches))
