@@ -279,7 +279,23 @@ def _accuracies(model: nn.Module, data, recipe, target: Path, compact: bool, tic
             result["run_early_stop"] = ticket["info"]["early_stop_test_accuracy"]
     if compact:
         result["compact_onnx_raw_images"] = onnx_test_accuracy(compact_path(target), recipe)
+    result.update(_openvino_accuracies(target, recipe))
     return result
+
+
+def _openvino_accuracies(target: Path, recipe) -> dict:
+    """OpenVINO f32 and bf16 accuracy from raw images, and the precision bf16 really ran at (a CPU without
+    bf16 kernels runs it as f32); nothing when OpenVINO is not installed."""
+    from compress.export import openvino
+
+    if openvino.available() is not None:
+        return {"openvino_note": openvino.available()}
+    from compress.export.onnx.accuracy import onnx_test_accuracy
+
+    ran = openvino.inference_precision(openvino.compile_onnx(target, "bf16", threads=1))
+    return {"openvino_f32_raw_images": onnx_test_accuracy(target, recipe, runtime="openvino", precision="f32"),
+            "openvino_bf16_raw_images": onnx_test_accuracy(target, recipe, runtime="openvino", precision="bf16"),
+            "openvino_bf16_ran_as": ran}
 
 
 def format_report(result: dict) -> str:

@@ -72,7 +72,8 @@ SUPPORT: dict[str, tuple[tuple[str, str, str, str], str]] = {
     "train.bf16": (_OWN, "your autocast"),
     "train.channels_last": (_OWN, "your memory format"),
     "train.sync_batchnorm": (_OWN, "your DDP set-up"),
-    "train.log": (_OWN, "find_ticket.py's trackers; your own loop logs where your code does"),
+    "train.log": (_OWN, "your trainer's logger (Lightning's logger, HF's report_to); the Lightning callback "
+                        "logs the search's progress there"),
     "train.compile": (_OWN, "your torch.compile(model) (the search unwraps it)"),
     "prune.method": (_ALL, ""),
     "prune.scope": (_ALL, ""),
