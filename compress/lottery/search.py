@@ -47,7 +47,7 @@ from compress.lottery.control_runs import ControlsMixin
 from compress.lottery.events import StepEvent, search_settings
 from compress.lottery.planning import one_shot_rates, plan_rows, structured_plan
 from compress.lottery.search_state import StateMixin, WatchMixin
-from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches
+from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches, remember_for_invert
 from compress.models.unwrap import unwrap_model
 from compress.pruning import (
     Masks,
@@ -227,6 +227,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
             raise UserError(f"this search was saved watching an {what}: call search.watch(optimizer, scheduler) "
                             "after load_state_dict (or load_state_dict(state, optimizer, scheduler)) so the rewind "
                             "resets them")
+        remember_for_invert(self)
         masks = self.early_bird.masks if self.early_bird is not None and self.early_bird.masks else self.next_masks()
         apply_masks(self.model, masks)
         if self.retrain == "rewind":

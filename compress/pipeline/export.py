@@ -288,59 +288,20 @@ def _accuracies(model: nn.Module, data, recipe, target: Path, compact: bool, tic
             result["run_early_stop"] = ticket["info"]["early_stop_test_accuracy"]
     if compact:
         result["compact_onnx_raw_images"] = onnx_test_accuracy(compact_path(target), recipe)
+    result.update(_openvino_accuracies(target, recipe))
     return result
 
 
-def format_report(result: dict) -> str:
-    """The lines ``tools/export_onnx.py`` prints."""
-    sizes = result["sizes"]
-    zeros = result["zeros"]
-    pruned = sum(entry["pruned"] for entry in zeros.values())
-    lines = [
-        f"exported {result.get('source', 'model')} -> {result['path']} (opset {result['opset']})",
-        f"verified on {result['inputs']}",
-        f"max |ORT - torch| = {result['max_abs_diff']:.3g} (<= {result['tolerance']:g}) OK",
-        f"zero counts OK: {len(zeros)} pruned parameters, {pruned:,} pruned weights, all exact zeros in ONNX",
-        "size: raw {} | gzip {} | sparse initializers {} | bitmask limit {}".format(
-            *(_size(sizes[key]) for key in ("raw", "gzip", "sparse", "bitmask"))),
-        f"params {result['params']:,} ({result['nonzero_params']:,} nonzero), MACs {result['macs']:,} "
-        f"({result['nonzero_macs']:,} nonzero) per example",
-    ]
-    compact = result.get("compact")
-    if compact:
-        lines += [
-            f"compacted -> {compact['path']}: max |ORT - torch| = {compact['max_abs_diff']:.3g}, "
-            f"torch compacted vs original {compact['torch_max_abs_diff']:.3g}",
-            f"  params {compact['params_before']:,} -> {compact['params_after']:,}, "
-            f"MACs {compact['macs_before']:,} -> {compact['macs_after']:,}, "
-            f"file {_size(compact['size_before'])} -> {_size(compact['size_after'])}",
-            "  units: " + ", ".join(f"{u['layer']}:{u['before']}->{u['after']}" for u in compact["units"]),
-        ]
-        if compact["kept_constant_units"]:
-            lines.append(f"  kept {compact['kept_constant_units']} constant unit(s): constant channels into a "
-                         "zero-padded conv cannot become a bias, so each layer's merge into one carrier")
-    pre = result.get("preprocess")
-    if pre:
-        lines.append(f"preprocessing ({pre['compress.preprocess']}): mean {pre['mean']} std {pre['std']}, "
-                     f"input {pre['input_range']}")
-    accuracy = result.get("accuracy")
-    if accuracy:
-        lines.append(f"test accuracy ({accuracy['test_examples']:,} examples): torch {accuracy['torch_ticket']:.2%}, "
-                     f"onnxruntime from raw images {accuracy['onnx_raw_images']:.2%}")
-    int8 = result.get("int8")
-    if int8:
-        lines.append(f"int8 ({int8['mode']}) -> {int8['path']}: pruned zeros kept in "
-                     f"{len(int8['zeros'])} parameters, zero points 0")
-        if "accuracy_int8" in int8:
-            lines.append(f"  accuracy fp32 {int8['accuracy_fp32']:.2%} | int8 {int8['accuracy_int8']:.2%}"
-                         + (" (after QAT)" if int8["qat"]["ran"] else ""))
-    if "report" in result:
-        lines.append(f"report: {result['report']}")
-    return "\n".join(lines)
+def _openvino_accuracies(target: Path, recipe) -> dict:
+    """OpenVINO f32 and bf16 accuracy from raw images, and the precision bf16 really ran at (a CPU without
+    bf16 kernels runs it as f32); nothing when OpenVINO is not installed."""
+    from compress.export import openvino
 
+    if openvino.available() is not None:
+        return {"openvino_note": openvino.available()}
+    from compress.export.onnx.accuracy import onnx_test_accuracy
 
-def _size(n: int) -> str:
-    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
+    ran = openvino.inference_precision(openvino.compile_onnx(target, "bf16", threads=1))
+    return {"openvino_f32_raw_images": onnx_test_accuracy(target, recipe, runtime="openvino", precision="f32"),
+            "openvino_bf16_raw_images": onnx_test_accuracy(target, recipe, runtime="openvino", precision="bf16"),
+            "openvino_bf16_ran_as": ran}

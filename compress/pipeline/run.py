@@ -63,34 +63,3 @@ def current_export(run_dir: Path, recipe: Recipe) -> dict | None:
                                                          "qat_iterations", "calibration_size")):
         return None
     return done
-
-
-def _percent(value) -> str:
-    return "n/a" if value is None else f"{value * 100:.2f}%"
-
-
-def format_summary(summary: dict) -> str:
-    """What ``find_ticket.py`` prints at the end: the answer, in a few lines (the JSON is in the run dir)."""
-    rounds = {entry["round"]: entry for entry in summary["rounds"]}
-    ticket = summary["ticket"]
-    chosen, dense = rounds[ticket["round"]], rounds[0]
-    run_dir = Path(summary["run_dir"])
-    shipped, dense_final = chosen.get("test_accuracy"), dense.get("test_accuracy")
-    lines = [f"winning ticket: round {ticket['round']}, {ticket['weights_remaining'] * 100:.2f}% of weights left, "
-             f"test accuracy {_percent(shipped)} vs dense {_percent(dense_final)} (the shipped weights: end of "
-             f"training); early stop {chosen['early_stop_test_accuracy'] * 100:.2f}% vs "
-             f"{dense['early_stop_test_accuracy'] * 100:.2f}%",
-             f"  rule: {ticket['rule']}"]
-    for name, control in chosen.get("controls", {}).items():
-        lines.append(f"  control {name}: {control['early_stop_test_accuracy'] * 100:.2f}% at the same sparsity")
-    lines.append(f"report:  {run_dir / paths.REPORT}")
-    lines.append(f"summary: {run_dir / paths.SUMMARY}")
-    export = summary.get("export")
-    if export:
-        lines.append(f"onnx:    {export['path']} (verified with onnxruntime, max |ORT - torch| "
-                     f"{export['max_abs_diff']:.2g})")
-        accuracy = export.get("accuracy") or {}
-        if accuracy.get("onnx_raw_images") is not None:  # the exported (final) weights, from raw images
-            lines.append(f"         test accuracy {accuracy['onnx_raw_images'] * 100:.2f}% through onnxruntime "
-                         f"from the raw images (torch, same weights: {accuracy['torch_ticket'] * 100:.2f}%)")
-    return "\n".join(lines)

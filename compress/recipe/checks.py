@@ -106,7 +106,7 @@ CROSS_RULES: dict[str, str] = {
     "lottery.rewind_to": "must be < train.iterations",
     "train.schedule.milestones": "strictly increasing; needed by the step schedule",
     "train.optimizer.nesterov": "needs sgd with momentum > 0",
-    "lottery.strategy": "at_init needs lottery.retrain rewind, no early_bird, no one_shot",
+    "lottery.strategy": "at_init needs lottery.retrain rewind and no early_bird; with one_shot only the last level's density is trained",
     "prune.method": "random_erk, snip, grasp, synflow need lottery.strategy at_init and granularity weight",
 }
 
