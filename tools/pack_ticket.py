@@ -26,7 +26,7 @@ def main() -> int:
                                                              "which may exist yet)")
     args = parser.parse_args()
 
-    from compress.export.artifact import SUFFIX, pack_onnx, unpack_onnx
+    from compress.export.artifact.pack import SUFFIX, pack_onnx, unpack_onnx
     from compress.io import refuse_existing
 
     source = Path(args.path)
@@ -38,7 +38,7 @@ def main() -> int:
         return 0
     out = Path(args.out) if args.out else source.with_suffix(SUFFIX)
     if args.sizes:
-        from compress.export.sizes import size_outputs
+        from compress.export.artifact.sizes import size_outputs
 
         refuse_existing([out, *(p for p in size_outputs(source, out.parent) if p != out)],
                         "remove it, or pass an --out in another folder")
@@ -51,7 +51,7 @@ def main() -> int:
         print(f"  {tensor['name']}: {tensor['nnz']:,}/{tensor['count']:,} kept, {tensor['encoding']}, "
               f"{tensor['stored']:,} bytes")
     if args.sizes:
-        from compress.export.sizes import size_rows, size_table_markdown
+        from compress.export.artifact.sizes import size_rows, size_table_markdown
 
         print(size_table_markdown(size_rows(source, out.parent)))
     return 0

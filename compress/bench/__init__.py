@@ -10,6 +10,7 @@ from compress.bench.auto import AutoBackend, calibrate_layers
 from compress.bench.backends import (
     BACKENDS,
     BASELINE,
+    REDUCED_PRECISION,
     Backend,
     OrtBackend,
     TorchBackend,
@@ -29,12 +30,12 @@ from compress.bench.source import (
     weights_remaining,
 )
 from compress.bench.sparse import LinearChain, linear_chains, to_csr
-from compress.bench.suite import BenchResult, benchmark, describe
+from compress.bench.suite import BenchResult, benchmark, describe, labelled_test_examples
 from compress.bench.timing import Timing, load_average, measure, measure_interleaved, pinned_threads
 
 __all__ = [
-    "BACKENDS", "BASELINE", "AutoBackend", "Backend", "BenchResult", "LinearChain", "OrtBackend", "Source",
-    "Timing", "TorchBackend", "add_speedups", "batch_of", "benchmark", "calibrate_layers", "describe",
+    "BACKENDS", "BASELINE", "REDUCED_PRECISION", "AutoBackend", "Backend", "BenchResult", "LinearChain", "OrtBackend", "Source",
+    "Timing", "TorchBackend", "add_speedups", "batch_of", "benchmark", "calibrate_layers", "describe", "labelled_test_examples",
     "linear_chains", "load_average", "machine_info", "macs_remaining", "magnitude_ticket", "make_backend",
     "make_backends", "markdown_table", "measure", "measure_interleaved", "onnx_source", "onnx_weights_remaining",
     "ort_session", "pinned_threads", "plot_speedups", "resolve_source", "to_csr", "weights_remaining", "write_results",

@@ -4,12 +4,18 @@
 * ``torch_sparse`` -- every Linear as CSR inside fused feature-major chains (``compress.bench.sparse``);
   convolutions stay dense: unfold + CSR, timed on Conv-4's layers at 10 % density (1 thread), was
   about as fast at batch 1 at best and 4-9x slower at batch 64 (the unfolded matrix is 9x the input).
-* ``torch_sparse_compact`` -- the same on ``compress.export.compact_model`` of the model (dead units
+* ``torch_sparse_compact`` -- the same on ``compress.pruning.compact.compact_model`` of the model (dead units
   removed first, exactly; nn.Sequential models only): fewer rows and columns left to multiply.
 * ``ort_dense``    -- ``compress.export.export_onnx`` file in onnxruntime (threads pinned, spinning off).
 * ``ort_compact``  -- the same for the compacted model (dead units removed; nn.Sequential models only).
+* ``openvino`` / ``openvino_bf16`` -- the same ONNX file in OpenVINO at f32 / bf16 inference precision
+  (``compress.export.onnx.openvino``; bf16 is a reduced precision, judged by ``auto`` on accuracy).
+* ``ort_int8`` / ``openvino_int8`` -- ``compress.export.quantize_onnx`` of that file (int8: dynamic for
+  Linear-only graphs, static QDQ calibrated on ``accuracy_data`` otherwise) in each runtime; reduced precision.
 * ``auto``         -- times the others (and a per-layer dense/CSR mix) once, at the batch sizes asked,
-  and then always runs the fastest; its ``choices`` say what it picked and why (``compress.bench.auto``).
+  and then always runs the fastest whose outputs match fp32 -- or, for a reduced precision, whose accuracy
+  on ``accuracy_data`` stays within ``accuracy_tolerance`` of fp32; its ``choices`` say what it picked and
+  why (``compress.bench.auto``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ from compress.bench.sparse import linear_chains
 from compress.errors import UserError
 from compress.pruning import fold_masks
 
-BACKENDS = ("torch_dense", "torch_sparse", "torch_sparse_compact", "ort_dense", "ort_compact", "auto")
+BACKENDS = ("torch_dense", "torch_sparse", "torch_sparse_compact", "ort_dense", "ort_compact", "openvino",
+            "openvino_bf16", "ort_int8", "openvino_int8", "auto")
+INT8 = ("ort_int8", "openvino_int8")
+REDUCED_PRECISION = ("openvino_bf16", *INT8)  # outputs differ from fp32 by design: auto judges them on accuracy
+OPENVINO = {"openvino": "f32", "openvino_bf16": "bf16"}
+ONNX_FILE_BACKENDS = ("ort_dense", *OPENVINO)  # what runs an ONNX file as given
 BASELINE = "ort_dense"  # speedups are reported against this one, measured in the same run
 ONNX_NAME = "model.onnx"
 # torch's thread count is process-wide: backends that change it for a call take turns, so that
@@ -93,8 +104,10 @@ def ort_session(path: str | Path, threads: int):
 
 
 class OrtBackend(Backend):
-    def __init__(self, name: str, path: str | Path, threads: int, info: dict | None = None) -> None:
+    def __init__(self, name: str, path: str | Path, threads: int, info: dict | None = None,
+                 reduced_precision: bool = False) -> None:
         super().__init__(name, {"onnx": str(path), "threads": threads, **(info or {})})
+        self.reduced_precision = reduced_precision  # an int8 file: judged on accuracy, not on outputs
         self.session = ort_session(path, threads)
         self._input = self.session.get_inputs()[0].name
         self._outputs = [self.session.get_outputs()[0].name]
@@ -102,6 +115,29 @@ class OrtBackend(Backend):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(self._outputs, {self._input: array})[0])
+
+
+class OpenVinoBackend(Backend):
+    """The ONNX file in OpenVINO on the CPU at ``precision`` (``compress.export.onnx.openvino``); one infer request
+    per calling thread. ``info["inference_precision"]`` is what OpenVINO runs, which may differ from the hint."""
+
+    def __init__(self, name: str, path: str | Path, precision: str, threads: int, info: dict | None = None,
+                 reduced_precision: bool | None = None) -> None:
+        from compress.export import openvino
+
+        self.compiled = openvino.compile_onnx(path, precision, threads)
+        super().__init__(name, {"onnx": str(path), "threads": threads, "precision": precision,
+                                "inference_precision": openvino.inference_precision(self.compiled), **(info or {})})
+        # outputs differ beyond rounding (bf16, an int8 file): judged on accuracy
+        self.reduced_precision = precision != "f32" if reduced_precision is None else reduced_precision
+        self._local = threading.local()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
+        return torch.from_numpy(np.array(request.get_output_tensor(0).data, copy=True))
 
 
 def _user_onnx(name: str, path: Path, threads: int) -> OrtBackend:
@@ -133,8 +169,34 @@ def _torch_sparse(name: str, model: nn.Module) -> TorchBackend:
     return TorchBackend(name, converted, {"csr_layers": layers, "conv": "dense"})
 
 
+def _int8_backends(wanted: set[str], path: Path, threads: int, calibration: torch.Tensor | None,
+                   unavailable: dict[str, str]) -> dict[str, Backend]:
+    """The int8 file of ``path`` (``quantize_onnx``, mode int8) in onnxruntime and / or OpenVINO."""
+    from compress.export import openvino, quantize_onnx
+
+    target = Path(path).with_name("model.int8.onnx")
+    try:
+        result = quantize_onnx(path, target, mode="int8",
+                               calibration=None if calibration is None else calibration[:256].numpy())
+    except UserError as error:  # a Conv graph without calibration inputs
+        for name in wanted:
+            unavailable[name] = f"{error} (pass accuracy_data)"
+        return {}
+    built: dict[str, Backend] = {}
+    info = {"quantization": result.mode}
+    if "ort_int8" in wanted:
+        built["ort_int8"] = OrtBackend("ort_int8", target, threads, info, reduced_precision=True)
+    if "openvino_int8" in wanted:
+        if openvino.available() is not None:
+            unavailable["openvino_int8"] = openvino.available()
+        else:
+            built["openvino_int8"] = OpenVinoBackend("openvino_int8", target, "f32", threads, info,
+                                                     reduced_precision=True)
+    return built
+
+
 def _ort_backends(wanted: set[str], source: Source, threads: int, workdir: Path,
-                  unavailable: dict[str, str]) -> dict[str, Backend]:
+                  unavailable: dict[str, str], calibration: torch.Tensor | None = None) -> dict[str, Backend]:
     """One ``export_onnx`` call for both ORT backends (the compacted file comes with the dense one)."""
     from compress.export import export_onnx
 
@@ -152,7 +214,9 @@ def _ort_backends(wanted: set[str], source: Source, threads: int, workdir: Path,
         for name in wanted:
             unavailable.setdefault(name, f"ONNX export failed: {str(error).splitlines()[0]}")
         return {}
-    built: dict[str, Backend] = {}
+    built: dict[str, Backend] = _openvino_backends(wanted, report.path, threads, unavailable)
+    if wanted & set(INT8):
+        built.update(_int8_backends(wanted & set(INT8), report.path, threads, calibration, unavailable))
     if "ort_dense" in wanted:
         built["ort_dense"] = OrtBackend("ort_dense", report.path, threads,
                                         {"max_abs_diff": report.max_abs_diff, "macs": report.macs,
@@ -165,10 +229,27 @@ def _ort_backends(wanted: set[str], source: Source, threads: int, workdir: Path,
     return built
 
 
+def _openvino_backends(wanted: set[str], path: Path, threads: int, unavailable: dict[str, str]) -> dict[str, Backend]:
+    from compress.export import openvino
+
+    built: dict[str, Backend] = {}
+    for name in sorted(wanted & set(OPENVINO)):
+        reason = openvino.available()
+        if reason is not None:
+            unavailable[name] = reason
+            continue
+        try:
+            built[name] = OpenVinoBackend(name, path, OPENVINO[name], threads)
+        except UserError as error:
+            unavailable[name] = str(error)
+    return built
+
+
 def make_backends(names: list[str] | tuple[str, ...], model: SourceLike, example_input: torch.Tensor | None = None,
                   *, threads: int | None = None, batch_sizes: list[int] | tuple[int, ...] = (1, 64),
-                  workdir: str | Path | None = None, budget_s: float = 0.3
-                  ) -> tuple[dict[str, Backend], dict[str, str]]:
+                  workdir: str | Path | None = None, budget_s: float = 0.3,
+                  accuracy_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  accuracy_tolerance: float | None = None) -> tuple[dict[str, Backend], dict[str, str]]:
     """Build the named backends for ``model`` sharing one export; returns (built, {name: why not built}).
 
     ``model``: an nn.Module (with prune masks or plain), a ticket dict, a ``ticket.pt``, a run directory
@@ -176,7 +257,10 @@ def make_backends(names: list[str] | tuple[str, ...], model: SourceLike, example
     first row fixes the input shape (tickets know theirs). ``threads``: ORT intra-op threads (default:
     torch's current count, which the timing harness pins). ``batch_sizes`` and ``budget_s`` (seconds
     per candidate and batch size) are for ``auto``'s timing. ``workdir`` keeps the ONNX files
-    (default: a temporary folder, removed once the sessions are loaded).
+    (default: a temporary folder, removed once the sessions are loaded). ``accuracy_data``: labelled
+    inputs ``(x, y)`` (normalised, as the model takes them) on which ``auto`` checks a reduced precision
+    (bf16) against fp32, admitting it within ``accuracy_tolerance`` (a fraction; default
+    ``compress.bench.auto.ACCURACY_TOLERANCE``); without them ``auto`` keeps to exact candidates.
     """
     _check_names(names)
     source = resolve_source(model, example_input)
@@ -187,16 +271,20 @@ def make_backends(names: list[str] | tuple[str, ...], model: SourceLike, example
         for name in names:
             if name == "ort_dense":
                 built[name] = _user_onnx(name, source.onnx_path, threads)
-            else:
-                unavailable[name] = "an ONNX file runs only as given (ort_dense); pass a ticket for the others"
+            elif name not in OPENVINO:
+                unavailable[name] = (f"an ONNX file runs only as given ({', '.join(ONNX_FILE_BACKENDS)}); pass a "
+                                     "ticket for the others")
+        built.update(_openvino_backends(set(names), source.onnx_path, threads, unavailable))
         return built, unavailable
 
     wanted = set(BACKENDS[:-1]) if "auto" in names else set(names)  # auto times all the others
     with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
         folder = Path(workdir) if workdir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        if wanted & {"ort_dense", "ort_compact"}:
-            built.update(_ort_backends(wanted & {"ort_dense", "ort_compact"}, source, threads, folder, unavailable))
+        onnx_names = wanted & {"ort_dense", "ort_compact", *OPENVINO, *INT8}
+        if onnx_names:
+            built.update(_ort_backends(onnx_names, source, threads, folder, unavailable,
+                                       None if accuracy_data is None else accuracy_data[0].float()))
     if "torch_dense" in wanted:
         built["torch_dense"] = TorchBackend("torch_dense", fold_masks(source.model).cpu().float().eval())
     if "torch_sparse" in wanted:
@@ -212,17 +300,21 @@ def make_backends(names: list[str] | tuple[str, ...], model: SourceLike, example
     if "auto" in names:
         from compress.bench.auto import AutoBackend
 
-        built["auto"] = AutoBackend(source, dict(built), batch_sizes, budget_s=budget_s)
+        built["auto"] = AutoBackend(source, dict(built), batch_sizes, budget_s=budget_s, accuracy_data=accuracy_data,
+                                    accuracy_tolerance=accuracy_tolerance)
     picked = {name: built[name] for name in names if name in built}
     return picked, {name: why for name, why in unavailable.items() if name in names}
 
 
 def make_backend(name: str, model: SourceLike, example_input: torch.Tensor | None = None, *,
                  threads: int | None = None, batch_sizes: list[int] | tuple[int, ...] = (1, 64),
-                 workdir: str | Path | None = None, budget_s: float = 0.3) -> Backend:
+                 workdir: str | Path | None = None, budget_s: float = 0.3,
+                 accuracy_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 accuracy_tolerance: float | None = None) -> Backend:
     """One backend (see ``make_backends``); ValueError saying why when it cannot run this model."""
     built, unavailable = make_backends([name], model, example_input, threads=threads, batch_sizes=batch_sizes,
-                                       workdir=workdir, budget_s=budget_s)
+                                       workdir=workdir, budget_s=budget_s, accuracy_data=accuracy_data,
+                                       accuracy_tolerance=accuracy_tolerance)
     if name not in built:
         raise UserError(f"backend {name!r} cannot run this model: {unavailable.get(name, 'not built')}")
     return built[name]

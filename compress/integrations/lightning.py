@@ -92,9 +92,10 @@ class LotteryTicketCallback(pl.Callback):
     """
 
     def __init__(self, recipe: Recipe, module: str | None = None, *, where: Callable[[str], str] | None = None,
-                 iterations: int | None = None) -> None:
+                 iterations: int | None = None, score_batches: Any = None) -> None:
         super().__init__()
         self.recipe = recipe
+        self._score_batches = score_batches  # lottery.strategy at_init: what snip / grasp / synflow score on
         self.module = module
         self.where = where
         self.iterations = checked_steps(recipe, iterations, "lightning")
@@ -141,7 +142,8 @@ class LotteryTicketCallback(pl.Callback):
             return
         # installed now, before configure_optimizers and before a checkpoint's weights are loaded: the
         # module's state dict then has the weight_orig / weight_mask entries a checkpoint holds
-        self.search = make_search(model, self.recipe, self.where, iterations=self.iterations)
+        self.search = make_search(model, self.recipe, self.where, iterations=self.iterations,
+                                  score_batches=self._score_batches)
         if self._pending is not None:
             self.search.load_state_dict(self._pending)  # on_fit_start watches the optimizer and scheduler again
             self._pending = None
@@ -178,7 +180,13 @@ class LotteryTicketCallback(pl.Callback):
                            batch_idx: int) -> None:
         # Lightning has stepped the optimizer and the step-interval scheduler by now; at a level's end the
         # search prunes, rewinds, clears the optimizer's state and restarts the scheduler at rewind_to
-        if self.search.on_step().done:
+        event = self.search.on_step()
+        if event.level_finished and trainer.logger is not None:
+            # the search's progress goes where the user's own metrics go (TensorBoard, MLflow, W&B, CSV)
+            trainer.logger.log_metrics({"lottery/level": event.level,
+                                        "lottery/weights_remaining": self.search.report()["weights_remaining"]},
+                                       step=trainer.global_step)
+        if event.done:
             trainer.should_stop = True
 
     # -- checkpoints --------------------------------------------------------------------------------

@@ -83,12 +83,13 @@ class LotteryTicketCallback(TrainerCallback):
     """
 
     def __init__(self, recipe: Recipe, model: nn.Module, *, where: Callable[[str], str] | None = None,
-                 iterations: int | None = None) -> None:
+                 iterations: int | None = None, score_batches: Any = None) -> None:
         self.recipe = recipe
+        self._score_batches = score_batches  # lottery.strategy at_init: what snip / grasp / synflow score on
         self.iterations = checked_steps(recipe, iterations, "hf")
         self.rewind_to = recipe.lottery.rewind_to
         self.rounds = rounds_of(recipe)
-        self.search = make_search(model, recipe, where, iterations=self.iterations)
+        self.search = make_search(model, recipe, where, iterations=self.iterations, score_batches=score_batches)
 
     @property
     def total_steps(self) -> int:

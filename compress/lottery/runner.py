@@ -322,8 +322,16 @@ class LotteryRun:
         """The executor of the controls; for ``local:N`` (N >= 2) this process is one of the N workers."""
         spec = self.executor_spec
         if spec.name == "local" and spec.workers >= 2:
-            return open_executor("local", spec.workers - 1, threads=threads_per_worker(spec.workers))
+            # never more workers than controls left to train: each costs a process with torch and the data
+            pending = self._pending_controls()
+            if pending == 0:
+                return open_executor("inline")
+            return open_executor("local", min(spec.workers - 1, pending), threads=threads_per_worker(spec.workers))
         return open_executor(spec.name, spec.workers, address=self.address)
+
+    def _pending_controls(self) -> int:
+        return sum(read_result(paths.experiment_dir(self.run_dir, r, name) / paths.RESULT) is None
+                   for r in range(1, self.search.rounds + 1) for name in self.recipe.lottery.controls)
 
     def run(self) -> dict:
         """The ticket chain here, in order; the controls in the executor's free slots (``schedule``).

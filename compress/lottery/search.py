@@ -47,7 +47,7 @@ import torch.nn as nn
 from compress.errors import UserError
 from compress.lottery.control_runs import ControlsMixin
 from compress.lottery.events import STATE_FORMAT, StepEvent, check_state, search_settings
-from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches
+from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches, remember_for_invert
 from compress.models.unwrap import unwrap_model
 from compress.pruning import (
     Masks,
@@ -84,7 +84,7 @@ def recipe_example_input(recipe: Recipe) -> torch.Tensor:
 def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None
                     ) -> StructuredPlan | None:
     """The channel groups plan when ``prune.granularity`` is channel and the model is not an
-    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.export.compact``)."""
+    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.pruning.compact``)."""
     if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
         return None
     return channel_plan(model, recipe.prune, recipe_example_input(recipe), where)
@@ -261,6 +261,7 @@ class LotterySearch(ControlsMixin):
             raise UserError(f"this search was saved watching an {what}: call search.watch(optimizer, scheduler) "
                             "after load_state_dict (or load_state_dict(state, optimizer, scheduler)) so the rewind "
                             "resets them")
+        remember_for_invert(self)
         masks = self.early_bird.masks if self.early_bird is not None and self.early_bird.masks else self.next_masks()
         apply_masks(self.model, masks)
         if self.retrain == "rewind":

@@ -35,7 +35,7 @@ FRACTION: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
 TOLERANCE: Rule = (lambda v: 0 <= v <= 0.1, "must be in [0, 0.1], a fraction of accuracy (0.01 = 1 point)")
 # Larger sides only exhaust memory; 1024 covers every model family the toolkit targets.
 IMAGE_SIDE: Rule = (lambda v: 0 < v <= 1024, "must be in [1, 1024]")
-# Mirrors compress.export.onnx_export.OPSET_RANGE (the recipe layer does not import export);
+# Mirrors compress.export.onnx.export.OPSET_RANGE (the recipe layer does not import export);
 # checked at load so a bad value fails before training instead of after it.
 OPSET_RANGE = (9, 20)
 OPSET: Rule = (lambda v: OPSET_RANGE[0] <= v <= OPSET_RANGE[1],
@@ -101,7 +101,7 @@ CROSS_RULES: dict[str, str] = {
     "lottery.rewind_to": "must be < train.iterations",
     "train.schedule.milestones": "strictly increasing; needed by the step schedule",
     "train.optimizer.nesterov": "needs sgd with momentum > 0",
-    "lottery.strategy": "at_init needs lottery.retrain rewind, no early_bird, no one_shot",
+    "lottery.strategy": "at_init needs lottery.retrain rewind and no early_bird; with one_shot only the last level's density is trained",
     "prune.method": "random_erk, snip, grasp, synflow need lottery.strategy at_init and granularity weight",
 }
 

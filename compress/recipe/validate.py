@@ -205,8 +205,7 @@ def _check_strategy(recipe: Recipe, b: Builder) -> None:
     if lottery.strategy == "at_init":
         for path, bad, what in ((("lottery", "retrain"), lottery.retrain != "rewind", "lottery.retrain"),
                                 (("lottery", "early_bird", "every"), lottery.early_bird.every > 0,
-                                 "lottery.early_bird"),
-                                (("lottery", "one_shot"), lottery.one_shot, "lottery.one_shot")):
+                                 "lottery.early_bird")):
             if bad:
                 raise b.error(path, f"{what} applies to strategy imp; at_init scores each round's mask at "
                                     "the initialization and trains it once")

@@ -67,7 +67,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run_dir) -> Path:
-    from compress.export import export_run
+    from compress.pipeline import export_run
 
     export_run(run_dir, accuracy=False)
     return run_dir / paths.TICKET_ONNX
@@ -119,7 +119,7 @@ def test_recipe_refuses_qat_on_without_quantize(tmp_path):
 
 
 def test_export_json_paths_are_relative_to_the_run_dir(run_dir, exported, tmp_path):
-    from compress.pipeline import _current_export
+    from compress.pipeline.run import _current_export
 
     stored = json.loads((run_dir / "export.json").read_text())
     assert stored["path"] == paths.TICKET_ONNX and stored["run_dir"] == "." and stored["report"] == "export.json"
@@ -158,7 +158,9 @@ def test_a_file_size_limit_is_one_line(exported, tmp_path):
     """``ulimit -f``: the write fails with EFBIG (Python ignores SIGXFSZ); one line naming the file."""
     done = subprocess.run([sys.executable, str(PACK), str(exported), "--out", str(tmp_path / "big.cta")],
                           capture_output=True, text=True, timeout=300, cwd=REPO, preexec_fn=_small_file_limit,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                          # no bytecode writes: under the limit a .pyc would be cut short, not refused
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                               "PYTHONDONTWRITEBYTECODE": "1"})
     assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1
     assert "big.cta" in done.stderr and "ulimit -f" in done.stderr
     assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "big.cta").exists()

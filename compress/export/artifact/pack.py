@@ -1,6 +1,6 @@
 """A ticket packed for shipping: the ONNX file with its sparse tensors mask-coded and entropy-coded, bit-exact.
 
-    from compress.export.artifact import pack_onnx, unpack_onnx, artifact_state_dict
+    from compress.export.artifact.pack import pack_onnx, unpack_onnx, artifact_state_dict
     info = pack_onnx("runs/x/ticket.onnx", "ticket.cta")        # info["ratio"]: source bytes / artifact bytes
     proto = unpack_onnx("ticket.cta", "restored.onnx")          # serialises exactly as the source ModelProto
 
@@ -40,15 +40,15 @@ import onnx
 from onnx import TensorProto
 
 from compress.errors import ArtifactError, UserError
-from compress.export.artifact_bounds import (
+from compress.export.artifact.bounds import (
     MAX_HEADER_BYTES,
     MAX_RESTORED_BYTES,
     check_header,
     check_header_text,
     check_shapes,
 )
-from compress.export.artifact_coding import byte_shuffle, byte_unshuffle, decode_mask, mask_streams
-from compress.export.dequantize import dequantized_arrays
+from compress.export.artifact.coding import byte_shuffle, byte_unshuffle, decode_mask, mask_streams
+from compress.export.quantize.dequantize import dequantized_arrays
 from compress.io import save_bytes
 
 MAGIC = b"\x89CTKT\r\n\x1a"  # like PNG's: a high byte, then line-ending bytes that text-mode copies mangle
@@ -369,8 +369,14 @@ def read_header(artifact_path: str | Path) -> dict:
     return _split(_read(artifact_path), artifact_path)[0]
 
 
-def artifact_state_dict(artifact_path: str | Path | onnx.ModelProto, *, dequantize: bool = True) -> dict:
-    """The ticket's tensors as a torch state dict (initializer name -> tensor), from an artifact or a ModelProto.
+def artifact_state_dict(artifact_path: str | Path | onnx.ModelProto, *, dequantize: bool = True,
+                        base_dir: str | Path | None = None) -> dict:
+    """The ticket's tensors as a torch state dict (initializer name -> tensor), from an artifact, an ONNX
+    file or a ModelProto.
+
+    External tensor data (an ONNX file saved with ``save_as_external_data``) is read from the ONNX file's
+    folder -- for a ModelProto from ``base_dir``, which it then needs -- never from the current directory,
+    and only as regular files inside that folder (``compress.export.external``).
 
     An fp32 ticket's initializers carry the torch names (``1.weight``), so the result loads into the model
     with ``load_state_dict``. With ``dequantize``, int8 weights of a quantized model come back as float32
@@ -381,8 +387,35 @@ def artifact_state_dict(artifact_path: str | Path | onnx.ModelProto, *, dequanti
     import torch
     from onnx import numpy_helper
 
-    proto = artifact_path if isinstance(artifact_path, onnx.ModelProto) else unpack_onnx(artifact_path)
-    arrays = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    from compress.export.external import check_external_data, external_locations
+
+    if isinstance(artifact_path, onnx.ModelProto):
+        proto, label = artifact_path, "model"
+    elif Path(artifact_path).is_file() and not _starts_with_magic(Path(artifact_path)):
+        proto, label = _load_onnx_file(Path(artifact_path)), str(artifact_path)  # a plain .onnx file
+        base_dir = Path(artifact_path).parent
+    else:
+        proto, label = unpack_onnx(artifact_path), str(artifact_path)
+    if external_locations(proto):
+        if base_dir is None:
+            raise UserError(f"{label}: its tensors keep their data in external files; pass base_dir= the folder "
+                            "of its .onnx file (the current directory is never assumed)")
+        check_external_data(proto, base_dir, label)
+    folder = str(Path(base_dir).resolve()) if base_dir is not None else ""
+    arrays = {init.name: numpy_helper.to_array(init, base_dir=folder) for init in proto.graph.initializer}
     if dequantize:
         arrays = dequantized_arrays(proto, arrays)
     return {name: torch.from_numpy(np.array(array)) for name, array in arrays.items()}
+
+
+def _starts_with_magic(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(MAGIC)) == MAGIC
+
+
+def _load_onnx_file(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf DecodeError and friends
+        raise UserError(f"{path}: neither a packed ticket artifact nor an ONNX model ({type(error).__name__})") \
+            from None

@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from compress import paths
 from compress.errors import UserError
-from compress.export.onnx_export import compact_path, export_onnx
-from compress.export.preprocess import preprocess_from_data
+from compress.export.onnx.export import compact_path, export_onnx
+from compress.export.onnx.preprocess import preprocess_from_data
 from compress.io import check_target, load_torch, save_json
 
 EXPORT_JSON = "export.json"
@@ -214,7 +214,7 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
     if accuracy and data is not None:
         result["accuracy"] = _accuracies(model, data, recipe, target, compact, ticket if round is None else None)
     if settings.quantize != "none":
-        from compress.export.int8_export import export_int8
+        from compress.export.quantize.export import export_int8
 
         result["int8"] = export_int8(model, target, report, recipe, data, settings, opset, inputs,
                                      fp32_accuracy=result.get("accuracy", {}).get("onnx_raw_images"))
@@ -257,7 +257,7 @@ def _relative(text: str, base: Path) -> str:
 
 
 def _int8_target(target: Path) -> Path:
-    from compress.export.int8_export import int8_path
+    from compress.export.quantize.export import int8_path
 
     return int8_path(target)
 
@@ -265,7 +265,7 @@ def _int8_target(target: Path) -> Path:
 def _accuracies(model: nn.Module, data, recipe, target: Path, compact: bool, ticket: dict | None) -> dict:
     """Test accuracy of the torch model on the toolkit's normalised split and of the ONNX file(s) through
     onnxruntime from the dataset's raw pixels, preprocessed as the file's metadata (or graph) says."""
-    from compress.export.accuracy import onnx_test_accuracy
+    from compress.export.onnx.accuracy import onnx_test_accuracy
     from compress.pruning import fold_masks
     from compress.training.evaluate import evaluate
 
@@ -279,7 +279,23 @@ def _accuracies(model: nn.Module, data, recipe, target: Path, compact: bool, tic
             result["run_early_stop"] = ticket["info"]["early_stop_test_accuracy"]
     if compact:
         result["compact_onnx_raw_images"] = onnx_test_accuracy(compact_path(target), recipe)
+    result.update(_openvino_accuracies(target, recipe))
     return result
+
+
+def _openvino_accuracies(target: Path, recipe) -> dict:
+    """OpenVINO f32 and bf16 accuracy from raw images, and the precision bf16 really ran at (a CPU without
+    bf16 kernels runs it as f32); nothing when OpenVINO is not installed."""
+    from compress.export import openvino
+
+    if openvino.available() is not None:
+        return {"openvino_note": openvino.available()}
+    from compress.export.onnx.accuracy import onnx_test_accuracy
+
+    ran = openvino.inference_precision(openvino.compile_onnx(target, "bf16", threads=1))
+    return {"openvino_f32_raw_images": onnx_test_accuracy(target, recipe, runtime="openvino", precision="f32"),
+            "openvino_bf16_raw_images": onnx_test_accuracy(target, recipe, runtime="openvino", precision="bf16"),
+            "openvino_bf16_ran_as": ran}
 
 
 def format_report(result: dict) -> str:

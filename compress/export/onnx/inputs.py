@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.export.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
-from compress.export.verify import ORT_TOLERANCE, check_close, check_onnx, check_zero_counts, session
+from compress.export.onnx.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
+from compress.export.onnx.verify import ORT_TOLERANCE, check_close, check_onnx, check_zero_counts, session
 from compress.io import save_bytes
 
 Batch = tuple[torch.Tensor, ...]

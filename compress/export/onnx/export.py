@@ -12,13 +12,11 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.export.compact import Compaction
-from compress.export.compact import compact as run_compaction
-from compress.export.exporter import EXPORTER, to_onnx
-from compress.export.onnx_inputs import as_batch, export_flat, needs_flat, returns_mapping
-from compress.export.preprocess import Preprocess, add_metadata, embed_normalisation
-from compress.export.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
-from compress.export.verify import (
+from compress.export.onnx.exporter import EXPORTER, to_onnx
+from compress.export.onnx.inputs import as_batch, export_flat, needs_flat, returns_mapping
+from compress.export.onnx.preprocess import Preprocess, add_metadata, embed_normalisation
+from compress.export.onnx.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
+from compress.export.onnx.verify import (
     ORT_TOLERANCE,
     check_close,
     check_onnx,
@@ -29,6 +27,8 @@ from compress.export.verify import (
 from compress.io import save_bytes
 from compress.models.unwrap import unwrap_model
 from compress.pruning import fold_masks, get_masks
+from compress.pruning.compact import Compaction
+from compress.pruning.compact import compact as run_compaction
 from compress.pruning.macs import count_params, mac_counts
 
 VERIFY_BATCH = 8  # random verification inputs when none are given
@@ -80,10 +80,10 @@ class ExportReport:
     sizes: dict[str, int]  # raw, gzip, sparse, bitmask
     sparse_max_abs_diff: float  # ORT(sparse-initializer file) vs ORT(dense file)
     compact: CompactReport | None = None
-    # the input recipe written into metadata_props (compress.export.preprocess); None: none given
+    # the input recipe written into metadata_props (compress.export.onnx.preprocess); None: none given
     preprocess: dict | None = None
     embedded_max_abs_diff: float | None = None  # ORT(embedded graph on x * std + mean) vs torch(x)
-    # several / integer / named inputs (compress.export.onnx_inputs): names and dtypes of the graph's inputs
+    # several / integer / named inputs (compress.export.onnx.inputs): names and dtypes of the graph's inputs
     input_names: list[str] | None = None
     input_dtypes: list[str] | None = None
 
@@ -159,11 +159,11 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     reparametrisation). The file is written -- atomically -- only after every check passed:
     ``onnx.checker`` (full), a dynamic batch dimension, onnxruntime vs torch on ``verify_inputs``
     (default: ``VERIFY_BATCH`` seeded normal inputs) within 1e-4, the zero-count rule per pruned
-    parameter (``compress.export.verify``), and the sparse-initializer form giving the same outputs.
+    parameter (``compress.export.onnx.verify``), and the sparse-initializer form giving the same outputs.
     A failed check raises ValueError naming it. ``example_input`` (a batch) fixes the traced shape;
     it defaults to two rows of ``verify_inputs`` or, for a ticket, to the ticket's input shape.
 
-    ``preprocess`` (``compress.export.preprocess.Preprocess``) is written into ``metadata_props`` of every
+    ``preprocess`` (``compress.export.onnx.preprocess.Preprocess``) is written into ``metadata_props`` of every
     file; with ``preprocess.embedded`` the normalisation is also prepended to the graph, which then takes
     ``pixel / 255``, checked again against torch on ``inputs * std + mean``. ``verify_inputs`` are always
     normalised tensors, as the model was trained on.
@@ -171,7 +171,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     ``verify_inputs`` may also be integer tensors (token ids), a tuple of tensors or a dict of them (a
     tokenizer's ``BatchEncoding``), and the model may return a tuple or a dict (``ModelOutput``): the
     graph then takes every input in its own dtype, named after the dict's keys
-    (``compress.export.onnx_inputs``); ``compact`` and ``preprocess`` are for one float input.
+    (``compress.export.onnx.inputs``); ``compact`` and ``preprocess`` are for one float input.
     """
     path = Path(path)
     if path.is_dir():
