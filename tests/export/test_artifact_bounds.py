@@ -21,7 +21,8 @@ from onnx import helper, numpy_helper
 
 from compress.errors import ArtifactError
 from compress.export.artifact.bounds import MAX_HEADER_DEPTH, MAX_RESTORED_BYTES, json_depth
-from compress.export.artifact.pack import _PREAMBLE, MAGIC, VERSION, _compress, pack_bytes, unpack_bytes
+from compress.export.artifact.files import unpack_bytes
+from compress.export.artifact.pack import _PREAMBLE, MAGIC, VERSION, _compress, pack_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "pack_ticket.py"
@@ -84,7 +85,7 @@ CHILD = textwrap.dedent("""
     import resource, sys
     from compress.cli import run_cli
     from compress.errors import ArtifactError
-    from compress.export.artifact.pack import unpack_onnx
+    from compress.export.artifact.files import unpack_onnx
 
     size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), size + (1 << 30)))
@@ -143,3 +144,29 @@ def test_a_lower_memory_budget_is_honoured():
 def test_json_depth_ignores_brackets_in_strings():
     assert json_depth(b'{"a": ["[[[[", {"b": "}}"}]}') == 3
     assert json_depth(b"[" * (MAX_HEADER_DEPTH + 1) + b"]" * (MAX_HEADER_DEPTH + 1)) > MAX_HEADER_DEPTH
+
+
+def test_state_dict_reads_external_data_beside_the_file_never_from_the_cwd(tmp_path, monkeypatch):
+    import onnx
+    import torch
+
+    from compress.errors import UserError
+    from compress.export.artifact import artifact_state_dict
+
+    here, elsewhere = tmp_path / "model", tmp_path / "cwd"
+    here.mkdir()
+    elsewhere.mkdir()
+    model = _model()
+    expected = torch.from_numpy(numpy_helper.to_array(model.graph.initializer[0]).copy())
+    onnx.save(model, str(here / "m.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
+    (elsewhere / "w.bin").write_bytes(bytes(len((here / "w.bin").read_bytes())))  # zeros: the wrong data
+    monkeypatch.chdir(elsewhere)
+    assert torch.equal(artifact_state_dict(here / "m.onnx")["w"], expected)
+    proto = onnx.load(str(here / "m.onnx"), load_external_data=False)
+    with pytest.raises(UserError, match="base_dir"):
+        artifact_state_dict(proto)
+    assert torch.equal(artifact_state_dict(proto, base_dir=here)["w"], expected)
+    (here / "w.bin").unlink()
+    (here / "w.bin").symlink_to(elsewhere / "w.bin")
+    with pytest.raises(UserError, match="symbolic link"):
+        artifact_state_dict(here / "m.onnx")
