@@ -1,7 +1,7 @@
 """Deploy runtimes: onnxruntime vs OpenVINO at fp32 / bf16 / int8, dense and ticket, batch 1 and 64.
 
 Per (case, batch) every variant is timed **interleaved** in this process (``measure_interleaved``), one
-intra-op thread each (``COMPRESS_THREADS``, default 1): ORT sessions from ``compress.bench.backends.ort_session``
+intra-op thread each (``COMPRESS_THREADS``, default 1): ORT sessions from ``compress.bench.runners.ort_session``
 (spinning off), OpenVINO compiled models from ``compress.export.onnx.openvino.compile_onnx`` (one stream,
 latency hint). bf16 is OpenVINO's ``INFERENCE_PRECISION_HINT``; the table says what it *ran* as, since a CPU
 without bf16 kernels (no AVX512_BF16 / AMX) keeps f32. int8: ``compress.export.quantize_onnx`` (dynamic for
@@ -25,8 +25,8 @@ import torch
 from structured_cases import ALIGNED, AMOUNTS, Ticket, build
 
 from compress.bench import magnitude_ticket
-from compress.bench.backends import ort_session
 from compress.bench.report import cpu_model, session_machine
+from compress.bench.runners import ort_session
 from compress.bench.timing import load_average, measure_interleaved
 from compress.export import export_onnx, quantize_onnx
 from compress.io import save_json, save_text

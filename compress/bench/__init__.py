@@ -11,14 +11,12 @@ from compress.bench.backends import (
     BACKENDS,
     BASELINE,
     REDUCED_PRECISION,
-    Backend,
-    OrtBackend,
-    TorchBackend,
     make_backend,
     make_backends,
-    ort_session,
+    register_backend,
 )
 from compress.bench.report import add_speedups, machine_info, markdown_table, plot_speedups, write_results
+from compress.bench.runners import Backend, OrtBackend, TorchBackend, ort_session
 from compress.bench.source import (
     Source,
     batch_of,
@@ -38,5 +36,5 @@ __all__ = [
     "Timing", "TorchBackend", "add_speedups", "batch_of", "benchmark", "calibrate_layers", "describe", "labelled_test_examples",
     "linear_chains", "load_average", "machine_info", "macs_remaining", "magnitude_ticket", "make_backend",
     "make_backends", "markdown_table", "measure", "measure_interleaved", "onnx_source", "onnx_weights_remaining",
-    "ort_session", "pinned_threads", "plot_speedups", "resolve_source", "to_csr", "weights_remaining", "write_results",
+    "ort_session", "pinned_threads", "plot_speedups", "register_backend", "resolve_source", "to_csr", "weights_remaining", "write_results",
 ]

@@ -36,7 +36,8 @@ from functools import partial
 
 import torch
 
-from compress.bench.backends import Backend, TorchBackend
+from compress.bench.backends import BuildPlan, register_backend
+from compress.bench.runners import Backend, TorchBackend
 from compress.bench.source import Source, batch_of
 from compress.bench.sparse import LinearChain, linear_chains
 from compress.bench.timing import measure_interleaved, pinned_threads
@@ -280,3 +281,9 @@ class AutoBackend(Backend):
         """{batch size: the backend picked}."""
         self.warm_up()
         return {batch: choice["backend"] for batch, choice in self.choices.items()}
+
+
+@register_backend("auto", composite=True)
+def _build_auto(plan: BuildPlan) -> Backend:
+    return AutoBackend(plan.source, dict(plan.built), plan.batch_sizes, budget_s=plan.budget_s,
+                       accuracy_data=plan.accuracy_data, accuracy_tolerance=plan.accuracy_tolerance)

@@ -54,7 +54,8 @@ def record(facts: dict, backend: str, batch_size: int, timing, threads: int) -> 
 
 
 def benchmark(source: SourceLike, example_input: torch.Tensor | None = None, *,
-              backends: list[str] | tuple[str, ...] = BACKENDS, batch_sizes: list[int] | tuple[int, ...] = (1, 64),
+              backends: list[str] | tuple[str, ...] | None = None,
+              batch_sizes: list[int] | tuple[int, ...] = (1, 64),
               threads: int | None = None, budget_s: float = 0.5, rounds: int = 5, label: str | None = None,
               workdir: str | Path | None = None, accuracy_data: tuple[torch.Tensor, torch.Tensor] | None = None,
               accuracy_tolerance: float | None = None) -> BenchResult:
@@ -71,8 +72,9 @@ def benchmark(source: SourceLike, example_input: torch.Tensor | None = None, *,
     with pinned_threads(threads) as pinned:
         resolved = resolve_source(source, example_input, label)
         facts = describe(resolved)
-        built, unavailable = make_backends(list(backends), resolved, threads=pinned, batch_sizes=sizes,
-                                           workdir=workdir, budget_s=min(budget_s, 0.3), accuracy_data=accuracy_data,
+        built, unavailable = make_backends(list(BACKENDS) if backends is None else list(backends), resolved,
+                                           threads=pinned, batch_sizes=sizes, workdir=workdir,
+                                           budget_s=min(budget_s, 0.3), accuracy_data=accuracy_data,
                                            accuracy_tolerance=accuracy_tolerance)
         if not built:
             raise UserError("no backend can run this model: "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compress.reproduce.suite import Experiment
+from compress.reproduce.experiment import Experiment
 
 SEEDS = (0, 1, 2)
 AT_INIT = ("snip", "grasp", "synflow", "random_erk", "magnitude")
