@@ -17,10 +17,10 @@ from onnx import helper, numpy_helper
 from compress.bench.source import magnitude_ticket
 from compress.errors import ArtifactError, UserError
 from compress.export import export_onnx
+from compress.export.artifact import artifact_state_dict
 from compress.export.artifact.coding import varint_decode, varint_encode
 from compress.export.artifact.pack import (
     MAGIC,
-    artifact_state_dict,
     pack_bytes,
     pack_onnx,
     read_header,

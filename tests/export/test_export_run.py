@@ -56,7 +56,7 @@ def run_dir(tmp_path: Path) -> Path:
 def test_export_run_ticket_on_test_data(run_dir):
     result = export_run(run_dir, compact=True)
     assert (run_dir / "ticket.onnx").exists() and (run_dir / "ticket.compact.onnx").exists()
-    from compress.export.run import anchored_paths
+    from compress.pipeline.export import anchored_paths
 
     # stored relative to the run dir (a copied run dir points at its own files), the same once anchored
     assert anchored_paths(json.loads((run_dir / "export.json").read_text()), run_dir) == json.loads(json.dumps(result))

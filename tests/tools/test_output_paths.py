@@ -119,7 +119,7 @@ def test_recipe_refuses_qat_on_without_quantize(tmp_path):
 
 
 def test_export_json_paths_are_relative_to_the_run_dir(run_dir, exported, tmp_path):
-    from compress.pipeline import _current_export
+    from compress.pipeline.run import _current_export
 
     stored = json.loads((run_dir / "export.json").read_text())
     assert stored["path"] == paths.TICKET_ONNX and stored["run_dir"] == "." and stored["report"] == "export.json"

@@ -1,6 +1,6 @@
 """A ticket packed for shipping: the ONNX file with its sparse tensors mask-coded and entropy-coded, bit-exact.
 
-    from compress.export.artifact.pack import pack_onnx, unpack_onnx, artifact_state_dict
+    from compress.export.artifact import pack_onnx, unpack_onnx, artifact_state_dict
     info = pack_onnx("runs/x/ticket.onnx", "ticket.cta")        # info["ratio"]: source bytes / artifact bytes
     proto = unpack_onnx("ticket.cta", "restored.onnx")          # serialises exactly as the source ModelProto
 
@@ -47,8 +47,7 @@ from compress.export.artifact.bounds import (
     check_header_text,
     check_shapes,
 )
-from compress.export.artifact.coding import byte_shuffle, byte_unshuffle, decode_mask, mask_streams
-from compress.export.quantize.dequantize import dequantized_arrays
+from compress.export.artifact.coding import FILTERS, byte_shuffle, decode_tensor, decompress, mask_streams
 from compress.io import save_bytes
 
 MAGIC = b"\x89CTKT\r\n\x1a"  # like PNG's: a high byte, then line-ending bytes that text-mode copies mangle
@@ -56,7 +55,6 @@ VERSION = 1
 SUFFIX = ".cta"
 MIN_TENSOR_BYTES = 256  # smaller initializers stay in the serialised model: a mask would not pay for itself
 _PREAMBLE = struct.Struct("<8sHHIQ32s")
-_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]  # 9 and 9e: same size +-0.05% here, 2-10x slower
 CODEC = "lzma (raw LZMA2, preset 6)"
 ENCODINGS = ("bitmap", "gap_varint", "gap_fixed", "dense")
 # ``dense`` is tried only on tensors keeping at least this fraction of their elements: trying it on Conv-2's
@@ -70,19 +68,7 @@ EXACT_BYTES = 1 << 20
 
 
 def _compress(data: bytes) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_FILTERS)
-
-
-def _decompress(data: bytes, size: int, what: str, path: object) -> bytes:
-    """``data`` decoded to exactly ``size`` bytes; a corrupt stream cannot make it allocate more."""
-    try:
-        decoder = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_FILTERS)
-        out = decoder.decompress(data, max_length=size)
-    except lzma.LZMAError as error:
-        raise ArtifactError(path, f"corrupt {what} stream ({error})") from None
-    if len(out) != size or not decoder.eof:
-        raise ArtifactError(path, f"corrupt {what} stream (decodes to {len(out)} bytes, expected {size})")
-    return out
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=FILTERS)
 
 
 # -- tensors --------------------------------------------------------------------------------------------
@@ -180,28 +166,6 @@ def _encode_tensor(index: int, init: onnx.TensorProto) -> _Encoded | None:
     return chosen
 
 
-def _decode_tensor(entry: dict, streams: list[bytes], path: object) -> bytes:
-    count, itemsize, nnz = entry["count"], entry["itemsize"], entry["nnz"]
-    dtype = np.dtype(f"<u{itemsize}")
-    specs = entry["streams"]
-    decoded = [_decompress(data, spec["size"], f"{entry['name']} {spec['what']}", path)
-               for data, spec in zip(streams, specs, strict=True)]
-    if entry["encoding"] == "dense":
-        raw = decoded[0]
-        if len(raw) != count * itemsize:
-            raise ValueError(f"dense stream of {len(raw)} bytes")
-        return byte_unshuffle(raw, itemsize) if entry["shuffle"] else raw
-    mask_raw, values_raw = decoded
-    if len(values_raw) != nnz * itemsize:
-        raise ValueError(f"values stream of {len(values_raw)} bytes for {nnz} values")
-    if entry["shuffle"]:
-        values_raw = byte_unshuffle(values_raw, itemsize)
-    positions = decode_mask(entry["encoding"], mask_raw, entry.get("params", {}), count, nnz)
-    out = np.full(count, entry["background"], dtype=dtype)
-    out[positions] = np.frombuffer(values_raw, dtype=dtype)
-    return out.tobytes()
-
-
 # -- files ----------------------------------------------------------------------------------------------
 
 def _load_source(onnx_path: str | Path) -> tuple[bytes, onnx.ModelProto]:
@@ -276,7 +240,7 @@ def pack_onnx(onnx_path: str | Path, out_path: str | Path) -> dict:
 
 def _split(blob: bytes, path: object, max_bytes: int = MAX_RESTORED_BYTES) -> tuple[dict, bytes]:
     """Header and payload of an artifact, after checking magic, version, lengths, checksum and the header's
-    claims (``artifact_bounds``)."""
+    claims (``compress.export.artifact.bounds``)."""
     if len(blob) < len(MAGIC) or blob[:len(MAGIC)] != MAGIC:
         raise ArtifactError(path, "not a compress ticket artifact (bad magic bytes)")
     if len(blob) < _PREAMBLE.size:
@@ -303,7 +267,7 @@ def _split(blob: bytes, path: object, max_bytes: int = MAX_RESTORED_BYTES) -> tu
 
 def _lzma_header(data: bytes, path: object) -> bytes:
     try:
-        decoder = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_FILTERS)
+        decoder = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=FILTERS)
         out = decoder.decompress(data, max_length=MAX_HEADER_BYTES)
     except lzma.LZMAError as error:
         raise ArtifactError(path, f"corrupt artifact header ({error})") from None
@@ -320,7 +284,7 @@ def unpack_bytes(blob: bytes, path: object = "<artifact>", max_bytes: int = MAX_
         model_spec = header["model"]
         offset = model_spec["stored"]
         shell = onnx.ModelProto()
-        shell.ParseFromString(_decompress(payload[:offset], model_spec["size"], "model", path))
+        shell.ParseFromString(decompress(payload[:offset], model_spec["size"], "model", path))
         initializers = shell.graph.initializer
         check_shapes(header, initializers, path)
         for entry in header["tensors"]:
@@ -328,7 +292,7 @@ def unpack_bytes(blob: bytes, path: object = "<artifact>", max_bytes: int = MAX_
             for spec in entry["streams"]:
                 streams.append(payload[offset:offset + spec["stored"]])
                 offset += spec["stored"]
-            initializers[entry["index"]].raw_data = _decode_tensor(entry, streams, path)
+            initializers[entry["index"]].raw_data = decode_tensor(entry, streams, path)
         if offset != len(payload):
             raise ValueError(f"streams cover {offset} of {len(payload)} payload bytes")
     except ArtifactError:
@@ -367,55 +331,3 @@ def unpack_onnx(artifact_path: str | Path, out_onnx_path: str | Path | None = No
 def read_header(artifact_path: str | Path) -> dict:
     """The artifact's header (format, codec, source hash, per-tensor encodings), after its checks."""
     return _split(_read(artifact_path), artifact_path)[0]
-
-
-def artifact_state_dict(artifact_path: str | Path | onnx.ModelProto, *, dequantize: bool = True,
-                        base_dir: str | Path | None = None) -> dict:
-    """The ticket's tensors as a torch state dict (initializer name -> tensor), from an artifact, an ONNX
-    file or a ModelProto.
-
-    External tensor data (an ONNX file saved with ``save_as_external_data``) is read from the ONNX file's
-    folder -- for a ModelProto from ``base_dir``, which it then needs -- never from the current directory,
-    and only as regular files inside that folder (``compress.export.external``).
-
-    An fp32 ticket's initializers carry the torch names (``1.weight``), so the result loads into the model
-    with ``load_state_dict``. With ``dequantize``, int8 weights of a quantized model come back as float32
-    under the torch name: DequantizeLinear inputs (QDQ) and onnxruntime's dynamic-quantization triples
-    (``<w>[_Transposed]_quantized`` / ``_scale`` / ``_zero_point``, transposed back); their scale and zero
-    point tensors are then left out.
-    """
-    import torch
-    from onnx import numpy_helper
-
-    from compress.export.external import check_external_data, external_locations
-
-    if isinstance(artifact_path, onnx.ModelProto):
-        proto, label = artifact_path, "model"
-    elif Path(artifact_path).is_file() and not _starts_with_magic(Path(artifact_path)):
-        proto, label = _load_onnx_file(Path(artifact_path)), str(artifact_path)  # a plain .onnx file
-        base_dir = Path(artifact_path).parent
-    else:
-        proto, label = unpack_onnx(artifact_path), str(artifact_path)
-    if external_locations(proto):
-        if base_dir is None:
-            raise UserError(f"{label}: its tensors keep their data in external files; pass base_dir= the folder "
-                            "of its .onnx file (the current directory is never assumed)")
-        check_external_data(proto, base_dir, label)
-    folder = str(Path(base_dir).resolve()) if base_dir is not None else ""
-    arrays = {init.name: numpy_helper.to_array(init, base_dir=folder) for init in proto.graph.initializer}
-    if dequantize:
-        arrays = dequantized_arrays(proto, arrays)
-    return {name: torch.from_numpy(np.array(array)) for name, array in arrays.items()}
-
-
-def _starts_with_magic(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(len(MAGIC)) == MAGIC
-
-
-def _load_onnx_file(path: Path) -> onnx.ModelProto:
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf DecodeError and friends
-        raise UserError(f"{path}: neither a packed ticket artifact nor an ONNX model ({type(error).__name__})") \
-            from None
