@@ -64,10 +64,14 @@ def steps_done(search: LotterySearch) -> int:
 
 
 def make_search(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None,
-                iterations: int | None = None) -> LotterySearch:
+                iterations: int | None = None, score_batches: Any = None) -> LotterySearch:
+    """``score_batches``: (inputs, labels) batches for ``lottery.strategy: at_init`` scorers that read data."""
     from compress.lottery import LotterySearch
 
-    return LotterySearch(model, recipe, where, iterations=iterations, entry_point=None)
+    search = LotterySearch(model, recipe, where, iterations=iterations, entry_point=None)
+    if score_batches is not None:
+        search.score_at_init(score_batches)
+    return search
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:

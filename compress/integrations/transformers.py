@@ -28,7 +28,6 @@ schedule the Trainer builds (``lr_scheduler_type``) spans ``max_steps``; the cal
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,7 +64,7 @@ def per_level_schedule(scheduler: Any, iterations: int, args: Any) -> bool:
     if not lambdas or not all(isinstance(fn, functools.partial) and "num_training_steps" in fn.keywords
                               for fn in lambdas):
         return False
-    warmup = args.warmup_steps if args.warmup_steps > 0 else math.ceil(iterations * args.warmup_ratio)
+    warmup = args.get_warmup_steps(iterations)  # an int, or a ratio of the steps it is given
     resized = []
     for fn in lambdas:
         keywords = {**fn.keywords, "num_training_steps": iterations}
@@ -84,12 +83,13 @@ class LotteryTicketCallback(TrainerCallback):
     """
 
     def __init__(self, recipe: Recipe, model: nn.Module, *, where: Callable[[str], str] | None = None,
-                 iterations: int | None = None) -> None:
+                 iterations: int | None = None, score_batches: Any = None) -> None:
         self.recipe = recipe
+        self._score_batches = score_batches  # lottery.strategy at_init: what snip / grasp / synflow score on
         self.iterations = checked_steps(recipe, iterations, "hf")
         self.rewind_to = recipe.lottery.rewind_to
         self.rounds = rounds_of(recipe)
-        self.search = make_search(model, recipe, where, iterations=self.iterations)
+        self.search = make_search(model, recipe, where, iterations=self.iterations, score_batches=score_batches)
 
     @property
     def total_steps(self) -> int:

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.lottery.controls import CONTROLS, ControlInput, control_seed
+from compress.lottery.strategies import own_inverted_masks
 from compress.pruning import Masks, apply_masks, load_plain_state_dict
 
 
@@ -79,7 +80,8 @@ class ControlsMixin:
         models = {}
         for name in names:
             start, control_masks = control_start(name, self.level, masks, self.rewind_state, self.seed,
-                                                 self.prune_config.granularity, make_model)
+                                                 self.prune_config.granularity, make_model,
+                                                 inverted=lambda: own_inverted_masks(self, masks))
             models[name] = build_control(make_model, control_seed(self.seed, self.level), start, control_masks)
         return models
 

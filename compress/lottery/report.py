@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -12,6 +13,7 @@ from compress.io import load_json, save_bytes, save_text
 
 ACCURACY_PLOT = "accuracy.png"
 EARLY_STOP_PLOT = "early_stop.png"
+COMPUTE_PLOT = "accuracy_vs_compute.png"
 STYLE = {"ticket": ("tab:blue", "o"), "reinit": ("tab:orange", "s"), "random_prune": ("tab:green", "^")}
 
 
@@ -89,7 +91,8 @@ def _round_table(rounds: list[dict]) -> list[str]:
     controls = [name for name in _experiments(rounds) if name != "ticket"]
     header = "| round | % weights remaining | % MACs remaining | ticket acc (early stop) | early-stop iter | ticket acc (end) |"
     header += "".join(f" {name} acc (early stop) |" for name in controls)
-    lines = [header, "|" + "---|" * (6 + len(controls))]
+    header += " compute to this ticket (TFLOPs, dense-equiv.) | early-bird step |"
+    lines = [header, "|" + "---|" * (8 + len(controls))]
     for entry in rounds:
         macs = entry.get("macs_remaining")
         row = (f"| {entry['round']} | {entry['weights_remaining'] * 100:.2f} | "
@@ -99,6 +102,9 @@ def _round_table(rounds: list[dict]) -> list[str]:
         for name in controls:
             control = entry.get("controls", {}).get(name)
             row += f" {control['early_stop_test_accuracy'] * 100:.2f} |" if control else " – |"
+        compute = entry.get("compute_to_ticket")
+        row += f" {compute['flops'] / 1e12:.2f} |" if compute else " – |"
+        row += f" {entry.get('early_bird_step') or '–'} |"
         lines.append(row)
     return lines
 
@@ -118,25 +124,36 @@ def _layer_table(run_dir: Path, rounds: list[dict]) -> list[str]:
     return lines
 
 
-def _compression_section(run_dir: Path) -> list[str]:
-    """The exported ticket's size table (``compress.export.artifact.sizes``), once the export has measured it."""
-    from compress.export.artifact.sizes import cached_run_sizes, size_table_markdown
-
-    rows = cached_run_sizes(run_dir)
-    if not rows:
-        return []
-    return ["## Shipping the ticket: compressed size", "",
-            "Bytes of the exported ticket; ratios against the dense fp32 ONNX. The artifacts (`ticket.cta`, the "
-            "int8 one beside it) restore the ONNX file bit-exact: `python tools/pack_ticket.py --unpack ticket.cta`.",
-            "", size_table_markdown(rows), ""]
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
-def write_report(run_dir: Path, summary: dict, recipe) -> None:
+def plot_compute(rounds: list[dict], path: Path, title: str) -> bool:
+    """Ticket accuracy against the compute that produced it (``compute_to_ticket``); False without data."""
+    points = [(e["compute_to_ticket"]["flops"], e["early_stop_test_accuracy"]) for e in rounds if "compute_to_ticket" in e]
+    if not points:
+        return False
+    figure = Figure(figsize=(6.4, 4.2))
+    axis = figure.subplots()
+    axis.plot([x / 1e12 for x, _ in points], [y * 100 for _, y in points], marker="o", color="tab:blue")
+    axis.set_xlabel("compute to this ticket (TFLOPs, dense-equivalent: 3 x MACs x batch x iterations)")
+    axis.set_ylabel("ticket test accuracy, early stop (%)")
+    axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    _save_figure(figure, path)
+    return True
+
+
+def write_report(run_dir: Path, summary: dict, recipe, sections: Sequence[str] = ()) -> None:
+    """``report.md`` and its plots; ``sections``: markdown lines appended by later stages (the pipeline's size
+    table), so this module never reads another stage's files."""
     run_dir = Path(run_dir)
     rounds = summary["rounds"]
     title = f"{recipe.name}: {recipe.model.name} on {recipe.data.name}"
     plot_accuracy(rounds, run_dir / ACCURACY_PLOT, title)
     plot_early_stop(rounds, run_dir / EARLY_STOP_PLOT, title)
+    compute_plot = [f"![accuracy vs compute]({COMPUTE_PLOT})", ""] if plot_compute(
+        rounds, run_dir / COMPUTE_PLOT, title) else []
     ticket = summary["ticket"]
     lines = [
         f"# Lottery-ticket report: {recipe.name}",
@@ -144,20 +161,24 @@ def write_report(run_dir: Path, summary: dict, recipe) -> None:
         f"Model `{recipe.model.name}`, data `{recipe.data.name}`, seed {recipe.seed}, "
         f"{recipe.train.iterations:,} iterations per round (batch {recipe.train.batch_size}, "
         f"{recipe.train.optimizer.name} lr {recipe.train.optimizer.lr}), prune {recipe.prune.scope} "
-        f"{recipe.prune.method} ({recipe.prune.granularity}), rewind to iteration {recipe.lottery.rewind_to}.",
+        f"{recipe.prune.method} ({recipe.prune.granularity}), rewind to iteration {recipe.lottery.rewind_to}, "
+        f"strategy {recipe.lottery.strategy}, retrain {recipe.lottery.retrain}.",
         "",
         f"**Winning ticket**: round {ticket['round']}, {ticket['weights_remaining'] * 100:.2f}% of weights "
-        f"remaining, early-stop test accuracy {ticket['early_stop_test_accuracy'] * 100:.2f}%. "
-        f"Rule: {ticket['rule']}. Saved as `{paths.TICKET}`.",
+        f"remaining, test accuracy {_percent(ticket.get('test_accuracy'))} with the weights `{paths.TICKET}` and "
+        f"the ONNX export hold (the end of the round's training); early-stop test accuracy "
+        f"{_percent(ticket['early_stop_test_accuracy'])}. Rule: {ticket['rule']}.",
         "",
-        "Accuracy is test accuracy at the early-stop iteration (minimum validation loss) and at the end "
-        "of training. Controls: `reinit` keeps the mask with a fresh random init; `random_prune` keeps "
+        "One rule for accuracy: the headline is the test accuracy of the shipped weights (the end of training); "
+        "the early-stop accuracy (minimum validation loss) chose the round and is shown beside it. The tables "
+        "give both per round. Controls: `reinit` keeps the mask with a fresh random init; `random_prune` keeps "
         "the per-layer sparsity with a random mask, trained from the rewind point.",
         "",
         f"![accuracy]({ACCURACY_PLOT})",
         "",
         f"![early stop]({EARLY_STOP_PLOT})",
         "",
+        *compute_plot,
         "## Rounds",
         "",
         *_round_table(rounds),
@@ -166,6 +187,6 @@ def write_report(run_dir: Path, summary: dict, recipe) -> None:
         "",
         *_layer_table(run_dir, rounds),
         "",
-        *_compression_section(run_dir),
+        *sections,
     ]
     save_text("\n".join(lines), run_dir / paths.REPORT)

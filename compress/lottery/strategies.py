@@ -46,8 +46,9 @@ def at_init_masks(search: LotterySearch, level: int, invert: bool = False) -> Ma
     load_plain_state_dict(init, search.rewind_state)
     rates = {target.name: target.rate for target in search.targets}
     generator = torch.Generator().manual_seed(search.seed * 1000 + level)
+    steps = search.total_rounds if search.one_shot else level  # one_shot: the one level is the final density
     multiple = search._multiple.get("channel_multiple", 1)
-    return init_masks(init, search.names, dense, search.prune_config.method, level_rates(rates, level),
+    return init_masks(init, search.names, dense, search.prune_config.method, level_rates(rates, steps),
                       {t.name: t.group for t in search.targets}, granularity=search.prune_config.granularity,
                       batches=search.score_batches, generator=generator, invert=invert, channel_multiple=multiple)
 
@@ -122,3 +123,32 @@ def finetune_config(train: TrainConfig) -> TrainConfig:
     final = train.optimizer.lr * lr_factor(train.schedule, train.iterations, train.iterations - 1)
     return dataclasses.replace(train, optimizer=dataclasses.replace(train.optimizer, lr=final),
                                schedule=ScheduleConfig(name="constant"))
+
+
+def remember_for_invert(search: LotterySearch) -> None:
+    """Before a prune: keep the scores IMP ranks by (|trained weights| among the survivors) and the masks,
+    so the ``invert`` control of the next level can keep the lowest instead (only when it is asked for)."""
+    if search.strategy == "imp" and "invert" in search.recipe.lottery.controls:
+        from compress.pruning import effective_weights
+
+        masks = {name: mask.detach().clone() for name, mask in search.masks.items()}
+        search._invert_scores = (masks, {name: weight.abs() for name, weight in
+                                         effective_weights(search.model, search.names).items()})
+
+
+def own_inverted_masks(search: LotterySearch, masks: Masks) -> Masks:
+    """The invert control's masks in an own loop: the level's counts per pool, the lowest-scored kept."""
+    if search.strategy == "at_init":
+        return at_init_masks(search, search.level, invert=True)
+    saved = getattr(search, "_invert_scores", None)
+    if saved is None:
+        raise UserError("the invert control needs the scores of the last prune: it is available right after "
+                        "prune_and_rewind() / the level change, in the process that pruned")
+    from compress.pruning.scorers import masks_from_scores
+
+    before, scores = saved
+    groups = {target.name: target.group for target in search.targets}
+    keep: dict[str, int] = {}
+    for name in search.names:
+        keep[groups[name]] = keep.get(groups[name], 0) + int(masks[name].bool().sum())
+    return masks_from_scores(scores, before, keep, groups, invert=True)

@@ -40,7 +40,7 @@ _NO_CONTROLS = (H, H, R, R)
 # key path -> (status per entry point in ENTRY_POINTS order, why). A key of a mapping type (prune.rates,
 # model.kwargs) has one row for the whole mapping.
 SUPPORT: dict[str, tuple[tuple[str, str, str, str], str]] = {
-    "name": (_OWN, "names the run dir of find_ticket.py"),
+    "name": (_ALL, "a label: names find_ticket.py's run dir; nothing for other entry points to apply"),
     "seed": (_ALL, "seeds random masks, controls and ticket.batches()"),
     "model.name": (_OWN, "your code builds the model"),
     "model.num_classes": (_OWN, "your code builds the model"),
@@ -72,16 +72,27 @@ SUPPORT: dict[str, tuple[tuple[str, str, str, str], str]] = {
     "train.bf16": (_OWN, "your autocast"),
     "train.channels_last": (_OWN, "your memory format"),
     "train.sync_batchnorm": (_OWN, "your DDP set-up"),
+    "train.log": (_OWN, "your trainer's logger (Lightning's logger, HF's report_to); the Lightning callback "
+                        "logs the search's progress there"),
+    "train.compile": (_OWN, "your torch.compile(model) (the search unwraps it)"),
     "prune.method": (_ALL, ""),
     "prune.scope": (_ALL, ""),
     "prune.granularity": (_ALL, ""),
+    "prune.global_normalize": (_ALL, ""),
     "prune.rates": (_ALL, ""),
     "prune.output": (_ALL, ""),
     "prune.keep": (_ALL, ""),
     "prune.exclude": (_ALL, ""),
     "prune.channel_multiple": (_ALL, ""),
+    "prune.score_batches": (_OWN, "own loop: search.score_at_init(batches); callbacks: score_batches="),
     "lottery.rounds": (_ALL, ""),
     "lottery.rewind_to": (_ALL, ""),
+    "lottery.strategy": (_ALL, "at_init with snip / grasp / synflow needs batches: score_at_init / score_batches="),
+    "lottery.retrain": ((H, H, R, R), "the callbacks size and rewind the trainer's schedule per level; "
+                                      "lr_rewind / finetune are not wired there"),
+    "lottery.early_bird.every": ((H, H, R, R), "a level ends early: the callbacks' max_steps would not match"),
+    "lottery.early_bird.distance": ((H, H, R, R), "see lottery.early_bird.every"),
+    "lottery.early_bird.patience": ((H, H, R, R), "see lottery.early_bird.every"),
     "lottery.controls": (_NO_CONTROLS, "own loop: search.control_models() + record(), report() shows a "
                                        "missing one as None; the callbacks refuse (no second training loop)"),
     "lottery.one_shot": (_ALL, ""),

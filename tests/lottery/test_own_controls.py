@@ -61,3 +61,25 @@ def test_own_loop_controls_are_find_tickets_bit_for_bit(tmp_path, make_recipe):
     restored = compress.LotterySearch(make_model(recipe.seed), recipe)
     restored.load_state_dict(search.state_dict())
     assert restored.report()["levels"] == rows
+
+
+def test_a_restored_watched_search_refuses_to_rewind_until_watched_again(make_recipe):
+    recipe = make_recipe(lottery={"rounds": 1, "controls": [], "rewind_to": 2}, train={"iterations": 4})
+    model = build_model(recipe.model, 10, 1, 28, seed=0)
+    search = compress.LotterySearch(model, recipe)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, 0.5)
+    search.watch(optimizer, scheduler)
+    for _ in range(3):
+        search.on_step()
+    state = search.state_dict()
+    assert state["watched"] == [True, True]
+
+    restored = compress.LotterySearch(build_model(recipe.model, 10, 1, 28, seed=0), recipe)
+    restored.load_state_dict(state)
+    with pytest.raises(UserError, match=r"saved watching an optimizer and scheduler: call search.watch"):
+        restored.on_step()
+    assert restored.level == 0 and restored.step_count == 3  # the refusal changed nothing
+    optimizer2 = torch.optim.SGD(restored.model.parameters(), lr=0.1)
+    restored.watch(optimizer2, torch.optim.lr_scheduler.StepLR(optimizer2, 1, 0.5))
+    assert restored.on_step().level_finished and restored.level == 1

@@ -9,14 +9,9 @@ byte (byte planes, as Blosc does). Decoders raise ValueError on a stream that do
 
 from __future__ import annotations
 
-import lzma
-
 import numpy as np
 
-from compress.errors import ArtifactError
-
 MASK_ENCODINGS = ("bitmap", "gap_varint", "gap_fixed")
-FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]  # 9 and 9e: same size +-0.05% here, 2-10x slower
 
 
 def varint_encode(values: np.ndarray) -> bytes:
@@ -102,37 +97,3 @@ def byte_shuffle(data: bytes, itemsize: int) -> bytes:
 
 def byte_unshuffle(data: bytes, itemsize: int) -> bytes:
     return np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1).T.tobytes()
-
-
-def decompress(data: bytes, size: int, what: str, path: object) -> bytes:
-    """``data`` decoded to exactly ``size`` bytes; a corrupt stream cannot make it allocate more."""
-    try:
-        decoder = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=FILTERS)
-        out = decoder.decompress(data, max_length=size)
-    except lzma.LZMAError as error:
-        raise ArtifactError(path, f"corrupt {what} stream ({error})") from None
-    if len(out) != size or not decoder.eof:
-        raise ArtifactError(path, f"corrupt {what} stream (decodes to {len(out)} bytes, expected {size})")
-    return out
-
-
-def decode_tensor(entry: dict, streams: list[bytes], path: object) -> bytes:
-    count, itemsize, nnz = entry["count"], entry["itemsize"], entry["nnz"]
-    dtype = np.dtype(f"<u{itemsize}")
-    specs = entry["streams"]
-    decoded = [decompress(data, spec["size"], f"{entry['name']} {spec['what']}", path)
-               for data, spec in zip(streams, specs, strict=True)]
-    if entry["encoding"] == "dense":
-        raw = decoded[0]
-        if len(raw) != count * itemsize:
-            raise ValueError(f"dense stream of {len(raw)} bytes")
-        return byte_unshuffle(raw, itemsize) if entry["shuffle"] else raw
-    mask_raw, values_raw = decoded
-    if len(values_raw) != nnz * itemsize:
-        raise ValueError(f"values stream of {len(values_raw)} bytes for {nnz} values")
-    if entry["shuffle"]:
-        values_raw = byte_unshuffle(values_raw, itemsize)
-    positions = decode_mask(entry["encoding"], mask_raw, entry.get("params", {}), count, nnz)
-    out = np.full(count, entry["background"], dtype=dtype)
-    out[positions] = np.frombuffer(values_raw, dtype=dtype)
-    return out.tobytes()
