@@ -276,7 +276,8 @@ class LotteryRun:
         control = CONTROLS.get(name)
         start, masks = control(ControlInput(round_index=round_index, masks=masks, start_state=start,
                                             seed=control_seed(self.recipe.seed, round_index),
-                                            granularity=self.recipe.prune.granularity, make_model=self.make_model))
+                                            granularity=self.recipe.prune.granularity, make_model=self.make_model,
+                                            groups=self.search.structure.groups if self.search.structure else None))
         if executor is None:
             done = Future()
             done.set_result(run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -79,13 +79,15 @@ def recipe_example_input(recipe: Recipe) -> torch.Tensor:
     return torch.randn(2, info.in_channels or 3, side, side, generator=torch.Generator().manual_seed(0))
 
 
-def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None
-                    ) -> StructuredPlan | None:
+def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None,
+                    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> StructuredPlan | None:
     """The channel groups plan when ``prune.granularity`` is channel and the model is not an
-    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.export.compact``)."""
+    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.export.compact``),
+    traced with ``example_inputs`` (default: a batch shaped like the recipe's data)."""
     if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
         return None
-    return channel_plan(model, recipe.prune, recipe_example_input(recipe), where)
+    inputs = recipe_example_input(recipe) if example_inputs is None else example_inputs
+    return channel_plan(model, recipe.prune, inputs, where)
 
 
 def plan_rows(model: nn.Module, layers: list[LayerPlan], rates: dict[str, float], rounds: int) -> list[dict]:
@@ -110,7 +112,10 @@ class LotterySearch:
     """Masks installed with torch.nn.utils.prune, a rewind snapshot, and the IMP schedule of levels."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None, *,
-                 iterations: int | None = None) -> None:
+                 iterations: int | None = None,
+                 example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
+        """``example_inputs``: a batch the model accepts, to trace its channel groups under
+        ``prune.granularity: channel`` (default: shaped like the recipe's data, ``data.image_size``)."""
         model = unwrap_model(model)  # torch.compile / DDP: the masks live on the module they wrap
         self.model = model
         self.prune_config = recipe.prune
@@ -127,7 +132,7 @@ class LotterySearch:
                             f"({self.iterations}): the rewind point would never be reached")
         self.method = PRUNING_METHODS.get(recipe.prune.method)
         # channel granularity on a graph that is not an nn.Sequential: whole channel groups / heads
-        self.structure = structured_plan(model, recipe, where)
+        self.structure = structured_plan(model, recipe, where, example_inputs)
         self.targets = (plan_targets(model, self.structure, recipe.prune, where) if self.structure is not None
                         else build_plan(model, recipe.prune, where))
         multiple = resolve_multiple(recipe.prune.channel_multiple)  # only passed when set: custom methods keep working

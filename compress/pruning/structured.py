@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.pruning.groups import ChannelGroup, find_groups
+from compress.pruning.groups import ChannelGroup, find_groups, per_unit
 from compress.pruning.masks import Masks, count_to_prune
 
 
@@ -55,10 +55,6 @@ def unit_multiple(group: ChannelGroup, channel_multiple: int) -> int:
     return channel_multiple // math.gcd(channel_multiple, max(1, group.unit_width))
 
 
-def _index(member_index: tuple[tuple[int, ...], ...], device: torch.device) -> torch.Tensor:
-    return torch.tensor(member_index, dtype=torch.long, device=device)
-
-
 def unit_alive(group: ChannelGroup, masks: Masks) -> torch.Tensor:
     """Per unit: whether any of its positions in any member is still unmasked (modules without a mask: alive)."""
     alive = torch.zeros(group.units, dtype=torch.bool)
@@ -67,7 +63,7 @@ def unit_alive(group: ChannelGroup, masks: Masks) -> torch.Tensor:
         if mask is None:
             return torch.ones(group.units, dtype=torch.bool)
         per_position = mask.transpose(0, member.dim).flatten(1).ne(0).any(1).cpu()
-        alive |= per_position[_index(member.index, torch.device("cpu"))].any(1)
+        alive |= per_unit(member, per_position.double(), group.units) > 0
     return alive
 
 
@@ -79,7 +75,7 @@ def group_scores(group: ChannelGroup, weights: dict[str, torch.Tensor], masks: M
         if member.module in masks:
             weight = weight * masks[member.module]
         squares = weight.double().transpose(0, member.dim).flatten(1).pow(2).sum(1).cpu()
-        score += squares[_index(member.index, torch.device("cpu"))].sum(1).sqrt()
+        score += per_unit(member, squares, group.units).sqrt()
     return score / max(1, len(group.members))
 
 
@@ -100,8 +96,9 @@ def masks_for(groups: Sequence[ChannelGroup], masks: Masks, kept: dict[str, torc
             continue
         for member in group.members:
             mask = result[member.module]
-            positions = _index(member.index, mask.device)[dead.to(mask.device)].flatten()
-            mask.index_fill_(member.dim, positions, 0)
+            positions = [p for unit in dead.tolist() for p in member.index[unit]]
+            if positions:
+                mask.index_fill_(member.dim, torch.tensor(positions, dtype=torch.long, device=mask.device), 0)
     return result
 
 
