@@ -105,7 +105,7 @@ def compacted_macs_remaining(model: nn.Module, example: torch.Tensor) -> tuple[f
     Not the nonzero-weight count of the masked model: that one still counts the input side of every dead
     channel in the next layer (Conv-4 at 50 % of channels: 50 % that way, ~25 % after compaction).
     """
-    from compress.export import compact_model
+    from compress.pruning.compact import compact_model
 
     compacted = compact_model(model)
     return count_macs(compacted, example) / count_macs(fold_masks(model), example), compacted
@@ -271,7 +271,7 @@ Command: `COMPRESS_THREADS={threads} pytest benchmarks/test_sparse_inference.py 
   weights (seed 0) through `compress.lottery.LotterySearch` with `prune.granularity: channel`: torch
   `LnStructured` keeps the output channels of largest L2 norm (`bench_cases.channel_ticket`).
   `ort_dense` runs the masked model at its dense shape (the cost of the dense model); `ort_compact` runs
-  `compress.export.compact_model` of it, the dead channels/neurons physically removed.
+  `compress.pruning.compact.compact_model` of it, the dead channels/neurons physically removed.
 - Backends (`compress.bench.make_backends`): `ort_dense` (export_onnx, ONNX Runtime CPU, the baseline),
   `ort_compact` (export of compact_model: dead units removed), `torch_dense` (masks folded,
   inference_mode), `torch_sparse` (all Linear weights as CSR with int32 indices in fused feature-major

@@ -2,7 +2,7 @@
 
 A ticket: a randomly initialised model (seed 0), one-shot structured magnitude masks from
 ``compress.pruning.structured.prune_channels`` (whole channels / hidden units / heads of every channel
-group of the graph, Torch-Pruning's dependency groups), then ``compress.export.compact_graph.compact_model``
+group of the graph, Torch-Pruning's dependency groups), then ``compress.pruning.compact.graph.compact_model``
 (dead units physically removed, exact). Only which units are gone matters for speed, not what the weights
 learned. Each model has an aligned (``channel_multiple`` = 16, what ``auto`` gives on this AVX-512 CPU) and
 an unaligned (1) ticket at about 50 % and about 25 % of the dense MACs; the amounts below were found by
@@ -130,7 +130,7 @@ def off_block(model: nn.Module, block: int = ALIGNED) -> float:
 
 def build(ticket: Ticket, side: int) -> tuple[nn.Module, nn.Module, dict]:
     """(dense model, compacted ticket, facts) at input side ``side``; MACs counted on both (count_macs)."""
-    from compress.export.compact_graph import compact_model
+    from compress.pruning.compact.graph import compact_model
 
     example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
     dense = make_model(ticket.model, side)
@@ -145,7 +145,7 @@ def build(ticket: Ticket, side: int) -> tuple[nn.Module, nn.Module, dict]:
 
 def find_amount(model: str, target: float, multiple: int, side: int = 224, steps: int = 6) -> tuple[float, float]:
     """(amount, macs_remaining) whose compacted MACs come closest to ``target`` in ``steps`` bisection steps."""
-    from compress.export.compact_graph import compact_model
+    from compress.pruning.compact.graph import compact_model
     from compress.pruning.groups import find_groups
 
     example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))

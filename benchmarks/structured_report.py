@@ -181,7 +181,7 @@ def markdown(machine: dict, machines: dict, records: list[dict], profiles: list[
         "(cases in `benchmarks/structured_cases.py`).", "",
         "- Tickets: random-init weights (seed 0), one-shot structured magnitude masks "
         "(`compress.pruning.structured.prune_channels`, every channel group of the graph; attention heads "
-        f"unaligned, see the notes), then `compress.export.compact_graph.compact_model`. `multiple` = "
+        f"unaligned, see the notes), then `compress.pruning.compact.graph.compact_model`. `multiple` = "
         f"`channel_multiple`: {ALIGNED} = aligned (`auto` on this AVX-512 CPU), 1 = unaligned. Amounts chosen "
         "by bisection for ~50 % and ~25 % of the dense MACs at 224² (`structured_cases.AMOUNTS`); Conv-4 at "
         "30 % of its channels.",

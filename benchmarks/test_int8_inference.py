@@ -27,7 +27,7 @@ from compress.bench.backends import ort_session
 from compress.bench.report import cpu_model, session_machine
 from compress.bench.timing import load_average, measure_interleaved
 from compress.export import export_onnx, quantize_onnx
-from compress.export.quantize import choose_mode
+from compress.export.quantize.int8 import choose_mode
 from compress.io import save_json, save_text
 from compress.models import create_model
 from compress.runtime import set_threads

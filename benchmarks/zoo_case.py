@@ -74,9 +74,9 @@ def recipe(granularity: str):
 
 def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict:
     from compress.errors import UserError
-    from compress.export.compact_graph import compact_graph
-    from compress.export.onnx_export import export_onnx
+    from compress.export import export_onnx
     from compress.lottery import LotterySearch
+    from compress.pruning.compact.graph import compact_graph
     from compress.pruning.macs import count_macs, count_params
 
     row: dict = {"status": "pass", "reason": "", "stage": ""}

@@ -34,7 +34,13 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+# subpackages reachable as attributes right after ``import compress`` (``compress.recipe.PARTIAL_SECTIONS``)
+_SUBPACKAGES = ("recipe", "pruning", "lottery", "training", "export", "models", "data", "integrations")
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"compress.{name}")
     raise AttributeError(f"module 'compress' has no attribute {name!r}")

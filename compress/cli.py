@@ -15,7 +15,7 @@ from compress.errors import UserError, one_line
 USAGE_ERROR = 2
 # OSErrors the user fixes on their side; anything else from the OS is unexpected and keeps its traceback
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOENT,
-                       errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EEXIST}
+                       errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.EFBIG}
 
 
 def describe_os_error(error: OSError) -> str:
@@ -24,7 +24,9 @@ def describe_os_error(error: OSError) -> str:
     reason = error.strerror or one_line(error, limit=None)
     hint = {errno.ENOSPC: " (free some space, then run the same command again to resume)",
             errno.EROFS: " (the folder is read-only: pass --out on writable storage)",
-            errno.EDQUOT: " (disk quota exceeded)"}.get(error.errno or 0, "")
+            errno.EDQUOT: " (disk quota exceeded)",
+            errno.EFBIG: " (larger than this process may write: raise `ulimit -f`, then run the same command "
+                         "again to resume)"}.get(error.errno or 0, "")
     return f"{name}: {reason}{hint}" if name else f"{reason}{hint}"
 
 

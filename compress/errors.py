@@ -21,6 +21,11 @@ class ArtifactError(UserError):
         super().__init__(f"{path}: {problem}")
 
 
+class WorkerDied(UserError):
+    """A worker process was killed (OOM killer, ``kill``) mid-training; what finished is saved and a rerun
+    resumes. Shown as one line like a user's mistake: the cure is on the user's side (memory, a rerun)."""
+
+
 def one_line(exc: BaseException, limit: int | None = 200) -> str:
     """An exception as one short line; of several lines keep the first and the last (torchvision's
     download errors name the file first and the network failure last)."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from compress.errors import ArtifactError
+from compress.errors import ArtifactError, UserError
 
 
 def _umask() -> int:
@@ -20,9 +21,44 @@ def _umask() -> int:
     return mask
 
 
+def check_target(path: Path) -> None:
+    """Refuse to replace anything but a regular file or a missing path (one ``UserError`` line).
+
+    An atomic write renames a temporary file over its target: over ``/dev/null`` (as root), a FIFO or a
+    symlink that would turn the device into a file, or drop the link instead of writing where it points.
+    """
+    path = Path(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise UserError(f"{path}: a folder on its way is a file") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise UserError(f"{path}: is a symbolic link; compress writes only regular files (name the file itself)")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path}: is {_kind(info.st_mode)}, not a regular file; compress never replaces it "
+                        "(name a regular file or a new path)")
+
+
+def refuse_existing(paths: list[Path], hint: str) -> None:
+    """For commands that promise never to overwrite: one ``UserError`` naming the first path that exists
+    (or is a link, even a dangling one); ``hint`` says how to go on."""
+    for path in paths:
+        if os.path.lexists(path):
+            raise UserError(f"{path} exists and is never overwritten: {hint}")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_target(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared like any file
     try:
@@ -31,9 +67,12 @@ def _atomic(path: Path, write) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.filename is None and error.errno:
+            # a write() refused (EFBIG under ``ulimit -f``, ENOSPC) names no file: name the target
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
         raise
 
 

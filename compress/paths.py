@@ -29,3 +29,4 @@ SPARSITY = "sparsity.json"
 FINAL = "final.pt"
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
+EARLY_BIRD = "early_bird.pt"  # the round's converged early-bird mask draw and its step

@@ -30,7 +30,7 @@ def main() -> int:
                         help="skip the full test-set accuracy (torch, and onnxruntime from raw images)")
     args = parser.parse_args()
 
-    from compress.export import export_run, format_report
+    from compress.pipeline import export_run, format_report
 
     result = export_run(args.run, round=args.round, out=args.out, compact=args.compact, opset=args.opset,
                         preprocess=args.preprocess, quantize=args.quantize, qat=args.qat,

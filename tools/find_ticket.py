@@ -29,6 +29,9 @@ def main() -> int:
                         "trains the ticket chain, plus N-1 worker processes) or Ray tasks at a time")
     parser.add_argument("--address", help="with --executor ray: an existing Ray cluster (default: RAY_ADDRESS, "
                         "else a local Ray of --workers CPUs)")
+    parser.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                        help="with --address / RAY_ADDRESS: give up on an address that does not answer within "
+                             "this many seconds (default 10; env COMPRESS_RAY_TIMEOUT)")
     args = parser.parse_args()
 
     from compress.recipe import describe_schema, load_recipe, where
@@ -46,6 +49,8 @@ def main() -> int:
                               else f"lottery.executor={name}")
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address
+    if args.connect_timeout is not None:
+        os.environ["COMPRESS_RAY_TIMEOUT"] = str(args.connect_timeout)
     recipe = load_recipe(args.recipe, overrides=args.overrides)
     locate = lambda key_path: where(recipe, key_path)  # noqa: E731
     if args.dry_run:

@@ -4,7 +4,7 @@
 * ``torch_sparse`` -- every Linear as CSR inside fused feature-major chains (``compress.bench.sparse``);
   convolutions stay dense: unfold + CSR, timed on Conv-4's layers at 10 % density (1 thread), was
   about as fast at batch 1 at best and 4-9x slower at batch 64 (the unfolded matrix is 9x the input).
-* ``torch_sparse_compact`` -- the same on ``compress.export.compact_model`` of the model (dead units
+* ``torch_sparse_compact`` -- the same on ``compress.pruning.compact.compact_model`` of the model (dead units
   removed first, exactly; nn.Sequential models only): fewer rows and columns left to multiply.
 * ``ort_dense``    -- ``compress.export.export_onnx`` file in onnxruntime (threads pinned, spinning off).
 * ``ort_compact``  -- the same for the compacted model (dead units removed; nn.Sequential models only).

@@ -27,9 +27,9 @@ class Source:
     _compact: nn.Module | str | None = field(default=None, repr=False)  # the module, or why not
 
     def compacted(self) -> nn.Module:
-        """``compress.export.compact_model`` of the model, computed once; ValueError when unsupported."""
+        """``compress.pruning.compact.compact_model`` of the model, computed once; ValueError when unsupported."""
         if self._compact is None:
-            from compress.export import compact_model
+            from compress.pruning.compact import compact_model
 
             try:
                 self._compact = compact_model(self.model).cpu().float().eval()
@@ -110,16 +110,60 @@ def _onnx_graph(path: Path):
         raise UserError(f"{path}: not an ONNX model ({reason})") from None
     if model.ir_version <= 0 or not model.graph.node or not model.graph.input:
         raise UserError(f"{path}: not an ONNX model (no graph with inputs and nodes in it)")
+    _check_external_data(path, model)
+    _check_inputs(path, model.graph)
     return model.graph
+
+
+# a random input batch larger than this is refused before it is allocated: a 103-byte ONNX file declaring
+# [N, 3, 20000, 20000] asked for 4.8 GB per example
+MAX_INPUT_BYTES = 1 << 30
+
+
+def _check_external_data(path: Path, model) -> None:
+    from compress.export.external import check_external_data
+
+    check_external_data(model, path.parent, path)
+
+
+def _check_inputs(path: Path, graph) -> None:
+    """One float32 input (an int64 token input or several inputs: this benchmark makes one float batch)."""
+    weights = {init.name for init in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in weights]  # IR < 4 lists weights as inputs
+    if len(inputs) != 1:
+        names = ", ".join(repr(value.name) for value in inputs)
+        raise UserError(f"{path}: {len(inputs)} graph inputs ({names}); bench_sparse --onnx times models with "
+                        "one float32 input")
+    from onnx import TensorProto
+
+    kind = inputs[0].type.tensor_type.elem_type
+    if kind != TensorProto.FLOAT:
+        name = TensorProto.DataType.Name(kind) if kind in TensorProto.DataType.values() else str(kind)
+        raise UserError(f"{path}: input {inputs[0].name!r} is {name}; bench_sparse --onnx times models with one "
+                        "float32 input")
+
+
+def check_input_bytes(shape: list[int] | tuple[int, ...], what: str) -> None:
+    """Refuse a float32 batch of ``shape`` above ``MAX_INPUT_BYTES`` before it is allocated."""
+    size = 4
+    for dim in shape:
+        size *= int(dim)  # Python ints: a crafted shape cannot overflow
+    if size > MAX_INPUT_BYTES:
+        raise UserError(f"{what}: a float32 batch of shape {list(shape)} is {size:,} bytes, over the "
+                        f"{MAX_INPUT_BYTES:,}-byte input budget")
 
 
 def onnx_example(path: Path, graph=None) -> torch.Tensor:
     """A random batch of one for the ONNX file's first input (its non-batch dims must be fixed)."""
     graph = graph if graph is not None else _onnx_graph(Path(path))
-    dims = graph.input[0].type.tensor_type.shape.dim
+    weights = {init.name for init in graph.initializer}
+    first = next(value for value in graph.input if value.name not in weights)
+    dims = first.type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims][1:]
-    if any(d is None or d <= 0 for d in shape):
-        raise UserError(f"{path}: input {graph.input[0].name!r} has symbolic non-batch dims; pass an example input")
+    if not dims or any(d is None or d <= 0 for d in shape):
+        raise UserError(f"{path}: input {first.name!r} has no shape or symbolic non-batch dims; pass an "
+                        "example input")
+    check_input_bytes([1, *shape], f"{path}: input {first.name!r}")
     return torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
 
 
@@ -167,6 +211,7 @@ def batch_of(example: torch.Tensor, batch_size: int, seed: int = 0) -> torch.Ten
     """A contiguous random batch shaped like ``example`` (values do not change dense or CSR timings)."""
     if batch_size < 1:
         raise UserError(f"batch sizes must be >= 1, got {batch_size}")
+    check_input_bytes([batch_size, *example.shape[1:]], f"batch size {batch_size}")
     return torch.randn(batch_size, *example.shape[1:], generator=torch.Generator().manual_seed(seed))
 
 

@@ -14,6 +14,16 @@ if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
 
 
+def checked_steps(recipe: Recipe, iterations: int | None, entry_point: str) -> int:
+    """A callback's steps per level, after refusing / warning about the recipe's keys for ``entry_point``
+    (``compress/recipe/support.py``): done at construction, before a Trainer is set up."""
+    from compress.recipe.support import enforce, steps_per_level
+
+    steps = steps_per_level(recipe, iterations)
+    enforce(recipe, entry_point)
+    return steps
+
+
 def rounds_of(recipe: Recipe) -> int:
     """Pruning rounds after the dense level (one-shot prunes once)."""
     lottery = recipe.lottery
@@ -54,10 +64,14 @@ def steps_done(search: LotterySearch) -> int:
 
 
 def make_search(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None,
-                iterations: int | None = None) -> LotterySearch:
+                iterations: int | None = None, score_batches: Any = None) -> LotterySearch:
+    """``score_batches``: (inputs, labels) batches for ``lottery.strategy: at_init`` scorers that read data."""
     from compress.lottery import LotterySearch
 
-    return LotterySearch(model, recipe, where, iterations=iterations)
+    search = LotterySearch(model, recipe, where, iterations=iterations, entry_point=None)
+    if score_batches is not None:
+        search.score_at_init(score_batches)
+    return search
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from torch.utils.data import IterableDataset
+import torch
+from torch.utils.data import IterableDataset, Sampler
 
 from compress.integrations._engine import level_spans, locate
 
@@ -53,3 +54,41 @@ class TicketBatches(IterableDataset):
                 continue
             for row in range(x.shape[0]):
                 yield {self.x_key: x[row], "labels": y[row]}
+
+
+class ResumableSampler(Sampler[int]):
+    """Indices of a dataset of one's own for a whole search, resumable at any optimizer step.
+
+    ``DataLoader(dataset, batch_size=batch_size, sampler=ticket.sampler(len(dataset), batch_size))``:
+    global batch b holds positions ``b * batch_size ...`` of a stream made of one seeded permutation of
+    the dataset per pass. Each iteration starts at the batch of the step the search stands at
+    (``position()``), so a fit resumed from a mid-epoch checkpoint sees exactly the batches an
+    uninterrupted fit would have seen. Batches are not rewound with the weights at a level's end (the
+    stream goes on), unlike ``TicketBatches``, which replays the toolkit's own order.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, total_steps: int,
+                 position: Callable[[], int] | None = None) -> None:
+        if size < 1 or batch_size < 1:
+            raise ValueError(f"ResumableSampler: size {size} and batch_size {batch_size} must be >= 1")
+        self.size, self.batch_size, self.seed, self.total_steps = size, batch_size, seed, total_steps
+        self.position = position or (lambda: 0)
+
+    def __len__(self) -> int:
+        return self.total_steps * self.batch_size
+
+    def _pass(self, index: int) -> torch.Tensor:
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + index))
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.position() * self.batch_size
+        end = self.total_steps * self.batch_size
+        index, offset = divmod(start, self.size)
+        while start < end:
+            order = self._pass(index)
+            for i in order[offset:].tolist():
+                if start >= end:
+                    return
+                yield i
+                start += 1
+            index, offset = index + 1, 0

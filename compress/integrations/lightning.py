@@ -30,13 +30,56 @@ import lightning.pytorch as pl
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.integrations._engine import make_search, rounds_of, steps_done, total_steps
-from compress.integrations.data import TicketBatches
+from compress.integrations._engine import checked_steps, make_search, rounds_of, steps_done, total_steps
+from compress.integrations.data import ResumableSampler, TicketBatches
 
 if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
 
-__all__ = ["LotteryTicketCallback", "TicketBatches"]
+__all__ = ["LotteryTicketCallback", "ResumableSampler", "TicketBatches", "ticket_state_dict"]
+
+NOT_RESUMABLE = ("resumed mid-level with a DataLoader that cannot resume: masks follow the recipe's plan, but the "
+                 "batches after the resume differ from an uninterrupted fit, so the masks may too; for an exact "
+                 "resume use sampler=ticket.sampler(len(dataset), batch_size) or ticket.batches(split)")
+
+
+def _resumable(loader: Any) -> bool:
+    """Whether ``loader`` replays its batches from the search's position (``ResumableSampler`` / ``TicketBatches``)."""
+    loaders = loader if isinstance(loader, (list, tuple)) else list(loader.values()) if isinstance(loader, dict) \
+        else [loader]
+    for one in loaders:
+        batch_sampler = getattr(one, "batch_sampler", None)
+        samplers = (getattr(one, "sampler", None), getattr(batch_sampler, "sampler", None))
+        if not (isinstance(getattr(one, "dataset", None), TicketBatches)
+                or any(isinstance(s, ResumableSampler) for s in samplers)):
+            return False
+    return True
+
+
+def ticket_state_dict(checkpoint: Any, module: str | None = "net") -> dict:
+    """A plain, folded state dict of the pruned submodule ``module`` of a Lightning checkpoint (a path or
+    the loaded dict): ``weight = weight_orig * weight_mask``, no prune keys, so a fresh model of your
+    own loads it (``net.load_state_dict(...)``) for inference or ``compress.export_onnx``.
+
+    ``LightningModule.load_from_checkpoint`` cannot load a pruned checkpoint into an unpruned module (its
+    keys are ``weight_orig`` / ``weight_mask``): build the module, then load this."""
+    from compress.io import load_torch
+
+    state = load_torch(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    weights = state.get("state_dict") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise UserError(f"{checkpoint}: not a Lightning checkpoint (no 'state_dict')")
+    prefix = "" if module is None else f"{module}."
+    own = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+    if not own:
+        raise UserError(f"{checkpoint}: no entries under {module!r}; the module path given to the callback")
+    plain = {}
+    for key, value in own.items():
+        if key.endswith("_orig") and f"{key[:-5]}_mask" in own:
+            plain[key[:-5]] = value * own[f"{key[:-5]}_mask"]
+        elif not (key.endswith("_mask") and f"{key[:-5]}_orig" in own):
+            plain[key] = value
+    return plain
 
 
 class LotteryTicketCallback(pl.Callback):
@@ -49,12 +92,13 @@ class LotteryTicketCallback(pl.Callback):
     """
 
     def __init__(self, recipe: Recipe, module: str | None = None, *, where: Callable[[str], str] | None = None,
-                 iterations: int | None = None) -> None:
+                 iterations: int | None = None, score_batches: Any = None) -> None:
         super().__init__()
         self.recipe = recipe
+        self._score_batches = score_batches  # lottery.strategy at_init: what snip / grasp / synflow score on
         self.module = module
         self.where = where
-        self.iterations = iterations or recipe.train.iterations
+        self.iterations = checked_steps(recipe, iterations, "lightning")
         self.rewind_to = recipe.lottery.rewind_to
         self.rounds = rounds_of(recipe)
         self.search: Any = None
@@ -74,6 +118,12 @@ class LotteryTicketCallback(pl.Callback):
     def steps_done(self) -> int:
         return 0 if self.search is None else steps_done(self.search)
 
+    def sampler(self, size: int, batch_size: int, seed: int | None = None) -> ResumableSampler:
+        """A sampler for a dataset of your own (``DataLoader(dataset, batch_size, sampler=...)``) that
+        resumes exactly: a mid-epoch checkpoint continues with the batches an uninterrupted fit would see."""
+        return ResumableSampler(size, batch_size, self.recipe.seed if seed is None else seed, self.total_steps,
+                                position=lambda: self.steps_done)
+
     def batches(self, split: Any, batch_size: int | None = None, seed: int | None = None) -> TicketBatches:
         """The toolkit's batch order for the whole search (``DataLoader(..., batch_size=None)``); from a
         checkpoint it resumes at the batch of the step the search stands at."""
@@ -92,10 +142,12 @@ class LotteryTicketCallback(pl.Callback):
             return
         # installed now, before configure_optimizers and before a checkpoint's weights are loaded: the
         # module's state dict then has the weight_orig / weight_mask entries a checkpoint holds
-        self.search = make_search(model, self.recipe, self.where, iterations=self.iterations)
+        self.search = make_search(model, self.recipe, self.where, iterations=self.iterations,
+                                  score_batches=self._score_batches)
         if self._pending is not None:
-            self.search.load_state_dict(self._pending)
+            self.search.load_state_dict(self._pending)  # on_fit_start watches the optimizer and scheduler again
             self._pending = None
+            self._resumed = not self.search.done and self.steps_done > 0
         max_steps = trainer.max_steps
         if max_steps is not None and 0 <= max_steps < self.total_steps:
             warnings.warn(f"Trainer(max_steps={max_steps}) stops before the lottery search ends: it needs "
@@ -121,6 +173,8 @@ class LotteryTicketCallback(pl.Callback):
                             "accumulate_grad_batches=1")
         if self.search.done:
             trainer.should_stop = True
+        if getattr(self, "_resumed", False) and not _resumable(trainer.train_dataloader):
+            warnings.warn(NOT_RESUMABLE, stacklevel=2)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -139,4 +193,5 @@ class LotteryTicketCallback(pl.Callback):
         if self.search is None:
             self._pending = state_dict["search"]
         else:
-            self.search.load_state_dict(state_dict["search"])
+            self.search.load_state_dict(state_dict["search"])  # on_fit_start watches them again
+            self._resumed = not self.search.done and self.steps_done > 0

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from compress import distributed
+from compress.errors import UserError
 from compress.pruning import Masks, plain_state_dict, random_masks_like
 from compress.pruning.groups import ChannelGroup, example_inputs_for, find_groups
 from compress.pruning.structured import random_group_masks
@@ -33,6 +34,8 @@ class ControlInput:
     make_model: Callable[..., nn.Module]
     # the search's channel groups (``search.structure.groups``), so the control does not trace the graph again
     groups: Sequence[ChannelGroup] | None = None
+    # the round's masks from the same scores ranked the other way (keep the lowest): the invert control
+    inverted: Callable[[], Masks] | None = None
 
 
 Control = Callable[[ControlInput], tuple[dict[str, torch.Tensor], Masks]]
@@ -68,3 +71,28 @@ def random_prune(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
     device = next(iter(ticket.masks.values())).device
     # computed identically on every rank from the same seed; the broadcast makes that a checked fact
     return ticket.start_state, distributed.broadcast_masks({k: v.to(device) for k, v in masks.items()})
+
+
+@CONTROLS.register("shuffle")
+def shuffle(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
+    """Frankle et al. 2021: each layer's mask permuted at random (its kept count and the ticket's start
+    weights kept; under channel granularity whole output channels are permuted): do the positions matter?"""
+    generator = torch.Generator().manual_seed(ticket.seed + 1)  # not random_prune's draw
+    masks = {}
+    for name, mask in ticket.masks.items():
+        cpu = mask.cpu()
+        if ticket.granularity == "channel":
+            masks[name] = cpu[torch.randperm(cpu.shape[0], generator=generator)]
+        else:
+            masks[name] = cpu.flatten()[torch.randperm(cpu.numel(), generator=generator)].view_as(cpu)
+    device = next(iter(ticket.masks.values())).device
+    return ticket.start_state, distributed.broadcast_masks({k: v.to(device) for k, v in masks.items()})
+
+
+@CONTROLS.register("invert")
+def invert(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
+    """Frankle et al. 2021: the same counts, keeping the lowest-scored weights instead (for IMP: the
+    smallest trained magnitudes among the previous round's survivors): does the ranking matter?"""
+    if ticket.inverted is None:
+        raise UserError("the invert control needs the round's scores; it runs inside a LotteryRun")
+    return ticket.start_state, distributed.broadcast_masks(ticket.inverted())

@@ -41,6 +41,10 @@ def search_settings(recipe: Recipe, names: list[str], iterations: int) -> dict:
     lottery = recipe.lottery
     settings = {"prune": dataclasses.asdict(recipe.prune), "rounds": lottery.rounds, "rewind_to": lottery.rewind_to,
                 "one_shot": lottery.one_shot, "seed": recipe.seed, "iterations": iterations, "targets": names}
+    if lottery.strategy != "imp" or lottery.retrain != "rewind" or lottery.early_bird.every:
+        # only when set: a state saved before these keys existed still loads into a plain IMP search
+        settings.update(strategy=lottery.strategy, retrain=lottery.retrain,
+                        early_bird=dataclasses.asdict(lottery.early_bird))
     # through JSON: tuples become lists, so the dict compares equal after a torch.save / torch.load
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
 

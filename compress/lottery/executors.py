@@ -15,8 +15,9 @@ looked up by name in ``EXECUTORS`` (a ``compress.registry.Registry``):
 
 * ``inline``: runs the call at once, in this process (``submit`` returns a finished future): today's order.
 * ``local``: a spawn-context process pool of ``workers`` processes, each with ``cores // workers`` torch
-  threads (``COMPRESS_THREADS`` wins). A worker rebuilds data and model from the recipe (once per worker)
-  and dies with its parent, so a killed run leaves no training behind. A lottery run with ``local:N``
+  threads (``COMPRESS_THREADS`` wins), spawned only when a job needs one. A worker rebuilds data and model
+  from the recipe (once per worker) and dies with its parent however it dies (``compress.lifeline``), so a
+  killed run leaves no training behind. A lottery run with ``local:N``
   opens N - 1 of them: its own process, training the ticket chain, is the N-th (``compress.lottery.schedule``).
 * ``ray``: Ray tasks; ``ray.init(num_cpus=workers)`` when Ray is not started yet and no address is given
   (``RAY_ADDRESS`` or ``address=``: an existing cluster, whose workers must see the run dir and the data).
@@ -31,8 +32,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +40,8 @@ from typing import Any
 
 import torch
 
-from compress.errors import UserError
+from compress.errors import UserError, one_line
+from compress.lifeline import init_worker, lifeline
 from compress.lottery.jobs import TrainingJob, local_context, run_job, warm_up
 from compress.registry import Registry
 
@@ -107,30 +107,6 @@ class InlineExecutor(Executor):
         return future
 
 
-def _init_worker(threads: int, parent: int) -> None:
-    """In each worker: its share of the cores, and death with the parent (no orphan writes a run dir)."""
-    torch.set_num_threads(threads)
-    os.environ["COMPRESS_THREADS"] = str(threads)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
-
-    def watch() -> None:  # elsewhere (and as a second line of defence): poll
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="compress-parent-watch").start()
-
-
 @EXECUTORS.register("local")
 class LocalExecutor(Executor):
     """A spawn-context process pool (fork would copy torch's thread pools in an undefined state)."""
@@ -140,8 +116,11 @@ class LocalExecutor(Executor):
     def __init__(self, workers: int = AUTO_WORKERS, *, threads: int | None = None, **_: Any) -> None:
         super().__init__(workers)
         self.threads = threads or threads_per_worker(workers)
+        # workers are spawned on demand (one per submit while none is idle, up to ``workers``), and each
+        # dies with this process whatever kills it (``compress.lifeline``)
+        reader, self._lifeline = lifeline()
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                        initializer=_init_worker, initargs=(self.threads, os.getpid()))
+                                        initializer=init_worker, initargs=(reader, os.getpid(), self.threads))
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
         return self.pool.submit(fn, *(_packed(arg) for arg in args))
@@ -157,6 +136,7 @@ class LocalExecutor(Executor):
                 process.join(timeout=10)
         else:
             self.pool.shutdown(wait=True)
+        self._lifeline.close()
 
 
 def _packed(arg: Any) -> Any:
@@ -178,7 +158,7 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, workers: int = AUTO_WORKERS, *, address: str | None = None, threads: int | None = None,
-                 **_: Any) -> None:
+                 connect_timeout: float | None = None, **_: Any) -> None:
         try:
             import ray
         except ImportError:
@@ -189,7 +169,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS") or None
             if address:
-                ray.init(address=address, log_to_driver=False)
+                _connect(ray, address, connect_timeout)
             else:
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
             self.started = True
@@ -217,6 +197,20 @@ class RayExecutor(Executor):
             if self.started:
                 self.ray.shutdown()
                 self.started = False
+
+
+def _connect(ray, address: str, timeout: float | None) -> None:
+    """``ray.init(address)`` after checking, within ``timeout`` seconds, that something answers there: a
+    wrong address is one line naming it, never a hang (``127.0.0.1:1`` waited minutes) or a traceback."""
+    from compress.lottery.ray_address import check_ray_address, connect_timeout
+
+    timeout = connect_timeout(timeout)
+    check_ray_address(address, timeout)
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError, OSError) as error:
+        raise UserError(f"ray address {address!r}: cannot connect ({one_line(error, limit=160)}); start the "
+                        "cluster (ray start --head) or pass the address of a running one") from None
 
 
 # -- choosing one ------------------------------------------------------------------------------------
@@ -263,11 +257,27 @@ def choose_executor(text: str, *, has_parallel_work: bool, device: torch.device 
         cpu = torch.device(device).type == "cpu"
         long_enough = iterations is None or iterations >= AUTO_MIN_ITERATIONS
         if has_parallel_work and cpu and long_enough and cores >= 2:
-            return ExecutorSpec("local", workers or min(AUTO_WORKERS, cores))
+            return _local_spec(workers or min(AUTO_WORKERS, cores), text)
         return ExecutorSpec("inline", 1)
     if name == "inline":
         return ExecutorSpec("inline", 1)
-    return ExecutorSpec(name, workers or AUTO_WORKERS)
+    workers = workers or AUTO_WORKERS
+    if name == "local":
+        return _local_spec(workers, text)
+    return ExecutorSpec(name, workers)
+
+
+def _local_spec(workers: int, text: str) -> ExecutorSpec:
+    """``local:N``: N trainings at once, this process counted, so ``local:1`` is ``inline``; capped at the
+    cores: a third training on 2 cores slowed every one ~2.2x (benchmarks/results/parallel_run.md), and
+    each worker holds its own copy of torch and the data (~0.6 GB for a small CPU run)."""
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        print(f"warning: lottery.executor={text}: this machine has {cores} core(s); running {cores} trainings "
+              f"at a time, not {workers} (more only slow each other and each costs a worker's memory)",
+              file=sys.stderr)
+        workers = cores
+    return ExecutorSpec("inline", 1) if workers == 1 else ExecutorSpec("local", workers)
 
 
 def open_executor(name: str, workers: int = AUTO_WORKERS, **options: Any) -> Executor:

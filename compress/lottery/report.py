@@ -12,6 +12,7 @@ from compress.io import load_json, save_bytes, save_text
 
 ACCURACY_PLOT = "accuracy.png"
 EARLY_STOP_PLOT = "early_stop.png"
+COMPUTE_PLOT = "accuracy_vs_compute.png"
 STYLE = {"ticket": ("tab:blue", "o"), "reinit": ("tab:orange", "s"), "random_prune": ("tab:green", "^")}
 
 
@@ -89,7 +90,8 @@ def _round_table(rounds: list[dict]) -> list[str]:
     controls = [name for name in _experiments(rounds) if name != "ticket"]
     header = "| round | % weights remaining | % MACs remaining | ticket acc (early stop) | early-stop iter | ticket acc (end) |"
     header += "".join(f" {name} acc (early stop) |" for name in controls)
-    lines = [header, "|" + "---|" * (6 + len(controls))]
+    header += " compute to this ticket (TFLOPs, dense-equiv.) | early-bird step |"
+    lines = [header, "|" + "---|" * (8 + len(controls))]
     for entry in rounds:
         macs = entry.get("macs_remaining")
         row = (f"| {entry['round']} | {entry['weights_remaining'] * 100:.2f} | "
@@ -99,6 +101,9 @@ def _round_table(rounds: list[dict]) -> list[str]:
         for name in controls:
             control = entry.get("controls", {}).get(name)
             row += f" {control['early_stop_test_accuracy'] * 100:.2f} |" if control else " – |"
+        compute = entry.get("compute_to_ticket")
+        row += f" {compute['flops'] / 1e12:.2f} |" if compute else " – |"
+        row += f" {entry.get('early_bird_step') or '–'} |"
         lines.append(row)
     return lines
 
@@ -119,8 +124,8 @@ def _layer_table(run_dir: Path, rounds: list[dict]) -> list[str]:
 
 
 def _compression_section(run_dir: Path) -> list[str]:
-    """The exported ticket's size table (``compress.export.sizes``), once the export has measured it."""
-    from compress.export.sizes import cached_run_sizes, size_table_markdown
+    """The exported ticket's size table (``compress.export.artifact.sizes``), once the export has measured it."""
+    from compress.export.artifact.sizes import cached_run_sizes, size_table_markdown
 
     rows = cached_run_sizes(run_dir)
     if not rows:
@@ -131,12 +136,30 @@ def _compression_section(run_dir: Path) -> list[str]:
             "", size_table_markdown(rows), ""]
 
 
+def plot_compute(rounds: list[dict], path: Path, title: str) -> bool:
+    """Ticket accuracy against the compute that produced it (``compute_to_ticket``); False without data."""
+    points = [(e["compute_to_ticket"]["flops"], e["early_stop_test_accuracy"]) for e in rounds if "compute_to_ticket" in e]
+    if not points:
+        return False
+    figure = Figure(figsize=(6.4, 4.2))
+    axis = figure.subplots()
+    axis.plot([x / 1e12 for x, _ in points], [y * 100 for _, y in points], marker="o", color="tab:blue")
+    axis.set_xlabel("compute to this ticket (TFLOPs, dense-equivalent: 3 x MACs x batch x iterations)")
+    axis.set_ylabel("ticket test accuracy, early stop (%)")
+    axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    _save_figure(figure, path)
+    return True
+
+
 def write_report(run_dir: Path, summary: dict, recipe) -> None:
     run_dir = Path(run_dir)
     rounds = summary["rounds"]
     title = f"{recipe.name}: {recipe.model.name} on {recipe.data.name}"
     plot_accuracy(rounds, run_dir / ACCURACY_PLOT, title)
     plot_early_stop(rounds, run_dir / EARLY_STOP_PLOT, title)
+    compute_plot = [f"![accuracy vs compute]({COMPUTE_PLOT})", ""] if plot_compute(
+        rounds, run_dir / COMPUTE_PLOT, title) else []
     ticket = summary["ticket"]
     lines = [
         f"# Lottery-ticket report: {recipe.name}",
@@ -144,7 +167,8 @@ def write_report(run_dir: Path, summary: dict, recipe) -> None:
         f"Model `{recipe.model.name}`, data `{recipe.data.name}`, seed {recipe.seed}, "
         f"{recipe.train.iterations:,} iterations per round (batch {recipe.train.batch_size}, "
         f"{recipe.train.optimizer.name} lr {recipe.train.optimizer.lr}), prune {recipe.prune.scope} "
-        f"{recipe.prune.method} ({recipe.prune.granularity}), rewind to iteration {recipe.lottery.rewind_to}.",
+        f"{recipe.prune.method} ({recipe.prune.granularity}), rewind to iteration {recipe.lottery.rewind_to}, "
+        f"strategy {recipe.lottery.strategy}, retrain {recipe.lottery.retrain}.",
         "",
         f"**Winning ticket**: round {ticket['round']}, {ticket['weights_remaining'] * 100:.2f}% of weights "
         f"remaining, early-stop test accuracy {ticket['early_stop_test_accuracy'] * 100:.2f}%. "
@@ -158,6 +182,7 @@ def write_report(run_dir: Path, summary: dict, recipe) -> None:
         "",
         f"![early stop]({EARLY_STOP_PLOT})",
         "",
+        *compute_plot,
         "## Rounds",
         "",
         *_round_table(rounds),

@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 from pathlib import Path
 
 from compress import distributed, paths
@@ -32,7 +33,9 @@ _WRITTEN = {paths.RECIPE, paths.SUMMARY, paths.REPORT, paths.TICKET, paths.TICKE
             paths.RESULT, IDENTITY, "export.json", "accuracy.png", "early_stop.png", "ticket.compact.onnx",
             # the export's int8 / QAT files and the compressed artifacts with their size table
             "ticket.int8.onnx", "ticket.qat.onnx", "ticket.int8-dynamic.onnx", "ticket.cta", "ticket.int8.cta",
-            "ticket.int8-dynamic.cta", "compression.json"}
+            "ticket.int8-dynamic.cta", "compression.json",
+            # compress.tracking's files
+            "tracking.json", "metrics.csv", "params.json"}
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{6,}\.tmp$")
 _ROUND = re.compile(r"^round_\d{2,}$")
 
@@ -49,12 +52,23 @@ class RunDirLock:
         path = self.run_dir / LOCK
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "a+")  # noqa: SIM115  (held open for the run's lifetime)
+            # O_NOFOLLOW: a lock that is a link to someone's file must not truncate it; O_NONBLOCK: a FIFO
+            # put there must not hang the open (fstat refuses it below)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise UserError(f"{path}: the lock file is a symbolic link; compress never follows it (remove "
+                                "it, or pass another --out)") from None
             if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and self.run_dir.is_dir():
                 self.read_only = True  # a finished run can still be read; any write names the file
                 return self
             raise
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise UserError(f"{path}: the lock file is not a regular file; remove it, or pass another --out")
+        os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "r+")  # held open for the run's lifetime
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -104,12 +118,40 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     return removed
 
 
+def refuse_links(run_dir: Path) -> None:
+    """Refuse a run dir whose own files or folders (``round_NN``, its controls, the files a run writes)
+    are symbolic links: writing a round through a link would write wherever it points."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    folders = [run_dir]
+    for entry in run_dir.iterdir():
+        ours = entry.name in _WRITTEN or entry.name == LOCK or _ROUND.match(entry.name)
+        if ours and entry.is_symlink():
+            raise UserError(f"{entry}: is a symbolic link inside the run dir; compress never writes through one "
+                            "(replace it with the real folder or file, or pass another --out)")
+        if _ROUND.match(entry.name) and entry.is_dir():
+            folders.append(entry)
+    for folder in folders[1:]:  # below round_NN everything is the run's own
+        for entry in [*folder.iterdir(), *(sub for d in _subdirs(folder) for sub in d.iterdir())]:
+            if entry.is_symlink():
+                raise UserError(f"{entry}: is a symbolic link inside the run dir; compress never writes through "
+                                "one (replace it with the real folder or file, or pass another --out)")
+
+
 def _subdirs(folder: Path) -> list[Path]:
     return [entry for entry in folder.iterdir() if entry.is_dir() and not entry.is_symlink()]
 
 
-def check_identity(folder: Path, identity: dict, what: str) -> None:
-    """Record ``identity`` in ``folder`` (first visit) or refuse when the folder was made by something else."""
+# identity keys newer than some run dirs: a round recorded without one is not refused for lacking it
+_ADDED_LATER = frozenset({"threads"})
+
+
+def check_identity(folder: Path, identity: dict, what: str, *, skip: tuple[str, ...] = ()) -> None:
+    """Record ``identity`` in ``folder`` (first visit) or refuse when the folder was made by something else.
+
+    ``skip``: keys not compared (a finished round is read, not trained: its thread count no longer matters).
+    """
     folder = Path(folder)
     recorded_path = folder / IDENTITY
     if recorded_path.exists():
@@ -117,9 +159,18 @@ def check_identity(folder: Path, identity: dict, what: str) -> None:
             recorded = load_json(recorded_path)
         except ValueError:
             recorded = None
-        if recorded != identity:
-            changed = sorted(k for k in identity if not isinstance(recorded, dict) or recorded.get(k) != identity[k])
-            raise UserError(f"{folder}: {what} was made by a different {' and '.join(changed) or 'run'} "
+        if not isinstance(recorded, dict):
+            recorded, changed = {}, ["run"]
+        else:
+            changed = sorted(key for key in set(identity) | set(recorded)
+                             if key not in skip and not (key in _ADDED_LATER and key not in recorded)
+                             and recorded.get(key) != identity.get(key))
+        if changed:
+            hint = ""
+            if "threads" in changed and isinstance(recorded.get("threads"), int):
+                hint = (f" (it trained with {recorded['threads']} torch threads per training, this process "
+                        f"{identity.get('threads')}: set COMPRESS_THREADS={recorded['threads']} to resume it)")
+            raise UserError(f"{folder}: {what} was made by a different {' and '.join(changed)}{hint} "
                             f"(see {recorded_path}); resuming would mix runs: pass another --out or delete "
                             "the folder")
         return
@@ -142,11 +193,13 @@ def default_run_dir(recipe: Recipe, base: Path = RUNS) -> Path:
     return run_dir
 
 
-def prepare_run_dir(recipe: Recipe, run_dir: Path) -> Path:
+def prepare_run_dir(recipe: Recipe, run_dir: Path, read_only: bool = False) -> Path:
     """Create the run dir with the resolved recipe, or check that an existing one holds a run of it.
 
     Only fields that change results must agree (``recipe.yaml`` is rewritten when, say, ``export.opset``
-    changed); each round is checked again against its own ``identity.json``.
+    changed); each round is checked again against its own ``identity.json``. ``read_only`` (the run dir's
+    lock could not be opened for writing: read-only media): a differing field outside the hash (no
+    ``--executor``, another ``export.opset``) writes nothing, so a finished run still reruns there.
     """
     run_dir = Path(run_dir)
     recorded = run_dir / paths.RECIPE
@@ -160,6 +213,7 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path) -> Path:
         if results_hash(old) != results_hash(recipe):
             raise UserError(f"{run_dir} holds a run of a different recipe ({recorded}); pass another --out "
                             "or delete that folder")
-    if distributed.is_main() and (not recorded.exists() or recorded.read_text() != text):
+    if distributed.is_main() and not (read_only and recorded.exists()) and \
+            (not recorded.exists() or recorded.read_text() != text):
         save_text(text, recorded)
     return run_dir

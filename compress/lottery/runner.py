@@ -7,6 +7,7 @@ continues from its last checkpoint, and masks come out identical to an uninterru
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -19,7 +20,8 @@ from compress import distributed, paths
 from compress.data import load_dataset
 from compress.errors import UserError
 from compress.io import CorruptArtifactError, load_json, load_torch, save_json, save_torch
-from compress.lottery.controls import CONTROLS, REINIT_SEED_STRIDE, ControlInput, control_seed
+from compress.lottery.control_runs import control_start
+from compress.lottery.controls import REINIT_SEED_STRIDE
 from compress.lottery.executors import (
     Executor,
     TrainingJob,
@@ -31,20 +33,24 @@ from compress.lottery.executors import (
     threads_per_worker,
     warm_up,
 )
-from compress.lottery.experiment import run_experiment
+from compress.lottery.experiment import read_result, run_experiment
+from compress.lottery.methods_run import early_bird_hooks, inverted_masks
 from compress.lottery.report import write_report
 from compress.lottery.rundir import (
     RunDirLock,
     check_identity,
     default_run_dir,
     prepare_run_dir,
+    refuse_links,
     remove_stale_temp_files,
 )
 from compress.lottery.schedule import run_rounds
 from compress.lottery.search import LotterySearch
+from compress.lottery.strategies import finetune_config
 from compress.lottery.summary import build_summary, choose_ticket, read_summary, result_fields, round_line
 from compress.models import build_model
-from compress.pruning import load_plain_state_dict, plain_state_dict
+from compress.pruning import apply_masks, load_plain_state_dict, plain_state_dict
+from compress.pruning.scorers import NEEDS_DATA
 from compress.pruning.structured import resolve_multiple
 from compress.recipe import Recipe, recipe_to_dict, results_hash
 from compress.runtime import resolve_device, seed_everything, set_threads
@@ -80,7 +86,8 @@ class LotteryRun:
             raise
 
     def _setup(self, recipe: Recipe, run_dir: Path, progress: bool, where) -> None:
-        self.run_dir = prepare_run_dir(recipe, run_dir)
+        refuse_links(run_dir)
+        self.run_dir = prepare_run_dir(recipe, run_dir, read_only=self.lock is not None and self.lock.read_only)
         if self.lock is not None and not self.lock.read_only:
             remove_stale_temp_files(self.run_dir)  # ours alone: the lock says no live writer owns them
         distributed.barrier()
@@ -98,11 +105,14 @@ class LotteryRun:
         self.identity = {"recipe": results_hash(recipe), "data": self.data.identity_hash}
         if recipe.prune.channel_multiple == "auto":  # 'auto' differs by CPU: a resume elsewhere must not mix widths
             self.identity["channel_multiple"] = resolve_multiple("auto")
-        self.search = LotterySearch(self.make_model(recipe.seed), recipe, where)
+        self.search = LotterySearch(self.make_model(recipe.seed), recipe, where, entry_point="find_ticket")
         if progress and distributed.is_main():  # what will be pruned, and what not, before hours of training
             from compress.lottery.dry_run import format_plan
 
             print("\n".join(format_plan(self.search.plan(), self.search.rounds)), file=sys.stderr)
+        if recipe.lottery.strategy == "at_init" and recipe.prune.method in NEEDS_DATA:
+            stream = self.data.train.batches(recipe.train.batch_size, recipe.seed)  # the first steps' batches
+            self.search.score_at_init([next(stream) for _ in range(recipe.prune.score_batches)])
         self.init_state = plain_state_dict(self.search.model)
         self.begin = recipe.lottery.rewind_to
 
@@ -170,7 +180,10 @@ class LotteryRun:
                     raise UserError(f"{error}; delete {mask_path.parent} and run again to recompute it") from None
                 mask_path.replace(mask_path.with_name(mask_path.name + ".corrupt"))
                 print(f"warning: {error}; moved aside and recomputed from the previous round", file=sys.stderr)
-        if round_index == 0:
+        early_bird = paths.round_dir(self.run_dir, round_index - 1) / paths.EARLY_BIRD
+        if round_index > 0 and early_bird.exists():  # the previous round's converged draw (You et al. 2020)
+            masks = {name: mask.to(self.device) for name, mask in load_torch(early_bird)["masks"].items()}
+        elif round_index == 0:
             masks = {name: torch.ones_like(mask) for name, mask in self.search.masks.items()}
         else:
             previous = paths.round_dir(self.run_dir, round_index - 1)
@@ -205,6 +218,11 @@ class LotteryRun:
         self._place_search(round_index, masks, 0 if round_index == 0 else self.begin)
         if round_index == 0:
             load_plain_state_dict(self.search.model, self.init_state)
+        elif self.recipe.lottery.retrain != "rewind":  # lr_rewind / finetune: the trained survivors go on
+            previous = paths.round_dir(self.run_dir, round_index - 1)
+            self.search.model.load_state_dict(self._load(previous / paths.FINAL, recompute=self._retrain(round_index - 1),
+                                                         also=(previous / paths.RESULT,)))
+            apply_masks(self.search.model, masks)
         else:
             self.search.rewind()
         return self.search.model
@@ -225,9 +243,14 @@ class LotteryRun:
         folder = paths.round_dir(self.run_dir, round_index)
         on_step = self._dense_step if round_index == 0 and self.begin > 0 else None
         start = (lambda: self._dense_start(masks)) if round_index == 0 else (lambda: self._level_start(round_index, masks))
+        recipe, hooks = self.recipe, {}
+        if round_index > 0 and recipe.lottery.retrain == "finetune":
+            recipe = dataclasses.replace(recipe, train=finetune_config(recipe.train))
+        if recipe.lottery.early_bird.every and round_index < self.search.rounds:
+            on_step, hooks = early_bird_hooks(self, folder, on_step)
         return run_experiment(folder, make_model=start, start_state=None, masks=masks,
-                              recipe=self.recipe, data=self.data, begin=0 if round_index == 0 else self.begin,
-                              desc=f"round {round_index} ticket", progress=self.progress, on_step=on_step)
+                              recipe=recipe, data=self.data, begin=0 if round_index == 0 else self.begin,
+                              desc=f"round {round_index} ticket", progress=self.progress, on_step=on_step, **hooks)
 
     def run_round(self, round_index: int, executor: Executor | None = None) -> dict:
         """Ticket and controls of one round, here and in order (``executor``: the controls go there)."""
@@ -242,7 +265,11 @@ class LotteryRun:
         Returns the round's entry (without ``controls``) and a future of each control's result.
         """
         if distributed.is_main():
-            check_identity(paths.round_dir(self.run_dir, round_index), self.identity, f"round {round_index}")
+            # torch's thread count changes float sums in the last bits: a round resumed under another count
+            # would match neither run; a finished round is only read, so its count no longer matters
+            identity = {**self.identity, "threads": torch.get_num_threads()}
+            check_identity(paths.round_dir(self.run_dir, round_index), identity, f"round {round_index}",
+                           skip=("threads",) if self._finished(round_index) else ())
         distributed.barrier()
         masks = self.masks_for_round(round_index)
         ticket = self.run_ticket(round_index, masks)
@@ -269,15 +296,17 @@ class LotteryRun:
                        start: dict) -> Future:
         """The control's inputs are made here (in the run's order); its training goes to ``executor``."""
         folder = paths.experiment_dir(self.run_dir, round_index, name)
-        if executor is not None and not executor.inline and (folder / paths.RESULT).exists():
+        finished = read_result(folder / paths.RESULT) if executor is not None and not executor.inline else None
+        if finished is not None:
             done: Future = Future()  # finished before: nothing to send
-            done.set_result(load_json(folder / paths.RESULT))
+            done.set_result(finished)
             return done
-        control = CONTROLS.get(name)
-        start, masks = control(ControlInput(round_index=round_index, masks=masks, start_state=start,
-                                            seed=control_seed(self.recipe.seed, round_index),
-                                            granularity=self.recipe.prune.granularity, make_model=self.make_model,
-                                            groups=self.search.structure.groups if self.search.structure else None))
+        # the one way a control's inputs are made, shared with LotterySearch.control_models (own loops)
+        ticket_masks = masks
+        start, masks = control_start(name, round_index, ticket_masks, start, self.recipe.seed,
+                                     self.recipe.prune.granularity, self.make_model,
+                                     inverted=lambda: inverted_masks(self, round_index, ticket_masks),
+                                     groups=self.search.structure.groups if self.search.structure else None)
         if executor is None:
             done = Future()
             done.set_result(run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,
@@ -294,8 +323,16 @@ class LotteryRun:
         """The executor of the controls; for ``local:N`` (N >= 2) this process is one of the N workers."""
         spec = self.executor_spec
         if spec.name == "local" and spec.workers >= 2:
-            return open_executor("local", spec.workers - 1, threads=threads_per_worker(spec.workers))
+            # never more workers than controls left to train: each costs a process with torch and the data
+            pending = self._pending_controls()
+            if pending == 0:
+                return open_executor("inline")
+            return open_executor("local", min(spec.workers - 1, pending), threads=threads_per_worker(spec.workers))
         return open_executor(spec.name, spec.workers, address=self.address)
+
+    def _pending_controls(self) -> int:
+        return sum(read_result(paths.experiment_dir(self.run_dir, r, name) / paths.RESULT) is None
+                   for r in range(1, self.search.rounds + 1) for name in self.recipe.lottery.controls)
 
     def run(self) -> dict:
         """The ticket chain here, in order; the controls in the executor's free slots (``schedule``).
@@ -309,8 +346,12 @@ class LotteryRun:
         state = {"summary": {}}
         done: list[dict] = []
 
+        tracker = self.run_tracker() if main else None
+
         def round_done(entry: dict, finished_before: bool) -> None:
             done.append(entry)
+            if tracker is not None:
+                track_round(tracker, entry)
             # a rerun of finished rounds writes nothing until the end (and nothing at all if nothing changed)
             if main and (not finished_before or len(done) == total):
                 state["summary"] = self.write_summary(done)
@@ -334,8 +375,19 @@ class LotteryRun:
         finally:
             executor.close(cancel=failed)
             bar.close()
+            if tracker is not None:
+                tracker.close()
         distributed.barrier()
         return state["summary"] if main else {"rounds": rounds}
+
+    def run_tracker(self):
+        """The run dir's own tracking run: one point per round (``track_round``); None when read-only."""
+        if self.lock is not None and self.lock.read_only:
+            return None
+        from compress.tracking import open_tracker, recipe_params
+
+        return open_tracker(self.recipe.train.log, self.run_dir, run_dir=self.run_dir, name="rounds",
+                            params=recipe_params(self.recipe))
 
     @property
     def _recipe_dict(self) -> dict:
@@ -343,14 +395,15 @@ class LotteryRun:
 
     def _finished(self, round_index: int) -> bool:
         names = ["ticket", *(self.recipe.lottery.controls if round_index > 0 else ())]
-        return all((paths.experiment_dir(self.run_dir, round_index, name) / paths.RESULT).exists() for name in names)
+        return all(read_result(paths.experiment_dir(self.run_dir, round_index, name) / paths.RESULT) is not None
+                   for name in names)
 
     def write_summary(self, rounds: list[dict]) -> dict:
         summary = build_summary(self.recipe, rounds)
         chosen = next(entry for entry in rounds if entry["round"] == summary["ticket"]["round"])
         summary_path = self.run_dir / paths.SUMMARY
         written = (summary_path.exists() and (self.run_dir / paths.TICKET).exists()
-                   and (self.run_dir / paths.REPORT).exists() and load_json(summary_path) == summary)
+                   and (self.run_dir / paths.REPORT).exists() and _json_or_none(summary_path) == summary)
         if not written:  # a finished run on read-only media reruns without writing
             self.save_ticket(chosen)
             save_json(summary, summary_path)
@@ -372,9 +425,28 @@ class LotteryRun:
                     info={**chosen, "recipe": self.recipe.name})
 
 
+def track_round(tracker, entry: dict) -> None:
+    """A round's outcome at step = round index: weights / MACs remaining, early stop, each control's."""
+    metrics = {f"round/{key}": entry[key] for key in ("weights_remaining", "macs_remaining", "early_stop_iteration",
+                                                      "early_stop_test_accuracy", "test_accuracy") if key in entry}
+    for name, control in entry.get("controls", {}).items():
+        metrics.update({f"round/{name}/{key}": control[key] for key in ("early_stop_test_accuracy", "test_accuracy")
+                        if key in control})
+    tracker.log(metrics, entry["round"])
+    tracker.flush()
+
+
 def _masks_in(state: dict, names: list[str]) -> dict:
     """The mask buffers of a pruned model's state dict, by module name."""
     return {name: state[f"{name}.weight_mask" if name else "weight_mask"] for name in names}
+
+
+def _json_or_none(path: Path):
+    """A run file derived from the round files (``summary.json``): None when empty or cut, so it is rewritten."""
+    try:
+        return load_json(path)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def _cpu(state: dict) -> dict:

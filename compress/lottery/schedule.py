@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
+from compress.errors import WorkerDied, one_line
 from compress.lottery.executors import Executor, raise_failed
 
 
@@ -125,7 +126,7 @@ def run_rounds(run, executor: Executor, slots: int, round_done: Callable[[dict, 
 
     def finish() -> None:
         """Record the rounds, in order, whose trainings are all done."""
-        raise_failed([*warming, *(future for _, controls, _ in started[len(rounds):] for future in controls.values())])
+        _raise_failed(warming, started[len(rounds):])
         while len(rounds) < len(started):
             entry, controls, finished_before = started[len(rounds)]
             if not all(future.done() for future in controls.values()):
@@ -157,6 +158,25 @@ def run_rounds(run, executor: Executor, slots: int, round_done: Callable[[dict, 
         if queue is not None:
             queue.close(cancel=failed)
     return rounds
+
+
+# what a dead worker's future raises: concurrent.futures' BrokenProcessPool, Ray's WorkerCrashedError
+_DEAD_WORKER = ("BrokenProcessPool", "WorkerCrashedError", "NodeDiedError")
+
+
+def _raise_failed(warming: list[Future], started: list[tuple[dict, dict[str, Future], bool]]) -> None:
+    """A training that failed stops the run at once; a killed worker as one line naming the training."""
+    named = [("a worker starting up (loading the data)", future) for future in warming]
+    named += [(f"round {entry['round']} {name}", future) for entry, controls, _ in started
+              for name, future in controls.items()]
+    for what, future in named:
+        if not future.done() or future.cancelled():
+            continue
+        error = future.exception()
+        if error is not None and type(error).__name__ in _DEAD_WORKER:
+            raise WorkerDied(f"{what}: its worker process died ({one_line(error, limit=120)}); every finished "
+                             "training is saved: run the same command again to resume it") from None
+    raise_failed([future for _, future in named])
 
 
 def _fields(result: dict) -> dict:

@@ -45,7 +45,9 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.lottery.control_runs import ControlsMixin
 from compress.lottery.events import STATE_FORMAT, StepEvent, check_state, search_settings
+from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches, remember_for_invert
 from compress.models.unwrap import unwrap_model
 from compress.pruning import (
     Masks,
@@ -82,7 +84,7 @@ def recipe_example_input(recipe: Recipe) -> torch.Tensor:
 def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None,
                     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> StructuredPlan | None:
     """The channel groups plan when ``prune.granularity`` is channel and the model is not an
-    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.export.compact``),
+    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.pruning.compact``),
     traced with ``example_inputs`` (default: a batch shaped like the recipe's data)."""
     if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
         return None
@@ -108,14 +110,21 @@ def one_shot_rates(rates: dict[str, float], rounds: int) -> dict[str, float]:
     return {name: 1 - (1 - rate) ** rounds for name, rate in rates.items()}
 
 
-class LotterySearch:
+class LotterySearch(ControlsMixin):
     """Masks installed with torch.nn.utils.prune, a rewind snapshot, and the IMP schedule of levels."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None, *,
-                 iterations: int | None = None,
+                 iterations: int | None = None, entry_point: str | None = "search",
                  example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
         """``example_inputs``: a batch the model accepts, to trace its channel groups under
         ``prune.granularity: channel`` (default: shaped like the recipe's data, ``data.image_size``)."""
+        from compress.recipe.support import enforce, steps_per_level
+
+        # every recipe key is honoured, refused or warned about here (compress/recipe/support.py)
+        iterations = steps_per_level(recipe, iterations)
+        if entry_point is not None:  # None: the caller (a callback) enforced its own column already
+            enforce(recipe, entry_point)
+        self.recipe = recipe
         model = unwrap_model(model)  # torch.compile / DDP: the masks live on the module they wrap
         self.model = model
         self.prune_config = recipe.prune
@@ -124,13 +133,18 @@ class LotterySearch:
         self.rewind_to = recipe.lottery.rewind_to
         self.one_shot = recipe.lottery.one_shot
         self.seed = recipe.seed
-        self.iterations = recipe.train.iterations if iterations is None else iterations
+        self.iterations = iterations
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
             raise UserError(f"iterations: {self.iterations!r} must be a positive int (steps per level)")
         if self.rewind_to >= self.iterations:
             raise UserError(f"lottery.rewind_to = {self.rewind_to} must be < iterations per level "
                             f"({self.iterations}): the rewind point would never be reached")
-        self.method = PRUNING_METHODS.get(recipe.prune.method)
+        self.strategy, self.retrain = recipe.lottery.strategy, recipe.lottery.retrain
+        # imp prunes trained weights with a registered method; at_init scores the init (strategies.py)
+        self.method = PRUNING_METHODS.get(recipe.prune.method) if self.strategy == "imp" else None
+        self.score_batches: list | None = None
+        self.early_bird = EarlyBird(recipe.lottery.early_bird) if recipe.lottery.early_bird.every else None
+        self.early_bird_steps: dict[int, int | None] = {}  # level -> the step its mask converged at
         # channel granularity on a graph that is not an nn.Sequential: whole channel groups / heads
         self.structure = structured_plan(model, recipe, where, example_inputs)
         self.targets = (plan_targets(model, self.structure, recipe.prune, where) if self.structure is not None
@@ -154,6 +168,8 @@ class LotterySearch:
         self._scheduler: Any = None
         # the watched scheduler's state and its optimizer's hyperparameters at level 0, step 0
         self._schedule_start: dict | None = None
+        # (optimizer, scheduler) watched when a loaded state was saved, until watch() sees them again
+        self._rewatch: tuple[bool, bool] | None = None
         if self.rewind_to == 0:
             self.snapshot()
 
@@ -178,6 +194,11 @@ class LotterySearch:
         if self.level == 0 and step == self.rewind_to and self.rewind_state is None:
             self.snapshot()
             taken = True
+        if self.early_bird is not None and self.level < self.rounds and self.early_bird.due(step):
+            if self.early_bird.check(step, self.next_masks()):  # converged: the level ends here
+                self.early_bird_steps[self.level] = step
+                self._advance()
+                return StepEvent(step, taken, True, False, self.level)
         if step < self.iterations:
             self.step_count = step
             return StepEvent(step, taken, False, False, self.level)
@@ -240,14 +261,24 @@ class LotterySearch:
         if self.rewind_state is None:
             raise UserError(f"missed the rewind snapshot at step {self.rewind_to}: call search.step(i) (1-based) "
                             "or search.on_step() after every optimizer step of level 0")
-        masks = self.next_masks()
+        if self._rewatch is not None:
+            what = " and ".join(n for n, w in zip(("optimizer", "scheduler"), self._rewatch, strict=True) if w)
+            raise UserError(f"this search was saved watching an {what}: call search.watch(optimizer, scheduler) "
+                            "after load_state_dict (or load_state_dict(state, optimizer, scheduler)) so the rewind "
+                            "resets them")
+        remember_for_invert(self)
+        masks = self.early_bird.masks if self.early_bird is not None and self.early_bird.masks else self.next_masks()
         apply_masks(self.model, masks)
-        self.rewind()
+        if self.retrain == "rewind":
+            self.rewind()  # lr_rewind / finetune keep the trained survivors (Renda et al. 2020)
+        self.early_bird_steps.setdefault(self.level, None)
         self.level += 1
         self.step_count = self.start_step
+        if self.early_bird is not None:
+            self.early_bird.reset()
         if self._optimizer is not None:
             self.reset_optimizer(self._optimizer)
-        if self._scheduler is not None:
+        if self._scheduler is not None and self.retrain != "finetune":  # finetune stays at the final lr
             self.rewind_scheduler(self._scheduler)
 
     # -- the rewind point -----------------------------------------------------------------------------
@@ -285,6 +316,7 @@ class LotterySearch:
                                 "saved with a watched scheduler first")
         self._optimizer = optimizer
         self._scheduler = scheduler
+        self._rewatch = None
 
     def rewind_scheduler(self, scheduler: Any) -> None:
         """Restart a torch LR scheduler at ``start_step``: restore the start ``watch`` recorded (with the
@@ -313,6 +345,8 @@ class LotterySearch:
 
     def next_masks(self) -> Masks:
         """Masks for the next level from the current (trained) weights; pure, nothing is applied."""
+        if self.strategy == "at_init":
+            return at_init_masks(self, self.level + 1)
         current = {name: module.weight_mask.detach().clone() for name, module in zip(self.names, self._modules,
                                                                                    strict=True)}
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.level)
@@ -328,6 +362,12 @@ class LotterySearch:
                           **self._multiple)
         check_shrinks(current, new)
         return new
+
+    def score_at_init(self, batches) -> None:
+        """Give the data-needing scorers (``prune.method`` snip / grasp / synflow under ``lottery.strategy:
+        at_init``) their batches of ``(inputs, labels)``; kept (on the model's device) for every level."""
+        device = next(self.model.parameters()).device
+        self.score_batches = device_batches(batches, device)
 
     def prune(self, masks: Masks | None = None) -> Masks:
         """Apply ``masks`` (default: ``next_masks()``); low level: neither rewinds nor advances ``level``."""
@@ -356,12 +396,21 @@ class LotterySearch:
         return {"format": STATE_FORMAT, "settings": copy.deepcopy(self.settings), "level": self.level,
                 "step_count": self.step_count, "done": self.done, "rewind": rewind,
                 "schedule_start": copy.deepcopy(self._schedule_start),
+                "watched": [self._optimizer is not None, self._scheduler is not None]
+                if self._rewatch is None else list(self._rewatch),
+                "results": copy.deepcopy(self.__dict__.get("_results", {})),
+                "early_bird": None if self.early_bird is None else self.early_bird.state_dict(),
+                "early_bird_steps": dict(self.early_bird_steps),
                 "masks": {name: module.weight_mask.detach().clone()
                           for name, module in zip(self.names, self._modules, strict=True)}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, optimizer: torch.optim.Optimizer | None = None,
+                        scheduler: Any = None) -> None:
         """Continue a saved search: installs its masks, rewind snapshot and position. Weights are the
-        model's business (``model.load_state_dict``). A state of other prune / lottery settings is refused."""
+        model's business (``model.load_state_dict``). A state of other prune / lottery settings is refused.
+
+        A search saved while it watched an optimizer / scheduler refuses to rewind until ``watch`` sees
+        them again: pass them here, or call ``search.watch(optimizer, scheduler)`` afterwards."""
         shapes = {name: tuple(module.weight_mask.shape) for name, module in zip(self.names, self._modules, strict=True)}
         check_state(state, self.settings, self.names, shapes, self.rounds, self.iterations, self.rewind_to)
         for name, module in zip(self.names, self._modules, strict=True):
@@ -373,6 +422,17 @@ class LotterySearch:
         self.level, self.step_count, self.done = state["level"], state["step_count"], state["done"]
         if state.get("schedule_start") is not None:
             self._schedule_start = copy.deepcopy(state["schedule_start"])
+        self.__dict__["_results"] = {int(k): dict(v) for k, v in dict(state.get("results") or {}).items()}
+        self._optimizer = self._scheduler = None
+        watched = tuple(bool(w) for w in state.get("watched", (False, False)))
+        self._rewatch = watched if any(watched) else None
+        if optimizer is not None or scheduler is not None:
+            self.watch(optimizer, scheduler)
+            if watched[1] and scheduler is None:
+                self._rewatch = watched
+        if self.early_bird is not None and state.get("early_bird") is not None:
+            self.early_bird.load_state_dict(state["early_bird"], next(self.model.parameters()).device)
+        self.early_bird_steps = dict(state.get("early_bird_steps") or {})
 
     # -- results --------------------------------------------------------------------------------------
     def folded_state_dict(self) -> dict[str, torch.Tensor]:
@@ -385,5 +445,7 @@ class LotterySearch:
         return plan_rows(self.model, plan_layers(self.model, self.prune_config), self.rates(), self.rounds)
 
     def report(self) -> dict:
+        """Sparsity per layer and in total, and ``levels``: per level the ``record``-ed results of the
+        ticket and of each control (None where the recipe asks for a control nobody recorded)."""
         refresh_weights(self.model)
-        return sparsity_report(self.model, self.names)
+        return {**sparsity_report(self.model, self.names), "levels": self.level_rows()}

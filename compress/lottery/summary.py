@@ -36,8 +36,41 @@ def ticket_rule(tolerance: float, key: str = "early_stop_val_accuracy") -> str:
             "of the dense round (round 0)")
 
 
+COMPUTE_FIELDS = ("iterations_trained", "train_flops", "train_flops_sparse", "early_bird_step", "final_iteration")
+
+
 def result_fields(result: dict) -> dict:
-    return {key: result[key] for key in ("weights_remaining", "macs_remaining", *RESULT_FIELDS) if key in result}
+    return {key: result[key] for key in ("weights_remaining", "macs_remaining", *RESULT_FIELDS, *COMPUTE_FIELDS)
+            if key in result}
+
+
+def chain_share(entry: dict) -> tuple[float, float, float]:
+    """(iterations, FLOPs, sparse FLOPs) a later round needed of this round: all of its training, or with
+    early-bird tickets only the steps up to its early-bird step (the next mask was drawn there)."""
+    iterations = entry.get("iterations_trained")
+    if iterations is None:
+        return 0.0, 0.0, 0.0
+    used = iterations
+    if entry.get("early_bird_step") is not None:
+        begin = entry.get("final_iteration", iterations) - iterations
+        used = max(0, entry["early_bird_step"] - begin)
+    share = used / iterations if iterations else 0.0
+    return used, entry.get("train_flops", 0) * share, entry.get("train_flops_sparse", 0) * share
+
+
+def add_compute_to_ticket(recipe, rounds: list[dict]) -> None:
+    """``compute_to_ticket``: what producing each round's ticket cost, cumulative over the trainings it
+    needed (imp: the earlier rounds of the chain, up to their early-bird step, plus its own; at_init: its
+    own training only, the scoring's few passes left out). Iterations, dense-equivalent and sparse FLOPs."""
+    if not all("train_flops" in entry for entry in rounds):
+        return  # a run dir from before compute accounting
+    chain = [0.0, 0.0, 0.0]
+    for entry in sorted(rounds, key=lambda e: e["round"]):
+        own = (entry["iterations_trained"], entry["train_flops"], entry["train_flops_sparse"])
+        total = own if recipe.lottery.strategy == "at_init" else [c + o for c, o in zip(chain, own, strict=True)]
+        entry["compute_to_ticket"] = {"iterations": int(total[0]), "flops": float(total[1]),
+                                      "flops_sparse": float(total[2])}
+        chain = [c + s for c, s in zip(chain, chain_share(entry), strict=True)]
 
 
 def read_summary(run_dir: Path) -> dict:
@@ -53,6 +86,7 @@ def read_summary(run_dir: Path) -> dict:
 def build_summary(recipe, rounds: list[dict]) -> dict:
     """``summary.json``'s content: the rounds and the winning ticket with the rule that chose it."""
     tolerance = recipe.lottery.ticket_tolerance
+    add_compute_to_ticket(recipe, rounds)
     chosen = choose_ticket(rounds, tolerance)
     return {"name": recipe.name, "recipe_hash": recipe_hash(recipe), "rounds": rounds,
             "ticket": {"round": chosen["round"], "weights_remaining": chosen["weights_remaining"],
@@ -60,6 +94,7 @@ def build_summary(recipe, rounds: list[dict]) -> dict:
                        "early_stop_val_accuracy": chosen.get("early_stop_val_accuracy"),
                        # the weights ticket.pt and the ONNX export hold are the round's final ones
                        "test_accuracy": chosen.get("test_accuracy"),
+                       "compute_to_ticket": chosen.get("compute_to_ticket"),
                        "rule": ticket_rule(tolerance, selection_key(rounds))}}
 
 

@@ -14,13 +14,16 @@ from compress.recipe.schema import (
     CONTROLS,
     DEVICES,
     GRANULARITIES,
+    LOGGERS,
     METHODS,
     OPTIMIZERS,
     PREPROCESS_MODES,
     QAT_MODES,
     QUANTIZE_MODES,
+    RETRAINS,
     SCHEDULES,
     SCOPES,
+    STRATEGIES,
 )
 
 Rule = tuple[Callable[[float], bool], str]
@@ -32,11 +35,12 @@ FRACTION: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
 TOLERANCE: Rule = (lambda v: 0 <= v <= 0.1, "must be in [0, 0.1], a fraction of accuracy (0.01 = 1 point)")
 # Larger sides only exhaust memory; 1024 covers every model family the toolkit targets.
 IMAGE_SIDE: Rule = (lambda v: 0 < v <= 1024, "must be in [1, 1024]")
-# Mirrors compress.export.onnx_export.OPSET_RANGE (the recipe layer does not import export);
+# Mirrors compress.export.onnx.export.OPSET_RANGE (the recipe layer does not import export);
 # checked at load so a bad value fails before training instead of after it.
-OPSET_RANGE = (7, 20)
+OPSET_RANGE = (9, 20)
 OPSET: Rule = (lambda v: OPSET_RANGE[0] <= v <= OPSET_RANGE[1],
-               f"must be in [{OPSET_RANGE[0]}, {OPSET_RANGE[1]}] (the ONNX exporter's range)")
+               f"must be in [{OPSET_RANGE[0]}, {OPSET_RANGE[1]}] (below 9 the exporter keeps weights as graph "
+               "inputs, which the export does not verify)")
 
 RANGES: dict[str, Rule] = {
     "seed": NON_NEGATIVE,
@@ -60,6 +64,10 @@ RANGES: dict[str, Rule] = {
     "lottery.rounds": NON_NEGATIVE,
     "lottery.rewind_to": NON_NEGATIVE,
     "lottery.ticket_tolerance": TOLERANCE,
+    "prune.score_batches": POSITIVE,
+    "lottery.early_bird.every": NON_NEGATIVE,
+    "lottery.early_bird.distance": FRACTION,
+    "lottery.early_bird.patience": POSITIVE,
     "export.opset": OPSET,
     "export.calibration_size": POSITIVE,
     "export.qat_tolerance": TOLERANCE,
@@ -80,6 +88,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune.scope": SCOPES,
     "prune.granularity": GRANULARITIES,
     "lottery.controls[]": CONTROLS,
+    "lottery.strategy": STRATEGIES,
+    "lottery.retrain": RETRAINS,
+    "train.log[]": LOGGERS,
     "export.preprocess": PREPROCESS_MODES,
     "export.quantize": QUANTIZE_MODES,
     "export.qat": QAT_MODES,
@@ -90,6 +101,8 @@ CROSS_RULES: dict[str, str] = {
     "lottery.rewind_to": "must be < train.iterations",
     "train.schedule.milestones": "strictly increasing; needed by the step schedule",
     "train.optimizer.nesterov": "needs sgd with momentum > 0",
+    "lottery.strategy": "at_init needs lottery.retrain rewind and no early_bird; with one_shot only the last level's density is trained",
+    "prune.method": "random_erk, snip, grasp, synflow need lottery.strategy at_init and granularity weight",
 }
 
 

@@ -51,7 +51,8 @@ def load_recipe(path: str | os.PathLike[str], overrides: Overrides | None = None
     source = os.fspath(path)
     data, locs = read_tree(source)
     data, locs = apply_overrides(data, locs, overrides)
-    return _attach(build_recipe(data, locs, os.path.normpath(source), _sections(sections, source)), locs)
+    return _attach(build_recipe(data, locs, os.path.normpath(source), _sections(sections, source)), locs,
+                   _sections(sections, source), data)
 
 
 def recipe_from_dict(data: Mapping[str, Any], source: str = "<dict>",
@@ -61,7 +62,8 @@ def recipe_from_dict(data: Mapping[str, Any], source: str = "<dict>",
     if not isinstance(data, Mapping):
         raise RecipeError(f"a recipe must be a mapping of sections, got {type(data).__name__}", source)
     merged, locs = apply_overrides(_plain_dicts(data), {}, overrides)
-    return _attach(build_recipe(merged, locs, source, _sections(sections, source)), locs)
+    return _attach(build_recipe(merged, locs, source, _sections(sections, source)), locs,
+                   _sections(sections, source), merged)
 
 
 def _sections(sections: Sequence[str] | None, source: str) -> tuple[str, ...] | None:
@@ -157,9 +159,13 @@ def _result_fields(section: Any, changed_only: bool = False) -> dict[str, Any]:
     return out
 
 
-def _attach(recipe: Recipe, locs: Locations) -> Recipe:
+def _attach(recipe: Recipe, locs: Locations, sections: tuple[str, ...] | None = None, data: Any = None) -> Recipe:
     # object.__setattr__: the dataclass is frozen; the attribute is not a field, so == ignores it.
     object.__setattr__(recipe, _LOCATIONS_ATTR, dict(locs))
+    # a partial recipe remembers it is one, and whether it gave a budget (compress.recipe.support.steps_per_level)
+    object.__setattr__(recipe, "_recipe_sections", sections)
+    train = data.get("train") if isinstance(data, dict) else None
+    object.__setattr__(recipe, "_recipe_budget_given", isinstance(train, dict) and train.get("iterations") is not None)
     return recipe
 
 

@@ -14,12 +14,18 @@ from typing import Any
 
 LAYER_KINDS = ("conv", "linear", "output")
 SCOPES = ("layerwise", "global")
-METHODS = ("magnitude", "random")
+METHODS = ("magnitude", "random", "random_erk", "snip", "grasp", "synflow")
+# methods that only score at initialization (lottery.strategy: at_init) and only single weights
+INIT_ONLY_METHODS = ("random_erk", "snip", "grasp", "synflow")
+STRATEGIES = ("imp", "at_init")
+RETRAINS = ("rewind", "lr_rewind", "finetune")
 GRANULARITIES = ("weight", "channel")
-CONTROLS = ("reinit", "random_prune")
+CONTROLS = ("reinit", "random_prune", "shuffle", "invert")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+# experiment trackers (compress.tracking registers one logger under each name)
+LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
 
 
 def field_default(f: Any) -> Any:
@@ -90,8 +96,16 @@ class TrainConfig:
     checkpoint_every: int = doc("write a resumable checkpoint every N iterations", default=500, results=False)
     device: str = doc(f"one of {', '.join(DEVICES)} (auto = CUDA when present)", default="auto", results=False)
     bf16: bool = doc("CUDA only: bf16 autocast", default=False)
+    compile: bool = doc("wrap the model in torch.compile for training (masks stay on the module it wraps)",
+                        default=False, results=False)
     channels_last: bool = doc("CUDA only: channels_last memory format", default=False)
     sync_batchnorm: bool = doc("under torchrun, convert BatchNorm to SyncBatchNorm so N processes match one", default=True)
+    log: tuple[str, ...] = doc(
+        f"experiment trackers, any of {', '.join(LOGGERS)} ([] = none): per-iteration loss and lr, every "
+        "evaluation, per-round weights / MACs remaining, each ticket and control its own run, written into the "
+        "run dir (tensorboard --logdir runs/; mlflow: a local file store <run dir>/mlruns unless "
+        "MLFLOW_TRACKING_URI is set; wandb: offline unless WANDB_MODE is set)",
+        default=("tensorboard",), results=False)
 
 
 @dataclass(frozen=True)
@@ -122,17 +136,38 @@ class PruneConfig:
         "this CPU: 16 with AVX-512, 8 with AVX2, else 1",
         default=1,
     )
+    score_batches: int = doc("lottery.strategy at_init with snip / grasp / synflow: the first N training batches "
+                             "(train.batch_size each) the scorer reads (synflow only their shape)", default=1)
+
+
+@dataclass(frozen=True)
+class EarlyBirdConfig:
+    every: int = doc("early-bird tickets (You et al. 2020): every N steps of a level, draw the mask the next "
+                     "prune would give; 0 = off", default=0)
+    distance: float = doc("a level's mask has converged when the normalised Hamming distance between "
+                          "consecutive draws stays below this", default=0.1)
+    patience: int = doc("consecutive draws below distance that end the level's search", default=3)
 
 
 @dataclass(frozen=True)
 class LotteryConfig:
     rounds: int = doc("pruning rounds after the dense round (round 0)", default=5)
     rewind_to: int = doc("iteration whose weights survivors are rewound to; 0 = the original init", default=0)
-    controls: tuple[str, ...] = doc(f"control experiments per round: {', '.join(CONTROLS)}", default=())
+    strategy: str = doc("imp (train, prune, rewind, repeat) or at_init (each round's mask scored at the "
+                        "initialization by prune.method, at that round's density, then trained once)",
+                        default="imp")
+    retrain: str = doc(f"imp: how each pruned round retrains (Renda et al. 2020): {', '.join(RETRAINS)}; rewind = "
+                       "weights and schedule back to rewind_to; lr_rewind = trained weights kept, schedule from "
+                       "rewind_to; finetune = trained weights kept, final learning rate for the same steps",
+                       default="rewind")
+    early_bird: EarlyBirdConfig = doc("early-bird mask draws during each level (imp)",
+                                      default_factory=EarlyBirdConfig)
+    controls: tuple[str, ...] = doc(f"control experiments per round: {', '.join(CONTROLS)} (shuffle permutes each "
+                                    "layer's mask; invert keeps the lowest-scored weights)", default=())
     one_shot: bool = doc("prune to the final sparsity in one step after the dense round", default=False)
     ticket_tolerance: float = doc(
-        "winning ticket = sparsest round whose early-stop test accuracy is within this fraction of "
-        "accuracy of the dense round (0.005 = 0.5 points)",
+        "winning ticket = the sparsest round whose early-stop validation accuracy (test accuracy when "
+        "data.validation_size is 0) is within this fraction of the dense round's (0.005 = 0.5 points)",
         default=0.005,
     )
     executor: str = doc(

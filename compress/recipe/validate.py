@@ -23,7 +23,7 @@ from compress.recipe.keys import (
     strip_optional,
     type_name,
 )
-from compress.recipe.schema import LAYER_KINDS, Recipe
+from compress.recipe.schema import INIT_ONLY_METHODS, LAYER_KINDS, Recipe
 from compress.recipe.yamlio import Locations, LooseInt, loose_int_problem
 
 
@@ -135,8 +135,11 @@ def build_recipe(data: dict[str, Any], locs: Locations, source: str,
                 raise RecipeError(f"sections[{i}]: unknown section {section!r}{did_you_mean(section, known)}; "
                                   f"sections are {', '.join(known)}", source)
         if isinstance(data, dict):
+            train = data.get("train")
             data = {key: value for key, value in data.items() if key in sections or key in _ALWAYS
                     or key not in known}  # an unknown key stays, so a typo is still reported
+            if "train" not in sections and isinstance(train, dict) and train.get("iterations") is not None:
+                data["train"] = {"iterations": train["iterations"]}  # the budget is read even when partial
     recipe = builder.section(Recipe, data, ())
     _check_recipe(recipe, builder, sections)
     return recipe
@@ -161,6 +164,14 @@ def _check_recipe(recipe: Recipe, b: Builder, sections: tuple[str, ...] | None =
         if opt.nesterov and (opt.name != "sgd" or opt.momentum <= 0):
             raise b.error(("train", "optimizer", "nesterov"),
                           "Nesterov momentum needs optimizer sgd with momentum > 0")
+    if checked("export") and recipe.export.qat == "on" and recipe.export.quantize == "none":
+        raise b.error(("export", "qat"), "on needs an int8 export (export.quantize: int8, int8-static or "
+                                         "int8-dynamic); with quantize none there is nothing to fine-tune for")
+    if checked("prune", "lottery"):
+        _check_strategy(recipe, b)
+    for i, logger in enumerate(recipe.train.log):
+        if logger in recipe.train.log[:i]:
+            raise b.error(("train", "log", i), f"duplicate logger {logger!r}")
     for i, control in enumerate(lottery.controls):
         if control in lottery.controls[:i]:
             raise b.error(("lottery", "controls", i), f"duplicate control {control!r}")
@@ -180,6 +191,29 @@ def _check_recipe(recipe: Recipe, b: Builder, sections: tuple[str, ...] | None =
     for key in recipe.prune.rates:
         if key not in LAYER_KINDS:
             _check_selector(key, ("prune", "rates", key), b)
+
+
+def _check_strategy(recipe: Recipe, b: Builder) -> None:
+    """Which methods, retraining variants and controls go together (one line each, naming the fix)."""
+    prune, lottery = recipe.prune, recipe.lottery
+    if prune.method in INIT_ONLY_METHODS and lottery.strategy != "at_init":
+        raise b.error(("prune", "method"), f"{prune.method!r} scores weights at initialization: set "
+                                           "lottery.strategy: at_init")
+    if prune.method in INIT_ONLY_METHODS and prune.granularity != "weight":
+        raise b.error(("prune", "granularity"), f"{prune.method!r} scores single weights; granularity "
+                                                f"{prune.granularity!r} is defined for magnitude and random only")
+    if lottery.strategy == "at_init":
+        for path, bad, what in ((("lottery", "retrain"), lottery.retrain != "rewind", "lottery.retrain"),
+                                (("lottery", "early_bird", "every"), lottery.early_bird.every > 0,
+                                 "lottery.early_bird")):
+            if bad:
+                raise b.error(path, f"{what} applies to strategy imp; at_init scores each round's mask at "
+                                    "the initialization and trains it once")
+    if lottery.early_bird.every and lottery.retrain != "rewind":
+        raise b.error(("lottery", "early_bird", "every"), "early-bird masks are drawn mid-level and the next "
+                                                         "round rewinds to them: use lottery.retrain rewind")
+    if "invert" in lottery.controls and prune.granularity != "weight":
+        raise b.error(("lottery", "controls"), "invert ranks single weights; use it with granularity weight")
 
 
 def _check_model(name: str, b: Builder) -> None:

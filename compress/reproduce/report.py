@@ -22,7 +22,8 @@ from compress.reproduce.aggregate import KINDS, aggregate_experiment
 from compress.reproduce.suite import Experiment, invocations, run_dir
 
 DEFAULT_OUT = {"full": Path("benchmarks/results/reproduction"), "long": Path("benchmarks/results/reproduction/long"),
-               "smoke": Path("runs/reproduction-smoke/results")}
+               "smoke": Path("runs/reproduction-smoke/results"),
+               "methods": Path("benchmarks/results/reproduction/methods")}
 DISCUSSION = "discussion.md"
 # how each suite is meant to be run (the long one: one process, seeds round by round, for a deadline)
 COMMAND_FLAGS = {"long": "--jobs 1 --interleave"}

@@ -146,7 +146,7 @@ def _long_suite() -> list[Experiment]:
         extra={"iterations": 10000})]
 
 
-SUITES = ("full", "long", "smoke")
+SUITES = ("full", "long", "methods", "smoke")
 
 
 def suite(name: str, cifar_root: str = CIFAR10_TARBALL) -> list[Experiment]:
@@ -157,6 +157,10 @@ def suite(name: str, cifar_root: str = CIFAR10_TARBALL) -> list[Experiment]:
         return _long_suite()
     if name == "smoke":
         return _smoke_suite()
+    if name == "methods":
+        from compress.reproduce.methods import methods_suite
+
+        return methods_suite(cifar_root)
     raise UserError(f"unknown suite {name!r}: choose one of {', '.join(SUITES)}")
 
 

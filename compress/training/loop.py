@@ -18,6 +18,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -32,6 +33,14 @@ from compress.training.evaluate import evaluate
 from compress.training.optim import build_optimizer, build_schedule
 
 StepCallback = Callable[[int], None]
+
+
+class MetricSink(Protocol):
+    """Where ``train`` sends its scalars (``compress.tracking.Tracker``); ``None`` = nowhere."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class TrainingDiverged(UserError):
@@ -120,6 +129,16 @@ def _load_checkpoint(path: Path, device: torch.device, begin: int) -> dict | Non
         return None
 
 
+def _track(tracker: MetricSink, losses: list[float], rates: list[float], first: int, point: dict) -> None:
+    """Each step's loss and learning rate since the last evaluation, then the evaluation itself."""
+    for offset, (loss, rate) in enumerate(zip(losses, rates, strict=False)):
+        tracker.log({"train/loss": loss, "train/lr": rate}, first + offset)
+    tracker.log({"eval/train_loss": point["train_loss"], "eval/val_loss": point["val_loss"],
+                 "eval/val_accuracy": point["val_accuracy"], "eval/test_loss": point["test_loss"],
+                 "eval/test_accuracy": point["test_accuracy"]}, point["iteration"])
+    tracker.flush()
+
+
 def _early_stop(history: list[dict]) -> dict:
     """The evaluation with the lowest validation loss (test loss when there is no validation split)."""
     key = "val_loss" if not math.isnan(history[0]["val_loss"]) else "test_loss"
@@ -129,7 +148,9 @@ def _early_stop(history: list[dict]) -> dict:
 def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
           metrics_path: Path | None = None, checkpoint_path: Path | None = None,
           on_step: StepCallback | None = None, optimizer: torch.optim.Optimizer | None = None, begin: int = 0,
-          augment: bool = False, progress: bool = True, desc: str = "train") -> TrainResult:
+          augment: bool = False, progress: bool = True, desc: str = "train",
+          extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
+          tracker: MetricSink | None = None) -> TrainResult:
     """Train ``model`` in place for ``config.iterations`` steps on ``data.train``.
 
     Evaluates every ``config.eval_every`` steps and at the end; appends each evaluation to
@@ -137,6 +158,11 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
     ``config.checkpoint_every`` steps and resumes from it when it exists. ``on_step(k)`` runs after
     the k-th step (the lottery uses it to snapshot the rewind point). ``begin`` > 0 continues a
     rewound run at that iteration: the schedule and the batch stream pick up where they were.
+    ``extra_state = (get, put)``: ``get()`` is saved in each checkpoint and ``put(saved)`` restores it on
+    resume (what ``on_step`` accumulates, e.g. the early-bird mask draws). ``config.compile``: the steps
+    run through ``torch.compile(model)``; the masks stay on ``model``.
+    ``tracker`` (``compress.tracking``) gets each step's loss and learning rate and each evaluation,
+    at every evaluation (one host sync for the whole window); on rank 0 only.
     """
     if not 0 <= begin < config.iterations:
         raise UserError(f"begin={begin} must lie in [0, train.iterations={config.iterations})")
@@ -153,6 +179,7 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
     # the loss of each step since the last evaluation, on the device: no host sync per step
     losses = torch.zeros(min(config.eval_every, config.iterations), dtype=torch.float64, device=device)
     steps_since_eval = synced = 0  # entries of ``losses`` so far; of those, already averaged over the ranks
+    rates: list[float] = []  # the learning rate of each step in ``losses`` (for the tracker)
     state = None
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = _load_checkpoint(Path(checkpoint_path), device, begin)
@@ -162,9 +189,12 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
         schedule.load_state_dict(state["schedule"])
         _set_rng_state(state["rng"])
         start, history, elapsed = state["iteration"], state["history"], state["wall_s"]
+        if extra_state is not None and state.get("extra") is not None:
+            extra_state[1](state["extra"])
         window = state.get("window", [])[:len(losses)]  # the global batch's losses since the last evaluation
         steps_since_eval = synced = len(window)
         losses[:steps_since_eval] = torch.tensor(window, dtype=losses.dtype)
+        rates = list(state.get("window_lr", [float("nan")] * steps_since_eval))[:steps_since_eval]
     if metrics_path is not None and distributed.is_main() and Path(metrics_path).exists():
         # lines after the checkpoint (or all of them, without one) are redone: drop them
         save_text("".join(json.dumps(point) + "\n" for point in history), metrics_path)
@@ -174,6 +204,8 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "rng": _rng_state(), "iteration": iteration,
                         "history": history, "window": losses[:steps_since_eval].tolist(),
+                        "extra": extra_state[0]() if extra_state is not None else None,
+                        "window_lr": rates,
                         "wall_s": elapsed + time.perf_counter() - began}, checkpoint_path)
 
     began = time.perf_counter()
@@ -185,6 +217,8 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
     # is now -- the prune reparametrisation must already be installed.
     with distributed.sync_batchnorm(model) if config.sync_batchnorm else nullcontext(), bar:
         net = nn.parallel.DistributedDataParallel(model) if distributed.active() else model
+        if config.compile:
+            net = torch.compile(net)
         model.train()
         for iteration in range(start + 1, config.iterations + 1):
             x, y = distributed.shard(*next(batches))
@@ -193,6 +227,7 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
+            rates.append(optimizer.param_groups[0]["lr"])  # the rate this step uses
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -206,7 +241,10 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
                 train_loss = _window_loss(losses[:steps_since_eval], first, config)
                 _check_weights(model, first, iteration, config)
                 point = _evaluate_point(model, data, config, iteration, train_loss, autocast)
+                if tracker is not None and distributed.is_main():
+                    _track(tracker, losses[:steps_since_eval].tolist(), rates, first, point)
                 steps_since_eval = synced = 0
+                rates = []
                 history.append(point)
                 if metrics_path is not None and distributed.is_main():
                     append_jsonl(point, metrics_path)

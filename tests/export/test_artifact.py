@@ -17,7 +17,8 @@ from onnx import helper, numpy_helper
 from compress.bench.source import magnitude_ticket
 from compress.errors import ArtifactError, UserError
 from compress.export import export_onnx
-from compress.export.artifact import (
+from compress.export.artifact.coding import varint_decode, varint_encode
+from compress.export.artifact.pack import (
     MAGIC,
     artifact_state_dict,
     pack_bytes,
@@ -26,8 +27,7 @@ from compress.export.artifact import (
     unpack_bytes,
     unpack_onnx,
 )
-from compress.export.artifact_coding import varint_decode, varint_encode
-from compress.export.verify import session
+from compress.export.onnx.verify import session
 from compress.models import build_model
 from compress.pruning import fold_masks
 from compress.recipe import ModelConfig
@@ -56,7 +56,7 @@ def _quantize_dynamic(source: Path, target: Path) -> Path:
 
 
 def _quantize_qdq(source: Path, target: Path) -> Path:
-    from compress.export.quantize import quantize_onnx
+    from compress.export.quantize.int8 import quantize_onnx
 
     calibration = np.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(np.float32)
     quantize_onnx(source, target, mode="int8-static", calibration=calibration)
@@ -299,10 +299,10 @@ def test_external_data_is_refused(tmp_path):
 def test_real_fashion_ticket_artifact_scores_exactly_as_its_source(tmp_path, fashion_mnist_root):
     """A real ticket (default recipe, small budget) -> fp32 and int8 artifacts -> restored ONNX files give
     the same full-test-set accuracy from raw pixels, and the same logits, as the files that were packed."""
-    from compress.export import export_run
-    from compress.export.accuracy import onnx_test_accuracy, raw_test_batches
-    from compress.export.preprocess import apply_preprocess, read_metadata
+    from compress.export.onnx.accuracy import onnx_test_accuracy, raw_test_batches
+    from compress.export.onnx.preprocess import apply_preprocess, read_metadata
     from compress.lottery import find_ticket
+    from compress.pipeline import export_run
     from compress.recipe import load_recipe
 
     recipes = Path(__file__).resolve().parents[2] / "recipes"
@@ -330,7 +330,7 @@ def test_real_fashion_ticket_artifact_scores_exactly_as_its_source(tmp_path, fas
 
 
 def test_large_tensors_choose_on_a_sample_and_still_round_trip(monkeypatch):
-    import compress.export.artifact as artifact
+    import compress.export.artifact.pack as artifact
 
     monkeypatch.setattr(artifact, "EXACT_BYTES", 4096)
     tensors = _codings_tensors()

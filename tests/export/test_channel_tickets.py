@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.export import compact
 from compress.lottery import LotterySearch
 from compress.models import create_model
 from compress.pruning import count_macs
+from compress.pruning.compact import compact
 from compress.recipe import recipe_from_dict
 
 MODELS = {"lenet300_100": (1, 28), "conv2": (3, 32), "conv4": (3, 32), "conv6": (3, 32), "vgg19": (3, 32)}

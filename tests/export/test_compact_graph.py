@@ -8,11 +8,11 @@ import timm
 import torch
 import torch.nn as nn
 
-from compress.export import compact, count_macs, count_params
-from compress.export.compact_graph import compact_model
-from compress.export.exporter import to_onnx
+from compress.export.onnx.exporter import to_onnx
 from compress.models import create_model
-from compress.pruning import get_masks
+from compress.pruning import count_macs, count_params, get_masks
+from compress.pruning.compact import compact
+from compress.pruning.compact.graph import compact_model
 from compress.pruning.groups import find_groups
 from compress.pruning.structured import group_widths, prune_channels, random_group_masks
 

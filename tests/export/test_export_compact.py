@@ -6,9 +6,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from compress.export import compact, compact_model, count_macs, count_params
 from compress.models import create_model
-from compress.pruning import apply_masks, get_masks, is_pruned, ones_masks, prunable_modules
+from compress.pruning import (
+    apply_masks,
+    count_macs,
+    count_params,
+    get_masks,
+    is_pruned,
+    ones_masks,
+    prunable_modules,
+)
+from compress.pruning.compact import compact, compact_model
 from compress.pruning.masks import prune_channels
 
 torch.set_num_threads(1)
@@ -223,7 +231,7 @@ def test_a_layer_never_becomes_empty():
 
 
 def test_unsupported_models_are_refused_with_a_reason():
-    # a graph that is not an nn.Sequential goes through compress.export.compact_graph (tests/export/test_compact_graph.py)
+    # a graph that is not an nn.Sequential goes through compress.pruning.compact.graph (tests/export/test_compact_graph.py)
     assert type(compact_model(create_model("resnet20"), torch.randn(2, 3, 32, 32))).__name__ == "CifarResNet"
     with pytest.raises(ValueError, match=r"layer 1 \(GELU\)"):
         compact_model(nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)))

@@ -13,7 +13,7 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 from compress.export import export_onnx, save_sparse_onnx
-from compress.export.verify import check_zero_counts
+from compress.export.onnx.verify import check_zero_counts
 from compress.models import MODELS, create_model, list_models
 from compress.pruning import (
     apply_masks,

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from compress import paths
-from compress.export import export_run
 from compress.io import save_text, save_torch
 from compress.models import build_model
+from compress.pipeline import export_run
+from compress.pipeline.export import stored_paths
 from compress.pruning import (
     apply_masks,
     effective_weights,
@@ -56,7 +57,9 @@ def run_dir(tmp_path: Path) -> Path:
 def test_export_run_ticket_on_test_data(run_dir):
     result = export_run(run_dir, compact=True)
     assert (run_dir / "ticket.onnx").exists() and (run_dir / "ticket.compact.onnx").exists()
-    assert json.loads((run_dir / "export.json").read_text()) == json.loads(json.dumps(result))
+    stored = json.loads((run_dir / "export.json").read_text())
+    assert stored["path"] == "ticket.onnx"  # relative to the run dir, so a copied run dir stays valid
+    assert stored == json.loads(json.dumps(stored_paths(result, run_dir)))
     assert result["inputs"] == "32 test examples of synthetic" and result["verify_batch"] == 32
     assert result["max_abs_diff"] <= 1e-4 and result["compact"]["max_abs_diff"] <= 1e-4
     assert result["source"] == "ticket.pt (round 2)"

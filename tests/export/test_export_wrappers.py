@@ -11,7 +11,7 @@ from test_export_onnx import ort_run, pruned  # the same helpers as the plain-mo
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from compress.export import compact_model, export_onnx
+from compress.export import export_onnx
 from compress.models import create_model
 from compress.models.unwrap import strip_wrapper_prefix, unwrap_model
 from compress.pruning import (
@@ -19,6 +19,7 @@ from compress.pruning import (
     get_masks,
     is_pruned,
 )
+from compress.pruning.compact import compact_model
 
 torch.set_num_threads(1)
 

@@ -19,11 +19,12 @@ import torch.nn as nn
 from compress.data.sources import FASHION_MNIST_CLASSES
 from compress.data.tensors import normalise
 from compress.errors import UserError
-from compress.export import apply_preprocess, export_onnx, export_run, onnx_test_accuracy, read_metadata
-from compress.export.accuracy import raw_test_batches
-from compress.export.preprocess import Preprocess, embed_normalisation
-from compress.export.verify import session
+from compress.export import apply_preprocess, export_onnx, onnx_test_accuracy, read_metadata
+from compress.export.onnx.accuracy import raw_test_batches
+from compress.export.onnx.preprocess import Preprocess, embed_normalisation
+from compress.export.onnx.verify import session
 from compress.lottery import find_ticket
+from compress.pipeline import export_run
 from compress.recipe import load_recipe
 
 torch.set_num_threads(1)
@@ -113,7 +114,7 @@ def test_apply_preprocess_matches_the_toolkit_normalisation():
 
 def _tagged(pre: Preprocess) -> onnx.ModelProto:
     """A one-node model carrying ``pre``'s metadata."""
-    from compress.export.preprocess import add_metadata
+    from compress.export.onnx.preprocess import add_metadata
 
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["input"], ["output"])], "g",
                                    [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, None)],

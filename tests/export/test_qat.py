@@ -11,10 +11,10 @@ import torch.nn as nn
 
 from compress import paths
 from compress.data import load_dataset
-from compress.export import export_run
-from compress.export.qat import attach_fake_quant, fake_quant_weight, qat_finetune
+from compress.export.quantize.qat import attach_fake_quant, fake_quant_weight, qat_finetune
 from compress.io import save_text
 from compress.models import build_model
+from compress.pipeline import export_run
 from compress.pruning import (
     apply_masks,
     effective_weights,

@@ -16,13 +16,14 @@ from onnx import numpy_helper
 
 from compress import paths
 from compress.errors import UserError
-from compress.export import export_onnx, export_run, quantize_onnx, read_metadata
-from compress.export.preprocess import Preprocess
-from compress.export.quantize import choose_mode
-from compress.export.verify import session
+from compress.export import export_onnx, quantize_onnx, read_metadata
+from compress.export.onnx.preprocess import Preprocess
+from compress.export.onnx.verify import session
+from compress.export.quantize.int8 import choose_mode
 from compress.io import save_text, save_torch
 from compress.lottery import find_ticket
 from compress.models import build_model
+from compress.pipeline import export_run
 from compress.pruning import (
     apply_masks,
     fold_masks,
@@ -128,7 +129,7 @@ def test_export_run_int8_static_for_conv_with_accuracy_side_by_side(synthetic_ru
 def test_cli_quantize_flag(synthetic_run):
     done = subprocess.run([sys.executable, str(REPO / "tools" / "export_onnx.py"), "--run", str(synthetic_run),
                            "--quantize", "int8-dynamic", "--qat", "off", "--preprocess", "embed"],
-                          capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin"})
+                          capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin", "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     assert "int8 (int8-dynamic)" in done.stdout and "accuracy fp32" in done.stdout
     assert read_metadata(synthetic_run / "ticket.int8.onnx")["mode"] == "embedded"

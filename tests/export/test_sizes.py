@@ -14,8 +14,8 @@ import torch
 
 from compress.bench.source import magnitude_ticket
 from compress.export import export_onnx
-from compress.export.artifact import unpack_onnx
-from compress.export.sizes import (
+from compress.export.artifact.pack import unpack_onnx
+from compress.export.artifact.sizes import (
     SIZES_JSON,
     cached_run_sizes,
     quantize_int8,

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from compress.errors import UserError
-from compress.export.compact_graph import compact_graph
 from compress.lottery import LotterySearch
 from compress.lottery.controls import CONTROLS, ControlInput
 from compress.lottery.dry_run import plan_table
 from compress.models import create_model
 from compress.pipeline import run_recipe
+from compress.pruning.compact.graph import compact_graph
 from compress.pruning.structured import aligned_keep, group_widths, resolve_multiple
 from compress.recipe import recipe_from_dict
 from compress.runtime import vector_block

@@ -205,8 +205,8 @@ def test_typo_in_a_real_recipe_still_names_the_key(tmp_path: Path) -> None:
     ("lottery:\n  ticket_tolerance: 0.5\n", 2, "lottery.ticket_tolerance", ("fraction",)),
     ("data:\n  image_size: 1025\n", 2, "data.image_size", ("1025", "[1, 1024]")),
     ("data:\n  image_size: 0\n", 2, "data.image_size", ("[1, 1024]",)),
-    ("export:\n  opset: 6\n", 2, "export.opset", ("[7, 20]",)),
-    ("export:\n  opset: 21\n", 2, "export.opset", ("[7, 20]",)),
+    ("export:\n  opset: 6\n", 2, "export.opset", ("[9, 20]",)),
+    ("export:\n  opset: 21\n", 2, "export.opset", ("[9, 20]",)),
     ("name: /abs/path\n", 1, "name", ("plain folder name",)),
     ("name: ../..\n", 1, "name", ("plain folder name",)),
     ("name: a/b\n", 1, "name", ("plain folder name",)),
@@ -224,7 +224,7 @@ def test_bounds(tmp_path: Path, text: str, line: int, key: str, fragments: tuple
 
 
 def test_bounds_accept_their_edges(tmp_path: Path) -> None:
-    text = ("name: A.b-c_9\ndata:\n  image_size: 1024\nlottery:\n  ticket_tolerance: 0.1\nexport:\n  opset: 7\n")
+    text = ("name: A.b-c_9\ndata:\n  image_size: 1024\nlottery:\n  ticket_tolerance: 0.1\nexport:\n  opset: 9\n")
     recipe = load_recipe(write(tmp_path, text), ["export.opset=20"])
     assert (recipe.name, recipe.data.image_size, recipe.lottery.ticket_tolerance, recipe.export.opset) == \
         ("A.b-c_9", 1024, 0.1, 20)
@@ -233,9 +233,9 @@ def test_bounds_accept_their_edges(tmp_path: Path) -> None:
 
 
 def test_opset_range_mirrors_the_exporter() -> None:
-    from compress.export import onnx_export
+    from compress.export.onnx import export as onnx_export
 
-    assert getattr(onnx_export, "OPSET_RANGE", (7, 20)) == OPSET_RANGE
+    assert getattr(onnx_export, "OPSET_RANGE", (9, 20)) == OPSET_RANGE
 
 
 # 4. model.kwargs the factory does not take --------------------------------------------------

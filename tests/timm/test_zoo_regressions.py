@@ -14,9 +14,9 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.export import export_onnx
-from compress.export.compact_graph import compact_graph
 from compress.lottery import LotterySearch
 from compress.lottery.controls import CONTROLS, ControlInput
+from compress.pruning.compact.graph import compact_graph
 from compress.pruning.groups import example_inputs_for, find_groups
 from compress.pruning.structured import group_widths, prune_channels
 from compress.recipe import recipe_from_dict

@@ -1,6 +1,6 @@
 """How small a ticket ships: the size table of an export (dense, raw, gzip, int8, compressed artifact).
 
-    from compress.export.sizes import size_rows, size_table_markdown, run_sizes
+    from compress.export.artifact.sizes import size_rows, size_table_markdown, run_sizes
     rows = size_rows("runs/x/ticket.onnx", workdir="/tmp/sizes")   # quantizes and packs into workdir
     print(size_table_markdown(rows))
     run_sizes("runs/x")   # a run dir's export: ticket.cta, ticket.int8[-dynamic].cta, compression.json
@@ -9,7 +9,7 @@ Rows (every size in bytes, ``ratio`` = dense fp32 bytes / these bytes):
 
 * ``dense fp32 ONNX``: the dense model's file. A ticket's ONNX stores every weight, zeros included, in the
   same graph, so unless another file is given the dense size is the fp32 ticket's own size;
-* ``fp32 ticket`` raw and gzip (level 6, ``compress.export.storage.GZIP_LEVEL``);
+* ``fp32 ticket`` raw and gzip (level 6, ``compress.export.onnx.storage.GZIP_LEVEL``);
 * ``int8 ticket`` raw and gzip: weights int8 (per-channel, symmetric, so pruned weights stay exactly 0):
   the run's ``ticket.int8.onnx`` when the export made one, else ``quantize_int8`` (dynamic);
 * ``artifact (fp32 values)`` and ``artifact (int8 values)``: ``compress.export.artifact.pack_onnx`` of those.
@@ -22,8 +22,8 @@ import hashlib
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.export.artifact import CODEC, SUFFIX, pack_onnx
-from compress.export.storage import GZIP_LEVEL
+from compress.export.artifact.pack import CODEC, SUFFIX, pack_onnx
+from compress.export.onnx.storage import GZIP_LEVEL
 from compress.io import load_json, save_json
 
 SIZES_JSON = "compression.json"
@@ -43,7 +43,7 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
     needed to size any export. A run's own ``ticket.int8.onnx`` (static QDQ for Conv graphs) is used instead
     where the export made one (``run_sizes``).
     """
-    from compress.export.quantize import quantize_onnx
+    from compress.export.quantize.int8 import quantize_onnx
 
     quantize_onnx(Path(onnx_path), Path(out_path), mode="int8-dynamic")
     return Path(out_path)
@@ -51,6 +51,14 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
 
 def _gzip_size(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), GZIP_LEVEL))
+
+
+def size_outputs(fp32_onnx: str | Path, workdir: str | Path) -> list[Path]:
+    """The files ``size_rows`` (without ``int8_onnx``) writes into ``workdir``."""
+    fp32 = Path(fp32_onnx)
+    stem = fp32.name[:-len(".onnx")] if fp32.name.endswith(".onnx") else fp32.name
+    int8 = Path(workdir) / f"{stem}{INT8_SUFFIX}"
+    return [int8, Path(workdir) / f"{stem}{SUFFIX}", Path(workdir) / f"{int8.name[:-len('.onnx')]}{SUFFIX}"]
 
 
 def size_rows(fp32_onnx: str | Path, workdir: str | Path, *, dense_onnx: str | Path | None = None,

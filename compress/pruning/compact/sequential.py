@@ -263,21 +263,6 @@ def _keep_norm(norm: nn.Module, keep: torch.Tensor) -> None:
     norm.num_features = int(keep.sum())
 
 
-def compact(model: nn.Module, example_inputs: torch.Tensor | None = None) -> Compaction:
-    """``compact_model`` plus what it did: units per weighted layer before/after, dead-in units kept."""
-    if not isinstance(unwrap_model(model), nn.Sequential):
-        from compress.export.compact_graph import compact_graph  # any graph, through Torch-Pruning
-
-        return compact_graph(model, example_inputs)
+def compact_sequential(model: nn.Module) -> Compaction:
+    """Compaction of an ``nn.Sequential`` (or a wrapper of one): see the module docstring."""
     return _Compactor(model).run()
-
-
-def compact_model(model: nn.Module, example_inputs: torch.Tensor | None = None) -> nn.Module:
-    """A smaller plain model computing exactly what ``model`` computes in eval mode.
-
-    ``model`` may be pruned (torch prune masks) or plain; it is not modified. An ``nn.Sequential`` is
-    compacted here (see the module docstring: dead-in units are folded into biases too); any other graph
-    by ``compress.export.compact_graph`` (dead channels and heads removed with Torch-Pruning; its
-    ``example_inputs`` default to a guess from the model). Unsupported models raise ValueError.
-    """
-    return compact(model, example_inputs).module

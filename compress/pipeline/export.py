@@ -11,9 +11,9 @@ import torch.nn as nn
 
 from compress import paths
 from compress.errors import UserError
-from compress.export.onnx_export import compact_path, export_onnx
-from compress.export.preprocess import preprocess_from_data
-from compress.io import load_torch, save_json
+from compress.export.onnx.export import compact_path, export_onnx
+from compress.export.onnx.preprocess import preprocess_from_data
+from compress.io import check_target, load_torch, save_json
 
 EXPORT_JSON = "export.json"
 VERIFY_BATCH = 32  # test examples run through torch and onnxruntime
@@ -130,6 +130,9 @@ def _settings(recipe, **given) -> _Settings:
     for key, allowed in (("preprocess", PREPROCESS_MODES), ("quantize", QUANTIZE_MODES), ("qat", QAT_MODES)):
         if getattr(settings, key) not in allowed:
             raise UserError(f"export.{key}: {getattr(settings, key)!r} is not one of {', '.join(allowed)}")
+    if settings.qat == "on" and settings.quantize == "none":  # never ignore a setting silently
+        raise UserError("qat on needs an int8 export: pass --quantize int8 (or int8-static / int8-dynamic), "
+                        "or --qat off")
     return settings
 
 
@@ -181,6 +184,11 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
 
     target = _target(out) if out is not None else default_dir / paths.TICKET_ONNX
     report_path = target.with_name(f"{target.stem}.{EXPORT_JSON}") if out is not None else default_dir / EXPORT_JSON
+    # before any work: a device, FIFO or link there is refused now, not after minutes of verification
+    for path in (target, report_path, compact_path(target) if compact else None,
+                 _int8_target(target) if settings.quantize != "none" else None):
+        if path is not None:
+            check_target(path)
     pre = None
     if data is not None:
         pre = preprocess_from_data(recipe.data.name, data, shape, embedded=settings.preprocess == "embed",
@@ -206,18 +214,58 @@ def export_run(run_dir: str | Path, *, round: int | None = None, out: str | Path
     if accuracy and data is not None:
         result["accuracy"] = _accuracies(model, data, recipe, target, compact, ticket if round is None else None)
     if settings.quantize != "none":
-        from compress.export.int8_export import export_int8
+        from compress.export.quantize.export import export_int8
 
         result["int8"] = export_int8(model, target, report, recipe, data, settings, opset, inputs,
                                      fp32_accuracy=result.get("accuracy", {}).get("onnx_raw_images"))
-    save_json(result, report_path)
+    save_json(stored_paths(result, run_dir), report_path)  # a copied run dir must not point at the original
     return result
+
+
+_PATH_KEYS = ("path", "report", "compact_path", "run_dir")
+
+
+def stored_paths(result: dict, run_dir: Path) -> dict:
+    """``result`` with its file paths inside ``run_dir`` made relative to it (``.`` for the run dir)."""
+    base = Path(run_dir).resolve()
+
+    def convert(value):
+        if isinstance(value, dict):
+            return {key: (_relative(item, base) if key in _PATH_KEYS and isinstance(item, str) else convert(item))
+                    for key, item in value.items()}
+        return value
+
+    return convert(result)
+
+
+def anchored_paths(result: dict, run_dir: Path) -> dict:
+    """The inverse of ``stored_paths``: the paths of an ``export.json`` read back, joined to ``run_dir``."""
+    def convert(value):
+        if isinstance(value, dict):
+            return {key: (str(Path(run_dir) / item) if key in _PATH_KEYS and isinstance(item, str) else convert(item))
+                    for key, item in value.items()}
+        return value
+
+    return convert(result)
+
+
+def _relative(text: str, base: Path) -> str:
+    try:
+        return str(Path(text).resolve().relative_to(base))
+    except ValueError:  # outside the run dir (--out elsewhere): kept as written
+        return text
+
+
+def _int8_target(target: Path) -> Path:
+    from compress.export.quantize.export import int8_path
+
+    return int8_path(target)
 
 
 def _accuracies(model: nn.Module, data, recipe, target: Path, compact: bool, ticket: dict | None) -> dict:
     """Test accuracy of the torch model on the toolkit's normalised split and of the ONNX file(s) through
     onnxruntime from the dataset's raw pixels, preprocessed as the file's metadata (or graph) says."""
-    from compress.export.accuracy import onnx_test_accuracy
+    from compress.export.onnx.accuracy import onnx_test_accuracy
     from compress.pruning import fold_masks
     from compress.training.evaluate import evaluate
 

@@ -24,7 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from compress.errors import UserError
-from compress.export.preprocess import copy_metadata
+from compress.export.onnx.preprocess import copy_metadata
 
 MODES = ("int8", "int8-static", "int8-dynamic")
 # what gets int8 weights: the layers pruning touches; Add / Mul / Sub / Div (embedded preprocessing,

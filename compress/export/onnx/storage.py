@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.errors import UserError
-from compress.export.verify import check_onnx, session
+from compress.export.onnx.verify import check_onnx, session
 from compress.io import save_bytes
 
 GZIP_LEVEL = 6

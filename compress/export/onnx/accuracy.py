@@ -2,11 +2,11 @@
 
 The toolkit's splits hold already-normalised tensors; a deployment holds pixels. This module reads the
 dataset's own decoded pixels (uint8, before any normalisation: the loader's ``RawData`` / image files),
-applies exactly what the file's metadata says (``compress.export.preprocess``), and counts correct
+applies exactly what the file's metadata says (``compress.export.onnx.preprocess``), and counts correct
 argmax predictions. The test rows are the run's: the whole test set, or the seeded ``data.test_subset``
 (``compress.data.load.test_indices``), in order.
 
-    from compress.export import onnx_test_accuracy
+    from compress.export.onnx import onnx_test_accuracy
     acc = onnx_test_accuracy("runs/x/ticket.onnx", recipe)             # a Recipe, or a DataConfig + seed=
     acc = onnx_test_accuracy("restored.onnx", recipe, limit=1000)      # the first 1000 test examples
 """
@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from compress.errors import UserError
-from compress.export.preprocess import apply_preprocess, read_metadata
+from compress.export.onnx.preprocess import apply_preprocess, read_metadata
 
 BATCH = 1000  # examples per onnxruntime call
 
@@ -81,7 +81,7 @@ def onnx_test_accuracy(onnx_path: str | Path | bytes | onnx.ModelProto, recipe_o
     the ``test_subset`` rows, default 0). ``limit``: only the first ``limit`` test examples.
     ``preprocess``: a ``read_metadata``-style dict for a file that records none (else an error).
     """
-    from compress.export.verify import session
+    from compress.export.onnx.verify import session
 
     config, seed = _config_and_seed(recipe_or_data, seed)
     model_bytes = _bytes(onnx_path)

@@ -5,18 +5,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.export.compact import Compaction
-from compress.export.compact import compact as run_compaction
-from compress.export.exporter import EXPORTER, to_onnx
-from compress.export.preprocess import Preprocess, add_metadata, embed_normalisation
-from compress.export.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
-from compress.export.verify import (
+from compress.export.onnx.exporter import EXPORTER, to_onnx
+from compress.export.onnx.inputs import as_batch, export_flat, needs_flat, returns_mapping
+from compress.export.onnx.preprocess import Preprocess, add_metadata, embed_normalisation
+from compress.export.onnx.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
+from compress.export.onnx.verify import (
     check_close,
     check_onnx,
     check_zero_counts,
@@ -27,12 +27,16 @@ from compress.export.verify import (
 from compress.io import save_bytes
 from compress.models.unwrap import unwrap_model
 from compress.pruning import fold_masks, get_masks
+from compress.pruning.compact import Compaction
+from compress.pruning.compact import compact as run_compaction
 from compress.pruning.macs import count_params, mac_counts
 from compress.tolerance import RULE, allowed
 
 VERIFY_BATCH = 8  # random verification inputs when none are given
-# opsets the TorchScript exporter supports (inclusive); the recipe layer mirrors this for export.opset
-OPSET_RANGE = (7, 20)
+# opsets exported (inclusive); the recipe layer mirrors this for export.opset. The TorchScript exporter
+# goes down to 7, but below 9 it keeps every weight as a graph input (ONNX IR 3), which the checks here
+# (a dynamic batch dimension on every input) and onnxruntime's int8 tools do not take
+OPSET_RANGE = (9, 20)
 
 
 @dataclass
@@ -74,9 +78,12 @@ class ExportReport:
     sizes: dict[str, int]  # raw, gzip, sparse, bitmask
     sparse_max_abs_diff: float  # ORT(sparse-initializer file) vs ORT(dense file)
     compact: CompactReport | None = None
-    # the input recipe written into metadata_props (compress.export.preprocess); None: none given
+    # the input recipe written into metadata_props (compress.export.onnx.preprocess); None: none given
     preprocess: dict | None = None
     embedded_max_abs_diff: float | None = None  # ORT(embedded graph on x * std + mean) vs torch(x)
+    # several / integer / named inputs (compress.export.onnx.inputs): names and dtypes of the graph's inputs
+    input_names: list[str] | None = None
+    input_dtypes: list[str] | None = None
     tolerance_rule: str = RULE  # every output comparison of this export (compress.tolerance)
 
     def to_dict(self) -> dict:
@@ -139,7 +146,7 @@ def _export_checked(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
 
 def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path,
                 example_input: torch.Tensor | None = None, *, opset: int = 17,
-                verify_inputs: torch.Tensor | None = None, compact: bool = False,
+                verify_inputs: Any = None, compact: bool = False,
                 preprocess: Preprocess | None = None) -> ExportReport:
     """Export a (pruned) model to ``path`` and verify it; ``compact`` also writes ``<stem>.compact.onnx``.
 
@@ -151,14 +158,19 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     reparametrisation). The file is written -- atomically -- only after every check passed:
     ``onnx.checker`` (full), a dynamic batch dimension, onnxruntime vs torch on ``verify_inputs``
     (default: ``VERIFY_BATCH`` seeded normal inputs) within ``compress.tolerance.RULE``, the zero-count rule per pruned
-    parameter (``compress.export.verify``), and the sparse-initializer form giving the same outputs.
+    parameter (``compress.export.onnx.verify``), and the sparse-initializer form giving the same outputs.
     A failed check raises ValueError naming it. ``example_input`` (a batch) fixes the traced shape;
     it defaults to two rows of ``verify_inputs`` or, for a ticket, to the ticket's input shape.
 
-    ``preprocess`` (``compress.export.preprocess.Preprocess``) is written into ``metadata_props`` of every
+    ``preprocess`` (``compress.export.onnx.preprocess.Preprocess``) is written into ``metadata_props`` of every
     file; with ``preprocess.embedded`` the normalisation is also prepended to the graph, which then takes
     ``pixel / 255``, checked again against torch on ``inputs * std + mean``. ``verify_inputs`` are always
     normalised tensors, as the model was trained on.
+
+    ``verify_inputs`` may also be integer tensors (token ids), a tuple of tensors or a dict of them (a
+    tokenizer's ``BatchEncoding``), and the model may return a tuple or a dict (``ModelOutput``): the
+    graph then takes every input in its own dtype, named after the dict's keys
+    (``compress.export.onnx.inputs``); ``compact`` and ``preprocess`` are for one float input.
     """
     path = Path(path)
     if path.is_dir():
@@ -166,12 +178,15 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     model, ticket_shape = _resolve(model_or_ticket)
     low, high = OPSET_RANGE
     if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
-        raise UserError(f"opset must be an int from {low} to {high} (the TorchScript exporter's range), "
-                        f"got {opset!r}")
+        below = " (opsets 7 and 8 keep the weights as graph inputs, which this export does not verify)" \
+            if isinstance(opset, int) and 7 <= opset < low else ""
+        raise UserError(f"opset must be an int from {low} to {high}, got {opset!r}{below}")
     masks = get_masks(model)
     folded = _plain_zeros(fold_masks(model).cpu().float().eval())
     compaction = _compact_first(model, example_input) if compact else None  # fail on an unsupported model before any work
 
+    if verify_inputs is not None and (needs_flat(verify_inputs) or returns_mapping(folded, verify_inputs)):
+        return _export_flat(folded, path, verify_inputs, opset, masks, example_input, compaction, preprocess)
     generator = torch.Generator().manual_seed(0)
     if verify_inputs is not None:
         inputs, source = verify_inputs.detach().cpu().float(), "given"
@@ -271,3 +286,28 @@ def _compact_export(compaction: Compaction, example: torch.Tensor, inputs: torch
         size_before=before[2], size_after=result["sizes"]["raw"], sizes=result["sizes"],
         units=compaction.units, kept_constant_units=compaction.kept_constant, zeros=result["zeros"])
     return report, result["bytes"]
+
+
+class _FirstInput(nn.Module):
+    """Runs a several-input model on its first input (the other inputs bound): for ``mac_counts``."""
+
+    def __init__(self, model: nn.Module, rest: tuple[torch.Tensor, ...], names: tuple[str, ...] | None) -> None:
+        super().__init__()
+        self.model, self.rest, self.names = model, rest, names
+
+    def forward(self, first: torch.Tensor) -> Any:
+        tensors = (first, *(t[: first.shape[0]] for t in self.rest))
+        return self.model(**dict(zip(self.names, tensors, strict=True))) if self.names else self.model(*tensors)
+
+
+def _export_flat(folded: nn.Module, path: Path, verify_inputs: Any, opset: int, masks: dict,
+                 example_input: Any, compaction: Any, preprocess: Preprocess | None) -> ExportReport:
+    if example_input is not None or compaction is not None or preprocess is not None:
+        raise UserError("export_onnx: example_input, compact and preprocess are for a model of one float input; "
+                        "with integer, several or named inputs (or dict outputs) give verify_inputs only")
+    fields = export_flat(folded, path, verify_inputs, opset, masks)
+    batch, names = as_batch(verify_inputs)
+    macs, nonzero_macs = mac_counts(_FirstInput(folded, batch[1:], names), batch[0])
+    return ExportReport(path=str(path), opset=opset, exporter=EXPORTER, params=count_params(folded),
+                        nonzero_params=count_params(folded, nonzero=True), macs=macs, nonzero_macs=nonzero_macs,
+                        **fields)

@@ -1,6 +1,6 @@
 """A ticket packed for shipping: the ONNX file with its sparse tensors mask-coded and entropy-coded, bit-exact.
 
-    from compress.export.artifact import pack_onnx, unpack_onnx, artifact_state_dict
+    from compress.export.artifact.pack import pack_onnx, unpack_onnx, artifact_state_dict
     info = pack_onnx("runs/x/ticket.onnx", "ticket.cta")        # info["ratio"]: source bytes / artifact bytes
     proto = unpack_onnx("ticket.cta", "restored.onnx")          # serialises exactly as the source ModelProto
 
@@ -40,15 +40,21 @@ import onnx
 from onnx import TensorProto
 
 from compress.errors import ArtifactError, UserError
-from compress.export.artifact_coding import byte_shuffle, byte_unshuffle, decode_mask, mask_streams
-from compress.export.dequantize import dequantized_arrays
+from compress.export.artifact.bounds import (
+    MAX_HEADER_BYTES,
+    MAX_RESTORED_BYTES,
+    check_header,
+    check_header_text,
+    check_shapes,
+)
+from compress.export.artifact.coding import byte_shuffle, byte_unshuffle, decode_mask, mask_streams
+from compress.export.quantize.dequantize import dequantized_arrays
 from compress.io import save_bytes
 
 MAGIC = b"\x89CTKT\r\n\x1a"  # like PNG's: a high byte, then line-ending bytes that text-mode copies mangle
 VERSION = 1
 SUFFIX = ".cta"
 MIN_TENSOR_BYTES = 256  # smaller initializers stay in the serialised model: a mask would not pay for itself
-MAX_HEADER_BYTES = 1 << 24
 _PREAMBLE = struct.Struct("<8sHHIQ32s")
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]  # 9 and 9e: same size +-0.05% here, 2-10x slower
 CODEC = "lzma (raw LZMA2, preset 6)"
@@ -268,8 +274,9 @@ def pack_onnx(onnx_path: str | Path, out_path: str | Path) -> dict:
             "tensors": tensors}
 
 
-def _split(blob: bytes, path: object) -> tuple[dict, bytes]:
-    """Header and payload of an artifact, after checking magic, version, lengths and checksum."""
+def _split(blob: bytes, path: object, max_bytes: int = MAX_RESTORED_BYTES) -> tuple[dict, bytes]:
+    """Header and payload of an artifact, after checking magic, version, lengths, checksum and the header's
+    claims (``artifact_bounds``)."""
     if len(blob) < len(MAGIC) or blob[:len(MAGIC)] != MAGIC:
         raise ArtifactError(path, "not a compress ticket artifact (bad magic bytes)")
     if len(blob) < _PREAMBLE.size:
@@ -284,10 +291,13 @@ def _split(blob: bytes, path: object) -> tuple[dict, bytes]:
                                   f"expected {header_len + payload_len})")
     if hashlib.sha256(body).digest() != digest:
         raise ArtifactError(path, "corrupt artifact (sha256 checksum mismatch)")
+    text = _lzma_header(body[:header_len], path)
+    check_header_text(text, path)
     try:
-        header = json.loads(_lzma_header(body[:header_len], path))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ArtifactError(path, f"corrupt artifact header ({error})") from None
+        header = json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise ArtifactError(path, f"corrupt artifact header ({type(error).__name__}: {error})") from None
+    check_header(header, payload_len, path, max_bytes)
     return header, body[header_len:]
 
 
@@ -298,19 +308,21 @@ def _lzma_header(data: bytes, path: object) -> bytes:
     except lzma.LZMAError as error:
         raise ArtifactError(path, f"corrupt artifact header ({error})") from None
     if not decoder.eof:
-        raise ArtifactError(path, "corrupt artifact header (does not end)")
+        raise ArtifactError(path, f"corrupt artifact header (longer than {MAX_HEADER_BYTES:,} bytes, or cut)")
     return out
 
 
-def unpack_bytes(blob: bytes, path: object = "<artifact>") -> onnx.ModelProto:
-    """The ModelProto of an artifact's bytes (``unpack_onnx`` without files)."""
-    header, payload = _split(blob, path)
+def unpack_bytes(blob: bytes, path: object = "<artifact>", max_bytes: int = MAX_RESTORED_BYTES) -> onnx.ModelProto:
+    """The ModelProto of an artifact's bytes (``unpack_onnx`` without files); an artifact that restores to
+    more than ``max_bytes`` is refused before anything is decompressed."""
+    header, payload = _split(blob, path, max_bytes)
     try:
         model_spec = header["model"]
         offset = model_spec["stored"]
         shell = onnx.ModelProto()
         shell.ParseFromString(_decompress(payload[:offset], model_spec["size"], "model", path))
         initializers = shell.graph.initializer
+        check_shapes(header, initializers, path)
         for entry in header["tensors"]:
             streams = []
             for spec in entry["streams"]:
@@ -325,7 +337,10 @@ def unpack_bytes(blob: bytes, path: object = "<artifact>") -> onnx.ModelProto:
         raise ArtifactError(path, f"corrupt artifact ({type(error).__name__}: {error})") from None
     except Exception as error:  # protobuf's DecodeError
         raise ArtifactError(path, f"corrupt artifact model ({type(error).__name__})") from None
-    restored = shell.SerializeToString()
+    try:
+        restored = shell.SerializeToString()
+    except Exception as error:  # protobuf's EncodeError (over 2 GiB): the bounds should have caught it
+        raise ArtifactError(path, f"corrupt artifact model ({type(error).__name__})") from None
     if hashlib.sha256(restored).hexdigest() != header.get("source", {}).get("sha256"):
         raise ArtifactError(path, "corrupt artifact (the restored model differs from the packed one)")
     return shell
@@ -333,8 +348,11 @@ def unpack_bytes(blob: bytes, path: object = "<artifact>") -> onnx.ModelProto:
 
 def _read(artifact_path: str | Path) -> bytes:
     path = Path(artifact_path)
-    if not path.is_file():
-        raise ArtifactError(path, "no such artifact file")
+    if not path.is_file():  # a FIFO or device too: reading one could block or never end
+        raise ArtifactError(path, "no such artifact file" if not path.exists() else "not a regular file")
+    size = path.stat().st_size
+    if size > MAX_RESTORED_BYTES + MAX_HEADER_BYTES:
+        raise ArtifactError(path, f"{size:,} bytes: larger than any artifact this reads")
     return path.read_bytes()
 
 
@@ -351,8 +369,14 @@ def read_header(artifact_path: str | Path) -> dict:
     return _split(_read(artifact_path), artifact_path)[0]
 
 
-def artifact_state_dict(artifact_path: str | Path | onnx.ModelProto, *, dequantize: bool = True) -> dict:
-    """The ticket's tensors as a torch state dict (initializer name -> tensor), from an artifact or a ModelProto.
+def artifact_state_dict(artifact_path: str | Path | onnx.ModelProto, *, dequantize: bool = True,
+                        base_dir: str | Path | None = None) -> dict:
+    """The ticket's tensors as a torch state dict (initializer name -> tensor), from an artifact, an ONNX
+    file or a ModelProto.
+
+    External tensor data (an ONNX file saved with ``save_as_external_data``) is read from the ONNX file's
+    folder -- for a ModelProto from ``base_dir``, which it then needs -- never from the current directory,
+    and only as regular files inside that folder (``compress.export.external``).
 
     An fp32 ticket's initializers carry the torch names (``1.weight``), so the result loads into the model
     with ``load_state_dict``. With ``dequantize``, int8 weights of a quantized model come back as float32
@@ -363,8 +387,35 @@ def artifact_state_dict(artifact_path: str | Path | onnx.ModelProto, *, dequanti
     import torch
     from onnx import numpy_helper
 
-    proto = artifact_path if isinstance(artifact_path, onnx.ModelProto) else unpack_onnx(artifact_path)
-    arrays = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    from compress.export.external import check_external_data, external_locations
+
+    if isinstance(artifact_path, onnx.ModelProto):
+        proto, label = artifact_path, "model"
+    elif Path(artifact_path).is_file() and not _starts_with_magic(Path(artifact_path)):
+        proto, label = _load_onnx_file(Path(artifact_path)), str(artifact_path)  # a plain .onnx file
+        base_dir = Path(artifact_path).parent
+    else:
+        proto, label = unpack_onnx(artifact_path), str(artifact_path)
+    if external_locations(proto):
+        if base_dir is None:
+            raise UserError(f"{label}: its tensors keep their data in external files; pass base_dir= the folder "
+                            "of its .onnx file (the current directory is never assumed)")
+        check_external_data(proto, base_dir, label)
+    folder = str(Path(base_dir).resolve()) if base_dir is not None else ""
+    arrays = {init.name: numpy_helper.to_array(init, base_dir=folder) for init in proto.graph.initializer}
     if dequantize:
         arrays = dequantized_arrays(proto, arrays)
     return {name: torch.from_numpy(np.array(array)) for name, array in arrays.items()}
+
+
+def _starts_with_magic(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(MAGIC)) == MAGIC
+
+
+def _load_onnx_file(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf DecodeError and friends
+        raise UserError(f"{path}: neither a packed ticket artifact nor an ONNX model ({type(error).__name__})") \
+            from None

@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.export.compact import Compaction
 from compress.models.unwrap import unwrap_model
 from compress.pruning.apply import fold_masks
+from compress.pruning.compact.sequential import Compaction
 from compress.pruning.groups import (
     ChannelGroup,
     Part,

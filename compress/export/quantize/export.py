@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.export.onnx_export import ExportReport, export_onnx
-from compress.export.preprocess import MODE_KEY, Preprocess, preprocess_from_data
-from compress.export.quantize import check_int8_zeros, choose_mode, quantize_onnx
-from compress.export.verify import check_onnx, max_abs_diff, ort_outputs
+from compress.export.onnx.export import ExportReport, export_onnx
+from compress.export.onnx.preprocess import MODE_KEY, Preprocess, preprocess_from_data
+from compress.export.onnx.verify import check_onnx, max_abs_diff, ort_outputs
+from compress.export.quantize.int8 import check_int8_zeros, choose_mode, quantize_onnx
 from compress.io import save_bytes
 from compress.pruning import fold_masks, get_masks
 
@@ -82,7 +82,7 @@ def _quantize_checked(model: nn.Module, fp32: Path, zeros: dict, mode: str, cali
 def export_int8(model: nn.Module, target: Path, report: ExportReport, recipe, data, settings, opset: int,
                 inputs: torch.Tensor | None, fp32_accuracy: float | None) -> dict:
     """Quantize the verified fp32 ``target`` to ``<stem>.int8.onnx`` (module docstring); the report part."""
-    from compress.export.accuracy import onnx_test_accuracy
+    from compress.export.onnx.accuracy import onnx_test_accuracy
 
     what = int8_path(target).name
     mode, _ = choose_mode(onnx.load(str(target)), settings.quantize)
@@ -117,8 +117,8 @@ def export_int8(model: nn.Module, target: Path, report: ExportReport, recipe, da
 def _with_qat(model: nn.Module, target: Path, recipe, data, settings, opset: int, inputs: torch.Tensor | None,
               pre: Preprocess | None, calibration: np.ndarray | None, result: dict, what: str) -> tuple[bytes, dict]:
     """Fine-tune a copy with fake-quantized weights, export it verified, quantize it, measure it."""
-    from compress.export.accuracy import onnx_test_accuracy
-    from compress.export.qat import qat_finetune
+    from compress.export.onnx.accuracy import onnx_test_accuracy
+    from compress.export.quantize.qat import qat_finetune
 
     tuned = copy.deepcopy(model)
     train = recipe.train

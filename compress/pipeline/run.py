@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from compress import distributed, paths
+from compress.export.artifact.sizes import report_sizes
 from compress.io import load_json
 from compress.lottery import find_ticket
+from compress.pipeline.export import export_run
 from compress.recipe import Recipe
 
 EXPORT_JSON = "export.json"
@@ -17,15 +19,11 @@ def run_recipe(recipe: Recipe, out: Path | None = None, progress: bool = True, w
     if recipe.export.onnx and distributed.is_main():
         run_dir = Path(summary["run_dir"])
         summary["export"] = _current_export(run_dir, recipe) or _export(run_dir, recipe)
-        from compress.export.sizes import report_sizes
-
         report_sizes(run_dir, summary, recipe)  # ticket.cta + the report's size table (compression.json)
     return summary
 
 
 def _export(run_dir: Path, recipe: Recipe) -> dict:
-    from compress.export import export_run
-
     return export_run(run_dir, compact=recipe.export.compact, opset=recipe.export.opset)
 
 
@@ -40,6 +38,11 @@ def _current_export(run_dir: Path, recipe: Recipe) -> dict | None:
         done = load_json(report)
     except ValueError:
         return None
+    if not isinstance(done, dict):
+        return None
+    from compress.pipeline.export import anchored_paths
+
+    done = anchored_paths(done, run_dir)  # stored relative to the run dir (it may have been copied)
     if done.get("opset") != recipe.export.opset or bool(done.get("compact")) != recipe.export.compact:
         return None
     # an export from before preprocessing metadata / int8 existed has no "settings": redo it

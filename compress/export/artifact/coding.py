@@ -1,4 +1,4 @@
-"""The mask codings of a packed ticket (``compress.export.artifact``): bitmap, gap varints, fixed-width gaps.
+"""The mask codings of a packed ticket (``compress.export.artifact.pack``): bitmap, gap varints, fixed-width gaps.
 
 A mask is the flat positions of a tensor's kept (non-background) elements. ``bitmap``: one bit per element
 (``np.packbits``, big-endian bit order); ``gap_varint``: the gaps between kept positions (``position -
