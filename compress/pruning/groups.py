@@ -90,6 +90,13 @@ def is_attention(module: nn.Module) -> bool:
         return False
     if not isinstance(module.qkv, nn.Linear) or not isinstance(module.proj, nn.Linear):
         return False
+    # anything else with weights (talking-heads mixing, relative-position tables shaped by num_heads)
+    # would see a head count that no longer matches: such an attention is left whole
+    if any(True for _ in module.parameters(recurse=False)):
+        return False
+    if any(name not in ("qkv", "proj") and any(True for _ in child.parameters())
+           for name, child in module.named_children()):
+        return False
     attn_dim = module.num_heads * module.head_dim
     return (module.qkv.out_features == 3 * attn_dim and module.proj.in_features == attn_dim
             and isinstance(getattr(module, "norm", nn.Identity()), nn.Identity)

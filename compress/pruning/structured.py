@@ -214,6 +214,9 @@ def prune_channels(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
     rates = {g.name: amount for g in groups if not kept_modules & set(g.modules)}
     if isinstance(amount, int) and not isinstance(amount, bool):
         rates = {name: amount / max(1, next(g.units for g in groups if g.name == name)) for name in rates}
+    from compress.pruning.probe import probe_plan
+
+    probe_plan(model, groups, rates, {}, example_inputs)  # groups that break the model when removed stay whole
     plan = StructuredPlan(groups, {n: float(r) for n, r in rates.items()},
                           channel_multiple=resolve_multiple(channel_multiple))
     order = [name for name, _ in model.named_modules()]
@@ -250,7 +253,14 @@ def channel_plan(model: nn.Module, config, example_inputs: torch.Tensor | Sequen
             rates[group.name], reasons[group.name] = 0.0, f"{idle[0].name}: {idle[0].reason or 'rate 0'}"
         else:
             rates[group.name] = min(layers[name].rate for name in group.producers if name in layers)
+        step = unit_multiple(group, multiple)
+        if rates[group.name] > 0 and aligned_keep(group.units, rates[group.name], step) == group.units:
+            reasons[group.name] = (f"{group.units} units cannot shrink in steps of {step} "
+                                   f"(prune.channel_multiple = {multiple}): stays whole")
         pools[group.name] = f"rate={rates[group.name]:.6g}" if config.scope == "global" else group.name
+    from compress.pruning.probe import probe_plan
+
+    probe_plan(model, groups, rates, reasons, example_inputs)  # before anything trains: compacts exactly?
     return StructuredPlan(groups, rates, reasons, pools, multiple)
 
 

@@ -20,7 +20,8 @@ from collections.abc import Iterator, Sequence
 
 import torch.nn as nn
 
-MAX_ENTRIES = 2_000_000  # index entries in one group: ~100 MB of Torch-Pruning's index objects
+MAX_ENTRIES = 250_000  # index entries in one group (~15 MB of Torch-Pruning's index objects); a VGG
+# classifier's conv -> flatten -> linear at 7 x 7 needs 512 x 49 = 25k
 MAX_VISITS = 64  # times one (layer, handler) may be reached with new indices
 
 
@@ -67,7 +68,7 @@ def pruning_group(graph, module: nn.Module, pruning_fn, idxs: Sequence[int]):
                 if mapping is None:
                     continue
                 if isinstance(mapping, _FlattenIndexMapping) and not mapping.reverse \
-                        and len(new) * mapping._stride > MAX_ENTRIES:
+                        and entries + len(new) * mapping._stride > MAX_ENTRIES:
                     raise TooWide(f"{type(module).__name__} group: a flatten of {len(new)} x {mapping._stride}")
                 new = mapping(new)
             if not new:
