@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 
 import torch.nn as nn
 
-MAX_ENTRIES = 250_000  # index entries in one group (~15 MB of Torch-Pruning's index objects); a VGG
+MAX_ENTRIES = 50_000  # index entries in one group (~3 MB of Torch-Pruning's objects); a VGG
 # classifier's conv -> flatten -> linear at 7 x 7 needs 512 x 49 = 25k
 MAX_VISITS = 64  # times one (layer, handler) may be reached with new indices
 

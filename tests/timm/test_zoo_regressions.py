@@ -89,6 +89,7 @@ def test_tolerance_rule_scales_and_rejects_nan():
     assert not within(float("nan"), 1.0)
 
 
+@pytest.mark.slow
 def test_efficientformerv2_channel_plan_is_bounded_in_memory():
     # the channel plan at 64 px grew to 24 GB before the group traversal was bounded; here under a 6 GB
     # address-space limit (torch alone reserves ~3 GB of it), in a child process so the machine is safe
