@@ -16,6 +16,7 @@ so it is not one we could prune exactly anyway. Everything else is Torch-Pruning
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch.nn as nn
@@ -29,11 +30,35 @@ class TooWide(Exception):
     """A pruning group that grows without bound (module docstring)."""
 
 
+@contextlib.contextmanager
+def tolerant_concat() -> Iterator[None]:
+    """Torch-Pruning 1.6 sums a concat's input widths before checking them for None (a width it cannot
+    infer: CSPDarkNet, CoaT), and the TypeError aborts the whole graph. Such a concat keeps Torch-Pruning's
+    default (identity) mapping instead; the groups through it are then checked like every other
+    (``compress.pruning.groups._consistent``, the plan-time probe ``compress.pruning.probe``)."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_concat_index_mapping
+
+    def update(graph, node) -> None:
+        try:
+            original(graph, node)
+        except TypeError:  # ``sum(chs)`` with an unknown width: leave this concat's mapping as it is
+            pass
+
+    index_mapping.update_concat_index_mapping = update
+    try:
+        yield
+    finally:
+        index_mapping.update_concat_index_mapping = original
+
+
 def _prepared(graph) -> None:
     from torch_pruning.dependency import index_mapping
 
     if not getattr(graph, "_compress_mapped", False):
-        index_mapping.update_index_mapping(graph)
+        with tolerant_concat():
+            index_mapping.update_index_mapping(graph)
         graph._compress_mapped = True
 
 

@@ -16,6 +16,7 @@ from compress.errors import UserError
 from compress.export import export_onnx
 from compress.lottery import LotterySearch
 from compress.lottery.controls import CONTROLS, ControlInput
+from compress.models import create_model
 from compress.pruning.compact.graph import compact_graph
 from compress.pruning.groups import example_inputs_for, find_groups
 from compress.pruning.structured import group_widths, prune_channels
@@ -108,13 +109,16 @@ def test_efficientformerv2_channel_plan_is_bounded_in_memory():
     assert int(done.stdout.split()[-1]) > 0
 
 
+def _resnet20(seed: int | None = None) -> nn.Module:
+    torch.manual_seed(0 if seed is None else seed)
+    return create_model("resnet20")
+
+
 def test_lottery_search_takes_example_inputs_and_tracing_errors_name_them():
-    model = _model("resnet18")
-    x = torch.randn(2, 3, 40, 40)
-    search = LotterySearch(model, _recipe(), example_inputs=x)
+    search = LotterySearch(_resnet20(), _recipe(), example_inputs=torch.randn(2, 3, 40, 40))
     assert search.structure is not None and search.structure.pruned
     with pytest.raises(UserError, match=r"example_inputs=.*data\.image_size"):
-        LotterySearch(_model("resnet18"), _recipe(), example_inputs=torch.randn(2, 5, 40, 40))
+        LotterySearch(_resnet20(), _recipe(), example_inputs=torch.randn(2, 5, 40, 40))
 
 
 def test_example_inputs_for_does_not_depend_on_what_was_traced_before():
@@ -127,9 +131,7 @@ def test_example_inputs_for_does_not_depend_on_what_was_traced_before():
 
 
 def test_random_prune_control_reuses_the_search_groups(monkeypatch):
-    model = _model("resnet18")
-    x = torch.randn(2, 3, 32, 32)
-    search = LotterySearch(model, _recipe(), example_inputs=x)
+    search = LotterySearch(_resnet20(), _recipe(), example_inputs=torch.randn(2, 3, 32, 32))
     search.prune()
     import compress.lottery.controls as controls
 
@@ -139,5 +141,5 @@ def test_random_prune_control_reuses_the_search_groups(monkeypatch):
     monkeypatch.setattr(controls, "find_groups", no_tracing)
     _, masks = CONTROLS.get("random_prune")(ControlInput(
         round_index=1, masks=search.masks, start_state={}, seed=3, granularity="channel",
-        make_model=lambda seed=None: _model("resnet18"), groups=search.structure.groups))
+        make_model=_resnet20, groups=search.structure.groups))
     assert group_widths(search.structure.groups, masks) == group_widths(search.structure.groups, search.masks)
