@@ -62,8 +62,10 @@ def _prepared(graph) -> None:
         graph._compress_mapped = True
 
 
-def pruning_group(graph, module: nn.Module, pruning_fn, idxs: Sequence[int]):
-    """``graph.get_pruning_group(module, pruning_fn, idxs)``, bounded (module docstring)."""
+def pruning_group(graph, module: nn.Module, pruning_fn, idxs: Sequence[int], *, fresh: bool = True):
+    """``graph.get_pruning_group(module, pruning_fn, idxs)``, bounded (module docstring). ``fresh``:
+    re-derive the index mappings first, as Torch-Pruning does -- needed after any surgery (a concat's
+    offsets change); ``all_groups`` derives them once for the whole unchanged graph."""
     from torch_pruning import _helpers, function
     from torch_pruning import ops as tp_ops
     from torch_pruning.dependency.dependency import Dependency
@@ -75,6 +77,8 @@ def pruning_group(graph, module: nn.Module, pruning_fn, idxs: Sequence[int]):
     if isinstance(module, tp_ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
         pruning_fn = function.prune_depthwise_conv_out_channels
     hybrid = [_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs]
+    if fresh:
+        graph._compress_mapped = False
     _prepared(graph)
     group = Group()
     root = graph.module2node[module]
@@ -133,8 +137,8 @@ def all_groups(graph, root_module_types: tuple = (nn.Conv2d, nn.Linear)) -> Iter
             continue
         try:
             group = pruning_group(graph, module, pruner.prune_out_channels,
-                                  list(range(pruner.get_out_channels(module))))
-        except TooWide:
+                                  list(range(pruner.get_out_channels(module))), fresh=False)
+        except (TooWide, ArithmeticError):  # unbounded, or a mapping Torch-Pruning cannot compute (GCViT)
             visited.add(id(module))
             continue
         prunable = True
