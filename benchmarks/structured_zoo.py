@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             if old is not None and not ({old["channel"]["status"], old["weight"]["status"]} & rerun) and not only:
                 continue
             todo.append((family, entry))
+        todo.sort(key=lambda item: item[1]["model"] in by_model)  # families never run first, then reruns
         lock = threading.Lock()
 
         def one(item: tuple[str, dict]) -> None:
