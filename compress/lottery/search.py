@@ -89,7 +89,13 @@ def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str
     if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
         return None
     inputs = recipe_example_input(recipe) if example_inputs is None else example_inputs
-    return channel_plan(model, recipe.prune, inputs, where)
+    plan = channel_plan(model, recipe.prune, inputs, where)
+    if not plan.pruned:  # refused before anything trains, saying why
+        why = next(iter(plan.reasons.values()), "every group crosses a LayerNorm/GroupNorm, a bare parameter, a "
+                   "reshape or the output (docs/structured.md)") if plan.groups else "no channel group was found"
+        raise UserError(f"prune.granularity: channel: no channel group of {type(model).__name__} can be pruned "
+                        f"({len(plan.groups)} groups; {why}); use prune.granularity: weight")
+    return plan
 
 
 def plan_rows(model: nn.Module, layers: list[LayerPlan], rates: dict[str, float], rounds: int) -> list[dict]:
