@@ -143,3 +143,20 @@ def test_random_prune_control_reuses_the_search_groups(monkeypatch):
         round_index=1, masks=search.masks, start_state={}, seed=3, granularity="channel",
         make_model=_resnet20, groups=search.structure.groups))
     assert group_widths(search.structure.groups, masks) == group_widths(search.structure.groups, search.masks)
+
+
+class _NormOnly(nn.Module):
+    """Every channel group crosses a LayerNorm (MambaOut's situation): nothing can be pruned exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.norm(self.fc1(x)))
+
+
+def test_a_model_with_nothing_prunable_is_refused_up_front_in_one_line():
+    with pytest.raises(UserError, match="no channel group of _NormOnly can be pruned") as error:
+        LotterySearch(_NormOnly(), _recipe(), example_inputs=torch.randn(2, 8))
+    assert "\n" not in str(error.value)
