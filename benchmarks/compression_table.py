@@ -44,7 +44,7 @@ def _outputs_identical(source: Path, restored: Path, config, seed: int, meta: di
 
 
 def measure_run(run_dir: Path, work: Path) -> dict:
-    from compress.export.artifact.pack import unpack_onnx
+    from compress.export.artifact.files import unpack_onnx
     from compress.export.artifact.sizes import RUN_INT8, size_rows
     from compress.export.onnx.accuracy import onnx_test_accuracy
     from compress.export.onnx.preprocess import read_metadata

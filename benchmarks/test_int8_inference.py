@@ -2,7 +2,7 @@
 
 Per (model, batch): the dense fp32 export, the ticket's fp32 export and its int8 exports (dynamic and
 static QDQ, both from ``compress.export.quantize_onnx``) are timed **interleaved** in this process with
-``compress.bench.timing.measure_interleaved``, on sessions from ``compress.bench.backends.ort_session``
+``compress.bench.timing.measure_interleaved``, on sessions from ``compress.bench.runners.ort_session``
 (threads pinned, spinning off). Tickets: magnitude pruning of randomly initialised weights
 (``compress.bench.magnitude_ticket``) to a ticket's sparsity; inputs and calibration data are random
 normal (values do not change int8 kernel times). Writes benchmarks/results/int8_inference.{md,json}.
@@ -23,8 +23,8 @@ import torch
 from structured_cases import ALIGNED, AMOUNTS, Ticket, build
 
 from compress.bench import magnitude_ticket
-from compress.bench.backends import ort_session
 from compress.bench.report import cpu_model, session_machine
+from compress.bench.runners import ort_session
 from compress.bench.timing import load_average, measure_interleaved
 from compress.export import export_onnx, quantize_onnx
 from compress.export.quantize.int8 import choose_mode
@@ -166,7 +166,7 @@ def _markdown(machine: dict, records: list[dict]) -> str:
               f"({r['speedup_vs_ticket_fp32']:.2f}×)" for r in records
               if r["variant"].startswith("ticket_int8") and r["speedup_vs_ticket_fp32"] < 1.0]
     lines += ["", "**Where int8 is slower than the fp32 ticket:** " + ("; ".join(slower) or "nowhere") + ".", "",
-              "Rule of `export.quantize: int8` (`compress.export.quantize.choose_mode`): no Conv in the graph "
+              "Rule of `export.quantize: int8` (`compress.export.quantize.int8.choose_mode`): no Conv in the graph "
               "→ dynamic, else static QDQ.", ""]
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@
 Per (model, batch): the dense model's export and the compacted export of each of its tickets
 (``structured_cases.tickets``: ~50 % and ~25 % of the MACs, channel_multiple 16 and 1) are timed
 **interleaved** in this process (``measure_cpu_interleaved``: CPU time and wall time per call) on sessions from
-``compress.bench.backends.ort_session`` (threads pinned, spinning off), so load drift hits all alike.
+``compress.bench.runners.ort_session`` (threads pinned, spinning off), so load drift hits all alike.
 An aligned ticket with at most half the MACs that misses the bar at batch 64 or clears it by less than
 ``PROFILE_NEAR``, and any batch-64 ticket
 below ``PROFILE_BELOW``, is profiled with onnxruntime's profiler (per-op times, dense vs compacted); the
@@ -39,8 +39,8 @@ from structured_cases import (
 )
 from structured_report import markdown, merge, ort_profile
 
-from compress.bench.backends import ort_session
 from compress.bench.report import session_machine
+from compress.bench.runners import ort_session
 from compress.bench.timing import load_average
 from compress.export import export_onnx
 from compress.io import load_json, save_json, save_text

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import secrets
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,28 @@ import torch
 from compress.errors import ArtifactError, UserError
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _temp_file(folder: Path, name: str) -> tuple[int, str]:
+    """A new temporary file beside the target, created 0666 minus the process umask by the kernel itself
+    (results are meant to be shared like any file); the umask is never read or changed (threads may run)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        tmp = str(folder / f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {folder / name}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX: the directory entry lives in the directory's data)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_target(path: Path) -> None:
@@ -59,8 +78,7 @@ def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     check_target(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared like any file
+    fd, tmp = _temp_file(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -74,6 +92,7 @@ def _atomic(path: Path, write) -> None:
             # a write() refused (EFBIG under ``ulimit -f``, ENOSPC) names no file: name the target
             raise OSError(error.errno, error.strerror or str(error), str(path)) from None
         raise
+    _fsync_dir(path.parent)
 
 
 def save_torch(obj: Any, path: Path) -> None:
@@ -90,6 +109,15 @@ def save_text(text: str, path: Path) -> None:
 
 def save_bytes(data: bytes, path: Path) -> None:
     _atomic(path, lambda handle: handle.write(data))
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes: what decides whether a derived file (an export) is current."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_json(path: Path) -> Any:

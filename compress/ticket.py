@@ -56,9 +56,25 @@ _PARAM = "weight"
 
 def save_ticket(path: Path, *, model_config: dict, shape: dict, masks: dict, rewind_state: dict,
                 trained_state: dict, info: dict) -> None:
-    """``shape``: num_classes, in_channels, image_size the model was built for."""
+    """``shape``: num_classes, in_channels, image_size the model was built for. ``rewind_state`` and
+    ``trained_state`` are plain and folded (``folded_state_dict``: every pruned entry exactly zero), so each
+    loads into a fresh, unpruned model as it is; anything else is refused (a caller's bug)."""
+    for what, state in (("rewind_state", rewind_state), ("trained_state", trained_state)):
+        _check_folded(state, masks, what)
     save_torch({"format": FORMAT, "model": model_config, "shape": shape, "masks": masks,
                 "rewind_state": rewind_state, "trained_state": trained_state, "info": info}, path)
+
+
+def _check_folded(state: dict, masks: dict, what: str) -> None:
+    reparametrised = [key for key in state if key.endswith(("weight_orig", "weight_mask"))]
+    if reparametrised:
+        raise ValueError(f"save_ticket: {what} holds torch prune parameters ({reparametrised[0]}); pass "
+                         "folded_state_dict(model)")
+    for name, mask in masks.items():
+        weight = state.get(f"{name}.weight" if name else "weight")
+        if weight is not None and bool((weight.detach().cpu()[mask.detach().cpu() == 0] != 0).any()):
+            raise ValueError(f"save_ticket: {what}[{name!r}.weight] is not folded (pruned entries are not zero); "
+                             "pass folded_state_dict(model)")
 
 
 def read_ticket(path: Path) -> dict:

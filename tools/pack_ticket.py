@@ -26,7 +26,8 @@ def main() -> int:
                                                              "which may exist yet)")
     args = parser.parse_args()
 
-    from compress.export.artifact.pack import SUFFIX, pack_onnx, unpack_onnx
+    from compress.export.artifact.files import pack_onnx, unpack_onnx
+    from compress.export.artifact.pack import SUFFIX
     from compress.io import refuse_existing
 
     source = Path(args.path)

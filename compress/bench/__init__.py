@@ -10,14 +10,13 @@ from compress.bench.auto import AutoBackend, calibrate_layers
 from compress.bench.backends import (
     BACKENDS,
     BASELINE,
-    Backend,
-    OrtBackend,
-    TorchBackend,
+    REDUCED_PRECISION,
     make_backend,
     make_backends,
-    ort_session,
+    register_backend,
 )
 from compress.bench.report import add_speedups, machine_info, markdown_table, plot_speedups, write_results
+from compress.bench.runners import Backend, OrtBackend, TorchBackend, ort_session
 from compress.bench.source import (
     Source,
     batch_of,
@@ -29,13 +28,13 @@ from compress.bench.source import (
     weights_remaining,
 )
 from compress.bench.sparse import LinearChain, linear_chains, to_csr
-from compress.bench.suite import BenchResult, benchmark, describe
+from compress.bench.suite import BenchResult, benchmark, describe, labelled_test_examples
 from compress.bench.timing import Timing, load_average, measure, measure_interleaved, pinned_threads
 
 __all__ = [
-    "BACKENDS", "BASELINE", "AutoBackend", "Backend", "BenchResult", "LinearChain", "OrtBackend", "Source",
-    "Timing", "TorchBackend", "add_speedups", "batch_of", "benchmark", "calibrate_layers", "describe",
+    "BACKENDS", "BASELINE", "REDUCED_PRECISION", "AutoBackend", "Backend", "BenchResult", "LinearChain", "OrtBackend", "Source",
+    "Timing", "TorchBackend", "add_speedups", "batch_of", "benchmark", "calibrate_layers", "describe", "labelled_test_examples",
     "linear_chains", "load_average", "machine_info", "macs_remaining", "magnitude_ticket", "make_backend",
     "make_backends", "markdown_table", "measure", "measure_interleaved", "onnx_source", "onnx_weights_remaining",
-    "ort_session", "pinned_threads", "plot_speedups", "resolve_source", "to_csr", "weights_remaining", "write_results",
+    "ort_session", "pinned_threads", "plot_speedups", "register_backend", "resolve_source", "to_csr", "weights_remaining", "write_results",
 ]

@@ -15,6 +15,12 @@ Two levels, both timed on this machine at warm-up (when the backend is built, or
 Dense candidates are in the race, so ``auto`` is never slower than dense beyond timing noise. A
 candidate whose outputs differ from torch_dense (beyond 1e-4, relative above 1) is dropped.
 
+Precision: a reduced-precision candidate (``reduced_precision``: OpenVINO bf16) changes outputs by design,
+so it is judged on accuracy instead: its top-1 accuracy on ``accuracy_data`` (labelled inputs, e.g. the
+run's first test examples) must stay within ``accuracy_tolerance`` (a fraction, default
+``ACCURACY_TOLERANCE`` = 0.005, half a point) of torch_dense's fp32 accuracy on the same inputs. Without
+labelled data it is dropped, with that reason: a precision is never picked unchecked.
+
 The decision is made once, under a lock (concurrent first calls wait for one warm-up), and then
 stays fixed: a call only dispatches to the pick for its batch size -- no timing, no extra
 inferences, no change of choice, so calls from several threads are safe. ``choices[batch_size]``
@@ -30,13 +36,15 @@ from functools import partial
 
 import torch
 
-from compress.bench.backends import Backend, TorchBackend
+from compress.bench.backends import BuildPlan, register_backend
+from compress.bench.runners import Backend, TorchBackend
 from compress.bench.source import Source, batch_of
 from compress.bench.sparse import LinearChain, linear_chains
 from compress.bench.timing import measure_interleaved, pinned_threads
 from compress.errors import UserError
 
 TOLERANCE = 1e-4
+ACCURACY_TOLERANCE = 0.005  # accuracy (a fraction) a reduced precision may lose against fp32
 MARGIN = 0.05  # leave the dense baseline only for a gain larger than this (timing noise on a shared CPU)
 DENSE_PREFERENCE = ("ort_dense", "torch_dense")
 
@@ -112,6 +120,15 @@ def _pick(timings: dict, margin: float) -> tuple[str, str]:
     return fastest, "fastest median"
 
 
+def top1_accuracy(backend: Backend, inputs: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
+    """The fraction of ``labels`` the backend's argmax gets right, in batches of ``batch``."""
+    correct = 0
+    for i in range(0, len(labels), batch):
+        logits = backend(inputs[i:i + batch].float())
+        correct += int((logits.argmax(1).cpu() == labels[i:i + batch].cpu()).sum())
+    return correct / len(labels)
+
+
 def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
 
@@ -123,8 +140,17 @@ class AutoBackend(Backend):
     """
 
     def __init__(self, source: Source, candidates: dict[str, Backend], batch_sizes: list[int] | tuple[int, ...],
-                 *, budget_s: float = 0.3, rounds: int = 5, margin: float = MARGIN, warm: bool = True) -> None:
+                 *, budget_s: float = 0.3, rounds: int = 5, margin: float = MARGIN, warm: bool = True,
+                 accuracy_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 accuracy_tolerance: float | None = None) -> None:
         super().__init__("auto")
+        tolerance = ACCURACY_TOLERANCE if accuracy_tolerance is None else float(accuracy_tolerance)
+        if not 0 <= tolerance < 1:
+            raise UserError(f"accuracy_tolerance must be in [0, 1), got {accuracy_tolerance}")
+        if accuracy_data is not None and (len(accuracy_data) != 2 or len(accuracy_data[0]) != len(accuracy_data[1])
+                                          or len(accuracy_data[1]) == 0):
+            raise UserError("accuracy_data must be (inputs, labels) of the same, non-zero length")
+        self._accuracy = (accuracy_data, tolerance)
         sizes = sorted({int(b) for b in batch_sizes})
         if not sizes or sizes[0] < 1:
             raise UserError(f"auto needs batch sizes >= 1, got {list(batch_sizes)}")
@@ -134,7 +160,8 @@ class AutoBackend(Backend):
         self._settings = {"budget_s": budget_s, "rounds": rounds, "margin": margin}
         self.candidates: dict[str, Backend] = dict(candidates)
         self.choices: dict[int, dict] = {}
-        self.info = {"choices": self.choices}
+        self.accuracy: dict = {}  # what the precision rule measured: fp32 and each reduced candidate
+        self.info = {"choices": self.choices, "accuracy": self.accuracy}
         self._picks: dict[int, Backend] = {}  # filled once, by warm_up; only read afterwards
         self._lock = threading.Lock()
         self._warm = False
@@ -183,9 +210,12 @@ class AutoBackend(Backend):
         picks: dict[int, Backend] = {}
         choices: dict[int, dict] = {}
         reference = candidates.get("torch_dense")
+        rejected = self._precision_rule(candidates, reference)
+        candidates = {name: backend for name, backend in candidates.items() if name not in rejected}
         for batch in sizes:
             x = batch_of(example, batch)
             usable, dropped = self._agreeing(candidates, reference, x)
+            dropped = {**rejected, **dropped}
             timings = measure_interleaved({name: partial(backend, x) for name, backend in usable.items()},
                                           rounds=rounds, budget_s=budget_s)
             best, rule = _pick(timings, margin)
@@ -196,6 +226,26 @@ class AutoBackend(Backend):
                               "dropped": dropped}
         return candidates, picks, choices
 
+    def _precision_rule(self, candidates: dict[str, Backend], reference: Backend | None) -> dict[str, str]:
+        """{reduced-precision candidate: why it is out}; fills ``self.accuracy`` with what was measured."""
+        reduced = [name for name, backend in candidates.items() if getattr(backend, "reduced_precision", False)]
+        if not reduced:
+            return {}
+        data, tolerance = self._accuracy
+        if data is None or reference is None:
+            why = ("reduced precision: no labelled accuracy_data to check its accuracy against fp32" if data is None
+                   else "reduced precision: no torch_dense fp32 reference to check its accuracy against")
+            return dict.fromkeys(reduced, why)
+        fp32 = top1_accuracy(reference, *data)
+        self.accuracy.update({"fp32": fp32, "tolerance": tolerance, "examples": len(data[1])})
+        rejected = {}
+        for name in reduced:
+            accuracy = self.accuracy[name] = top1_accuracy(candidates[name], *data)
+            if accuracy < fp32 - tolerance:
+                rejected[name] = (f"accuracy {accuracy:.4f} is more than {tolerance:g} below fp32 {fp32:.4f} "
+                                  f"on {len(data[1])} labelled examples")
+        return rejected
+
     @staticmethod
     def _agreeing(candidates: dict[str, Backend], reference: Backend | None,
                   x: torch.Tensor) -> tuple[dict[str, Backend], dict[str, str]]:
@@ -205,6 +255,9 @@ class AutoBackend(Backend):
         scale = max(1.0, float(expected.abs().max()))
         usable, dropped = {}, {}
         for name, backend in candidates.items():
+            if getattr(backend, "reduced_precision", False):  # passed the accuracy rule
+                usable[name] = backend
+                continue
             diff = _max_abs_diff(backend(x), expected)
             if diff <= TOLERANCE * scale:
                 usable[name] = backend
@@ -228,3 +281,9 @@ class AutoBackend(Backend):
         """{batch size: the backend picked}."""
         self.warm_up()
         return {batch: choice["backend"] for batch, choice in self.choices.items()}
+
+
+@register_backend("auto", composite=True)
+def _build_auto(plan: BuildPlan) -> Backend:
+    return AutoBackend(plan.source, dict(plan.built), plan.batch_sizes, budget_s=plan.budget_s,
+                       accuracy_data=plan.accuracy_data, accuracy_tolerance=plan.accuracy_tolerance)

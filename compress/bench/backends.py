@@ -8,114 +8,122 @@
   removed first, exactly; nn.Sequential models only): fewer rows and columns left to multiply.
 * ``ort_dense``    -- ``compress.export.export_onnx`` file in onnxruntime (threads pinned, spinning off).
 * ``ort_compact``  -- the same for the compacted model (dead units removed; nn.Sequential models only).
+* ``openvino`` / ``openvino_bf16`` -- the same ONNX file in OpenVINO at f32 / bf16 inference precision
+  (``compress.export.onnx.openvino``; bf16 is a reduced precision, judged by ``auto`` on accuracy).
+* ``ort_int8`` / ``openvino_int8`` -- ``compress.export.quantize_onnx`` of that file (int8: dynamic for
+  Linear-only graphs, static QDQ calibrated on ``accuracy_data`` otherwise) in each runtime; reduced precision.
 * ``auto``         -- times the others (and a per-layer dense/CSR mix) once, at the batch sizes asked,
-  and then always runs the fastest; its ``choices`` say what it picked and why (``compress.bench.auto``).
+  and then always runs the fastest whose outputs match fp32 -- or, for a reduced precision, whose accuracy
+  on ``accuracy_data`` stays within ``accuracy_tolerance`` of fp32; its ``choices`` say what it picked and
+  why (``compress.bench.auto``).
 """
 
 from __future__ import annotations
 
 import tempfile
-import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from compress.bench.runners import Backend, OpenVinoBackend, OrtBackend, TorchBackend, _user_onnx
 from compress.bench.source import Source, SourceLike, resolve_source
 from compress.bench.sparse import linear_chains
 from compress.errors import UserError
 from compress.pruning import fold_masks
+from compress.registry import BACKENDS
 
-BACKENDS = ("torch_dense", "torch_sparse", "torch_sparse_compact", "ort_dense", "ort_compact", "auto")
+INT8 = ("ort_int8", "openvino_int8")
+REDUCED_PRECISION = ("openvino_bf16", *INT8)  # outputs differ from fp32 by design: auto judges them on accuracy
+OPENVINO = {"openvino": "f32", "openvino_bf16": "bf16"}
+ONNX_FILE_BACKENDS = ("ort_dense", *OPENVINO)  # what runs an ONNX file as given
 BASELINE = "ort_dense"  # speedups are reported against this one, measured in the same run
 ONNX_NAME = "model.onnx"
-# torch's thread count is process-wide: backends that change it for a call take turns, so that
-# concurrent calls (threads of a server sharing one ``auto``) each restore the count they found
-_THREADS_LOCK = threading.Lock()
 
 
-class Backend:
-    """A way to run a model: ``backend(x)`` returns the output tensor; ``info`` says what it runs."""
-
-    def __init__(self, name: str, info: dict | None = None) -> None:
-        self.name = name
-        self.info = info or {}
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r})"
+class Unavailable(Exception):
+    """A backend that cannot run this model; ``str()`` says why (reported, not raised, by ``make_backends``)."""
 
 
-class TorchBackend(Backend):
-    """``module`` under ``torch.inference_mode``; ``threads``: run with this many torch threads, not the
-    process-wide count (fewer threads can win on small layers: no fork/join per op)."""
+@dataclass
+class BuildPlan:
+    """What a backend builder gets: the model, the settings, the backends built before it, one shared export
+    (and one int8 file) for every ONNX backend."""
+    source: Source
+    threads: int
+    folder: Path
+    wanted: set[str]
+    batch_sizes: list[int] | tuple[int, ...]
+    budget_s: float
+    built: dict[str, Backend] = field(default_factory=dict)
+    accuracy_data: tuple[torch.Tensor, torch.Tensor] | None = None
+    accuracy_tolerance: float | None = None
+    _export: object = None
+    _int8: object = None
 
-    def __init__(self, name: str, module: nn.Module, info: dict | None = None, threads: int | None = None) -> None:
-        super().__init__(name, {**(info or {}), **({"threads": threads} if threads else {})})
-        module = module.eval()
-        while isinstance(module, nn.Sequential) and len(module) == 1:
-            module = module[0]  # LeNet as CSR is Sequential(LinearChain): skip a Python call per run
-        self.module = module
-        self.threads = threads
+    def onnx_path(self) -> Path:
+        """The ONNX file the ONNX backends run: the user's own file as given, else the export's."""
+        return self.source.onnx_path if self.source.onnx_path is not None else Path(self.onnx_export().path)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.threads is None:
-            with torch.inference_mode():
-                return self.module(x)
-        with _THREADS_LOCK:
-            before = torch.get_num_threads()
-            torch.set_num_threads(self.threads)  # ~0.1 us; the pool stays, only the team size changes
+    def onnx_export(self):
+        """One ``export_onnx`` for every ONNX backend (the compacted file comes with the dense one)."""
+        if self._export is None:
+            from compress.export import export_onnx
+
+            example = self.source.require_example("ONNX export")  # a user error: raised, not reported
             try:
-                with torch.inference_mode():
-                    return self.module(x)
-            finally:
-                torch.set_num_threads(before)
+                self._export = export_onnx(self.source.model, self.folder / ONNX_NAME, example,
+                                           compact="ort_compact" in self.wanted and self.compacts())
+            except ValueError as error:
+                self._export = Unavailable(f"ONNX export failed: {str(error).splitlines()[0]}")
+        if isinstance(self._export, Unavailable):
+            raise self._export
+        return self._export
+
+    def int8_file(self) -> tuple[Path, str]:
+        """``quantize_onnx`` (mode int8) of the ONNX file, once: its path and the mode used."""
+        if self._int8 is None:
+            from compress.export import quantize_onnx
+
+            path = self.onnx_path()
+            target = Path(self.folder) / "model.int8.onnx"
+            calibration = None if self.accuracy_data is None else self.accuracy_data[0].float()[:256].numpy()
+            try:
+                self._int8 = (target, quantize_onnx(path, target, mode="int8", calibration=calibration).mode)
+            except UserError as error:  # a Conv graph without calibration inputs
+                self._int8 = Unavailable(f"{error} (pass accuracy_data)")
+        if isinstance(self._int8, Unavailable):
+            raise self._int8
+        return self._int8
+
+    def compacts(self) -> bool:
+        try:
+            self.source.compacted()  # cheap check first: unsupported models skip only the compact backends
+        except ValueError:
+            return False
+        return True
 
 
-def ort_session(path: str | Path, threads: int):
-    """An onnxruntime CPU session pinned to ``threads`` intra-op threads, thread spinning off.
-
-    Spinning off: an idle session's pool must not burn the cores the backend being timed needs.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+@dataclass(frozen=True)
+class BackendSpec:
+    """How to build one backend: ``build(plan)`` returns it or raises ``Unavailable``. ``composite``: built
+    after all the others, from them (``auto`` times the others). ``runs_onnx_file``: it can run a user's
+    ``.onnx`` file as given."""
+    build: Callable[[BuildPlan], Backend]
+    composite: bool = False
+    runs_onnx_file: bool = False
 
 
-class OrtBackend(Backend):
-    def __init__(self, name: str, path: str | Path, threads: int, info: dict | None = None) -> None:
-        super().__init__(name, {"onnx": str(path), "threads": threads, **(info or {})})
-        self.session = ort_session(path, threads)
-        self._input = self.session.get_inputs()[0].name
-        self._outputs = [self.session.get_outputs()[0].name]
+def register_backend(name: str, *, composite: bool = False, runs_onnx_file: bool = False) -> Callable:
+    """Decorator: ``@register_backend("mine")`` on a ``build(plan) -> Backend`` function
+    (``compress.registry.BACKENDS``; ``make_backends`` asks it, never a list of names)."""
+    def decorator(build: Callable[[BuildPlan], Backend]) -> Callable[[BuildPlan], Backend]:
+        BACKENDS.register(name)(BackendSpec(build, composite, runs_onnx_file))
+        return build
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(self._outputs, {self._input: array})[0])
-
-
-def _user_onnx(name: str, path: Path, threads: int) -> OrtBackend:
-    """A session on a file the user gave: onnxruntime refusing it is a fault of the file, said in one line."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-
-    refused = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf, ort_errors.InvalidArgument,
-               ort_errors.NoSuchFile, ort_errors.NotImplemented, ort_errors.RuntimeException)
-    try:
-        return OrtBackend(name, path, threads)
-    except refused as error:
-        text = str(error).strip()
-        raise UserError(f"{path}: onnxruntime cannot load it ({text.splitlines()[0] if text else type(error).__name__})"
-                        ) from error
+    return decorator
 
 
 def _check_names(names: list[str] | tuple[str, ...]) -> None:
@@ -127,102 +135,153 @@ def _check_names(names: list[str] | tuple[str, ...]) -> None:
 
 
 def _torch_sparse(name: str, model: nn.Module) -> TorchBackend:
-    converted, chains = linear_chains(model)
+    try:
+        converted, chains = linear_chains(model)
+    except ValueError as error:
+        raise Unavailable(str(error)) from None
     layers = {layer: {"shape": list(chain.dense[i].shape), "nonzeros": int(chain.csr[i].values().numel())}
               for chain in chains for i, layer in enumerate(chain.names)}
     return TorchBackend(name, converted, {"csr_layers": layers, "conv": "dense"})
 
 
-def _ort_backends(wanted: set[str], source: Source, threads: int, workdir: Path,
-                  unavailable: dict[str, str]) -> dict[str, Backend]:
-    """One ``export_onnx`` call for both ORT backends (the compacted file comes with the dense one)."""
-    from compress.export import export_onnx
-
-    example = source.require_example("ONNX export")  # a user error, not something the model cannot do
-    compact = "ort_compact" in wanted
-    if compact:
-        try:
-            source.compacted()  # cheap check first: unsupported models skip only ort_compact
-        except ValueError as error:
-            unavailable["ort_compact"] = str(error)
-            compact = False
+def _compacted(plan: BuildPlan) -> nn.Module:
     try:
-        report = export_onnx(source.model, workdir / ONNX_NAME, example, compact=compact)
+        return plan.source.compacted()
     except ValueError as error:
-        for name in wanted:
-            unavailable.setdefault(name, f"ONNX export failed: {str(error).splitlines()[0]}")
-        return {}
-    built: dict[str, Backend] = {}
-    if "ort_dense" in wanted:
-        built["ort_dense"] = OrtBackend("ort_dense", report.path, threads,
-                                        {"max_abs_diff": report.max_abs_diff, "macs": report.macs,
-                                         "nonzero_macs": report.nonzero_macs})
-    if compact and report.compact is not None:
-        built["ort_compact"] = OrtBackend("ort_compact", report.compact.path, threads,
-                                          {"max_abs_diff": report.compact.max_abs_diff,
-                                           "macs": report.compact.macs_after, "params": report.compact.params_after,
-                                           "params_before": report.compact.params_before})
-    return built
+        raise Unavailable(str(error)) from None
+
+
+@register_backend("torch_dense")
+def _build_torch_dense(plan: BuildPlan) -> Backend:
+    return TorchBackend("torch_dense", fold_masks(plan.source.model).cpu().float().eval())
+
+
+@register_backend("torch_sparse")
+def _build_torch_sparse(plan: BuildPlan) -> Backend:
+    return _torch_sparse("torch_sparse", plan.source.model)
+
+
+@register_backend("torch_sparse_compact")
+def _build_torch_sparse_compact(plan: BuildPlan) -> Backend:
+    return _torch_sparse("torch_sparse_compact", _compacted(plan))
+
+
+@register_backend("ort_dense", runs_onnx_file=True)
+def _build_ort_dense(plan: BuildPlan) -> Backend:
+    if plan.source.onnx_path is not None:
+        return _user_onnx("ort_dense", plan.source.onnx_path, plan.threads)
+    report = plan.onnx_export()
+    return OrtBackend("ort_dense", report.path, plan.threads,
+                      {"max_abs_diff": report.max_abs_diff, "macs": report.macs, "nonzero_macs": report.nonzero_macs})
+
+
+@register_backend("ort_compact")
+def _build_ort_compact(plan: BuildPlan) -> Backend:
+    _compacted(plan)
+    compact = plan.onnx_export().compact
+    if compact is None:
+        raise Unavailable("the export made no compacted model")
+    return OrtBackend("ort_compact", compact.path, plan.threads,
+                      {"max_abs_diff": compact.max_abs_diff, "macs": compact.macs_after,
+                       "params": compact.params_after, "params_before": compact.params_before})
+
+
+def _openvino(name: str, precision: str) -> Callable[[BuildPlan], Backend]:
+    def build(plan: BuildPlan) -> Backend:
+        from compress.export.onnx import openvino
+
+        reason = openvino.available()
+        if reason is not None:
+            raise Unavailable(reason)
+        try:
+            return OpenVinoBackend(name, plan.onnx_path(), precision, plan.threads)
+        except UserError as error:
+            raise Unavailable(str(error)) from None
+
+    return build
+
+
+for _name, _precision in OPENVINO.items():
+    register_backend(_name, runs_onnx_file=True)(_openvino(_name, _precision))
+
+
+@register_backend("ort_int8")
+def _build_ort_int8(plan: BuildPlan) -> Backend:
+    target, mode = plan.int8_file()
+    return OrtBackend("ort_int8", target, plan.threads, {"quantization": mode}, reduced_precision=True)
+
+
+@register_backend("openvino_int8")
+def _build_openvino_int8(plan: BuildPlan) -> Backend:
+    from compress.export.onnx import openvino
+
+    if openvino.available() is not None:
+        raise Unavailable(openvino.available())
+    target, mode = plan.int8_file()
+    return OpenVinoBackend("openvino_int8", target, "f32", plan.threads, {"quantization": mode},
+                           reduced_precision=True)
 
 
 def make_backends(names: list[str] | tuple[str, ...], model: SourceLike, example_input: torch.Tensor | None = None,
                   *, threads: int | None = None, batch_sizes: list[int] | tuple[int, ...] = (1, 64),
-                  workdir: str | Path | None = None, budget_s: float = 0.3
-                  ) -> tuple[dict[str, Backend], dict[str, str]]:
+                  workdir: str | Path | None = None, budget_s: float = 0.3,
+                  accuracy_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  accuracy_tolerance: float | None = None) -> tuple[dict[str, Backend], dict[str, str]]:
     """Build the named backends for ``model`` sharing one export; returns (built, {name: why not built}).
 
     ``model``: an nn.Module (with prune masks or plain), a ticket dict, a ``ticket.pt``, a run directory
-    or an ``.onnx`` file (then only ``ort_dense``, the file as given). ``example_input``: a batch whose
-    first row fixes the input shape (tickets know theirs). ``threads``: ORT intra-op threads (default:
-    torch's current count, which the timing harness pins). ``batch_sizes`` and ``budget_s`` (seconds
-    per candidate and batch size) are for ``auto``'s timing. ``workdir`` keeps the ONNX files
-    (default: a temporary folder, removed once the sessions are loaded).
+    or an ``.onnx`` file (then only the backends that run a file as given: ``ort_dense``, OpenVINO).
+    ``example_input``: a batch whose first row fixes the input shape (tickets know theirs). ``threads``: ORT
+    intra-op threads (default: torch's current count, which the timing harness pins). ``batch_sizes`` and
+    ``budget_s`` (seconds per candidate and batch size) are for ``auto``'s timing. ``workdir`` keeps the ONNX
+    files (default: a temporary folder, removed once the sessions are loaded). ``accuracy_data``: labelled
+    inputs ``(x, y)`` (normalised, as the model takes them) on which ``auto`` checks a reduced precision
+    (bf16, int8) against fp32, admitting it within ``accuracy_tolerance`` (a fraction; default
+    ``compress.bench.auto.ACCURACY_TOLERANCE``); without them ``auto`` keeps to exact candidates. Every
+    backend is a registered builder (``register_backend``); a composite one (``auto``) is built last.
     """
     _check_names(names)
     source = resolve_source(model, example_input)
     threads = int(threads or torch.get_num_threads())
     built: dict[str, Backend] = {}
     unavailable: dict[str, str] = {}
+    specs = {name: BACKENDS.get(name) for name in BACKENDS}
     if source.onnx_path is not None:
+        file_backends = [name for name, spec in specs.items() if spec.runs_onnx_file]
+        wanted = {name for name in names if specs[name].runs_onnx_file}
         for name in names:
-            if name == "ort_dense":
-                built[name] = _user_onnx(name, source.onnx_path, threads)
-            else:
-                unavailable[name] = "an ONNX file runs only as given (ort_dense); pass a ticket for the others"
-        return built, unavailable
-
-    wanted = set(BACKENDS[:-1]) if "auto" in names else set(names)  # auto times all the others
+            if name not in wanted:
+                unavailable[name] = (f"an ONNX file runs only as given ({', '.join(file_backends)}); pass a "
+                                     "ticket for the others")
+    else:
+        # a composite (auto) times every other backend, so asking for it builds them all
+        wanted = set(names) | ({n for n, spec in specs.items() if not spec.composite}
+                               if any(specs[n].composite for n in names) else set())
     with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
         folder = Path(workdir) if workdir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        if wanted & {"ort_dense", "ort_compact"}:
-            built.update(_ort_backends(wanted & {"ort_dense", "ort_compact"}, source, threads, folder, unavailable))
-    if "torch_dense" in wanted:
-        built["torch_dense"] = TorchBackend("torch_dense", fold_masks(source.model).cpu().float().eval())
-    if "torch_sparse" in wanted:
-        try:
-            built["torch_sparse"] = _torch_sparse("torch_sparse", source.model)
-        except ValueError as error:
-            unavailable["torch_sparse"] = str(error)
-    if "torch_sparse_compact" in wanted:
-        try:
-            built["torch_sparse_compact"] = _torch_sparse("torch_sparse_compact", source.compacted())
-        except ValueError as error:
-            unavailable["torch_sparse_compact"] = str(error)
-    if "auto" in names:
-        from compress.bench.auto import AutoBackend
-
-        built["auto"] = AutoBackend(source, dict(built), batch_sizes, budget_s=budget_s)
+        plan = BuildPlan(source, threads, folder, wanted, batch_sizes, budget_s, built, accuracy_data,
+                         accuracy_tolerance)
+        for composite in (False, True):
+            for name, spec in specs.items():
+                if name in wanted and spec.composite == composite:
+                    try:
+                        built[name] = spec.build(plan)
+                    except Unavailable as why:
+                        unavailable[name] = str(why)
     picked = {name: built[name] for name in names if name in built}
     return picked, {name: why for name, why in unavailable.items() if name in names}
 
 
 def make_backend(name: str, model: SourceLike, example_input: torch.Tensor | None = None, *,
                  threads: int | None = None, batch_sizes: list[int] | tuple[int, ...] = (1, 64),
-                 workdir: str | Path | None = None, budget_s: float = 0.3) -> Backend:
+                 workdir: str | Path | None = None, budget_s: float = 0.3,
+                 accuracy_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 accuracy_tolerance: float | None = None) -> Backend:
     """One backend (see ``make_backends``); ValueError saying why when it cannot run this model."""
     built, unavailable = make_backends([name], model, example_input, threads=threads, batch_sizes=batch_sizes,
-                                       workdir=workdir, budget_s=budget_s)
+                                       workdir=workdir, budget_s=budget_s, accuracy_data=accuracy_data,
+                                       accuracy_tolerance=accuracy_tolerance)
     if name not in built:
         raise UserError(f"backend {name!r} cannot run this model: {unavailable.get(name, 'not built')}")
     return built[name]

@@ -54,12 +54,16 @@ def record(facts: dict, backend: str, batch_size: int, timing, threads: int) -> 
 
 
 def benchmark(source: SourceLike, example_input: torch.Tensor | None = None, *,
-              backends: list[str] | tuple[str, ...] = BACKENDS, batch_sizes: list[int] | tuple[int, ...] = (1, 64),
+              backends: list[str] | tuple[str, ...] | None = None,
+              batch_sizes: list[int] | tuple[int, ...] = (1, 64),
               threads: int | None = None, budget_s: float = 0.5, rounds: int = 5, label: str | None = None,
-              workdir: str | Path | None = None) -> BenchResult:
+              workdir: str | Path | None = None, accuracy_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+              accuracy_tolerance: float | None = None) -> BenchResult:
     """Median latency of each backend at each batch size, candidates interleaved, threads pinned.
 
     ``budget_s``: seconds of timed calls per backend and batch size (at least 10 calls each).
+    ``accuracy_data`` / ``accuracy_tolerance``: labelled inputs on which ``auto`` checks a reduced precision
+    (bf16, int8) against fp32 (``labelled_test_examples`` gives a run's); see ``make_backends``.
     """
     sizes = sorted({int(b) for b in batch_sizes})
     if not sizes or sizes[0] < 1:
@@ -68,8 +72,10 @@ def benchmark(source: SourceLike, example_input: torch.Tensor | None = None, *,
     with pinned_threads(threads) as pinned:
         resolved = resolve_source(source, example_input, label)
         facts = describe(resolved)
-        built, unavailable = make_backends(list(backends), resolved, threads=pinned, batch_sizes=sizes,
-                                           workdir=workdir, budget_s=min(budget_s, 0.3))
+        built, unavailable = make_backends(list(BACKENDS) if backends is None else list(backends), resolved,
+                                           threads=pinned, batch_sizes=sizes, workdir=workdir,
+                                           budget_s=min(budget_s, 0.3), accuracy_data=accuracy_data,
+                                           accuracy_tolerance=accuracy_tolerance)
         if not built:
             raise UserError("no backend can run this model: "
                              + "; ".join(f"{name}: {why}" for name, why in unavailable.items()))
@@ -86,5 +92,28 @@ def benchmark(source: SourceLike, example_input: torch.Tensor | None = None, *,
                 records.append(row)
     machine = {**machine_info(pinned), "load_before": load_before, "load_after": load_average()}
     auto = next((b for b in built.values() if isinstance(b, AutoBackend)), None)
+    if auto is not None and auto.accuracy:
+        machine["auto_accuracy"] = dict(auto.accuracy)
     return BenchResult(add_speedups(records), machine, unavailable, auto.choices if auto else {})
+
+
+def labelled_test_examples(run_dir: str | Path, limit: int = 1000) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first ``limit`` test examples of a run's dataset (normalised, as the model takes them) with their
+    labels, for ``auto``'s accuracy rule; None when the run dir has no recipe or its data is not on disk."""
+    import dataclasses
+
+    from compress import paths
+    from compress.data import load_dataset
+    from compress.recipe import load_recipe
+
+    recipe_path = Path(run_dir) / paths.RECIPE
+    if not recipe_path.is_file():
+        return None
+    recipe = load_recipe(recipe_path)
+    try:
+        data = load_dataset(dataclasses.replace(recipe.data, download=False), recipe.seed, torch.device("cpu"))
+    except (OSError, UserError):
+        return None
+    x, y = next(iter(data.test.eval_batches(limit)))
+    return x.float(), y
 

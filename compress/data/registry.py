@@ -11,7 +11,7 @@ from torch import Tensor
 
 from compress.errors import UserError
 from compress.recipe.schema import DataConfig
-from compress.registry import Registry
+from compress.registry import DATASETS
 
 # Above this many bytes of float32 per split, images are resized per batch instead of stored resized,
 # and an image folder is streamed from disk instead of decoded into memory.
@@ -96,7 +96,6 @@ class DatasetSpec:
     find: Finder = field(default=_always_available)
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
 def register_dataset(name: str, *, info: DatasetInfo,

@@ -25,7 +25,7 @@ from compress.export.onnx import (
     sparsify,
     storage_sizes,
 )
-from compress.export.quantize import check_int8_zeros, quantize_onnx
+from compress.export.quantize.int8 import check_int8_zeros, quantize_onnx
 from compress.pruning.macs import count_macs, count_params
 
 __all__ = [

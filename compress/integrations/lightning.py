@@ -180,7 +180,13 @@ class LotteryTicketCallback(pl.Callback):
                            batch_idx: int) -> None:
         # Lightning has stepped the optimizer and the step-interval scheduler by now; at a level's end the
         # search prunes, rewinds, clears the optimizer's state and restarts the scheduler at rewind_to
-        if self.search.on_step().done:
+        event = self.search.on_step()
+        if event.level_finished and trainer.logger is not None:
+            # the search's progress goes where the user's own metrics go (TensorBoard, MLflow, W&B, CSV)
+            trainer.logger.log_metrics({"lottery/level": event.level,
+                                        "lottery/weights_remaining": self.search.report()["weights_remaining"]},
+                                       step=trainer.global_step)
+        if event.done:
             trainer.should_stop = True
 
     # -- checkpoints --------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Lottery tickets: IMP with rewinding (any training loop), controls, resumable runs, reports."""
 
 from compress.lottery.dry_run import dry_run, plan_table
+from compress.lottery.planning import one_shot_rates
 from compress.lottery.rundir import default_run_dir
 from compress.lottery.runner import LotteryRun, find_ticket
-from compress.lottery.search import LotterySearch, one_shot_rates
+from compress.lottery.search import LotterySearch
 from compress.lottery.summary import choose_ticket, read_summary
 from compress.ticket import (
     load_ticket,

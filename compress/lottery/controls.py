@@ -17,7 +17,7 @@ from compress.errors import UserError
 from compress.pruning import Masks, plain_state_dict, random_masks_like
 from compress.pruning.groups import ChannelGroup, example_inputs_for, find_groups
 from compress.pruning.structured import random_group_masks
-from compress.registry import Registry
+from compress.registry import CONTROLS
 
 REINIT_SEED_STRIDE = 10_007
 
@@ -39,7 +39,6 @@ class ControlInput:
 
 
 Control = Callable[[ControlInput], tuple[dict[str, torch.Tensor], Masks]]
-CONTROLS: Registry[Control] = Registry("control")
 
 
 def control_seed(recipe_seed: int, round_index: int) -> int:

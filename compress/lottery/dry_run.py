@@ -5,11 +5,12 @@ from __future__ import annotations
 import warnings
 
 from compress.data import dataset_info, find_data
-from compress.lottery.search import one_shot_rates, plan_rows, structured_plan
+from compress.lottery.planning import one_shot_rates, plan_rows, structured_plan
 from compress.models import build_model
 from compress.pruning.groups import ChannelGroup, Member
 from compress.pruning.plan import plan_layers
-from compress.pruning.structured import StructuredPlan, planned_widths, resolve_multiple
+from compress.pruning.structured import StructuredPlan, planned_widths
+from compress.pruning.widths import resolve_multiple
 from compress.recipe import Recipe, dump_recipe
 
 

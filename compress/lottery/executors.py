@@ -43,7 +43,7 @@ import torch
 from compress.errors import UserError, one_line
 from compress.lifeline import init_worker, lifeline
 from compress.lottery.jobs import TrainingJob, local_context, run_job, warm_up
-from compress.registry import Registry
+from compress.registry import EXECUTORS
 
 __all__ = ["EXECUTORS", "Executor", "ExecutorSpec", "TrainingJob", "choose_executor", "local_context",
            "open_executor", "parse_executor", "run_job", "threads_per_worker", "warm_up"]
@@ -77,7 +77,6 @@ class Executor:
         self.close(cancel=error is not None)
 
 
-EXECUTORS: Registry[Callable[..., Executor]] = Registry("executor")
 
 
 def threads_per_worker(workers: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -75,7 +76,9 @@ def run_experiment(folder: Path, *, make_model: Callable[[], nn.Module], start_s
     result = {key: getattr(outcome, key) for key in RESULT_FIELDS if hasattr(outcome, key)}
     # the ticket is chosen on validation accuracy and reported on test: keep both at the early stop
     best = next(p for p in outcome.history if p["iteration"] == outcome.early_stop_iteration)
-    result["early_stop_val_accuracy"] = best["val_accuracy"]
+    # without a validation split there is no validation accuracy: null, never NaN (not valid JSON)
+    val = best["val_accuracy"]
+    result["early_stop_val_accuracy"] = val if val is not None and math.isfinite(val) else None
     result["weights_remaining"] = report["weights_remaining"]
     dense_macs, nonzero_macs = mac_counts(model, next(data.test.eval_batches(1))[0])
     # what an ideal sparse kernel would multiply (a whole-channel ticket, once compacted, saves a bit more)

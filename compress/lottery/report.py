@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -123,17 +124,8 @@ def _layer_table(run_dir: Path, rounds: list[dict]) -> list[str]:
     return lines
 
 
-def _compression_section(run_dir: Path) -> list[str]:
-    """The exported ticket's size table (``compress.export.artifact.sizes``), once the export has measured it."""
-    from compress.export.artifact.sizes import cached_run_sizes, size_table_markdown
-
-    rows = cached_run_sizes(run_dir)
-    if not rows:
-        return []
-    return ["## Shipping the ticket: compressed size", "",
-            "Bytes of the exported ticket; ratios against the dense fp32 ONNX. The artifacts (`ticket.cta`, the "
-            "int8 one beside it) restore the ONNX file bit-exact: `python tools/pack_ticket.py --unpack ticket.cta`.",
-            "", size_table_markdown(rows), ""]
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
 def plot_compute(rounds: list[dict], path: Path, title: str) -> bool:
@@ -152,7 +144,9 @@ def plot_compute(rounds: list[dict], path: Path, title: str) -> bool:
     return True
 
 
-def write_report(run_dir: Path, summary: dict, recipe) -> None:
+def write_report(run_dir: Path, summary: dict, recipe, sections: Sequence[str] = ()) -> None:
+    """``report.md`` and its plots; ``sections``: markdown lines appended by later stages (the pipeline's size
+    table), so this module never reads another stage's files."""
     run_dir = Path(run_dir)
     rounds = summary["rounds"]
     title = f"{recipe.name}: {recipe.model.name} on {recipe.data.name}"
@@ -171,11 +165,13 @@ def write_report(run_dir: Path, summary: dict, recipe) -> None:
         f"strategy {recipe.lottery.strategy}, retrain {recipe.lottery.retrain}.",
         "",
         f"**Winning ticket**: round {ticket['round']}, {ticket['weights_remaining'] * 100:.2f}% of weights "
-        f"remaining, early-stop test accuracy {ticket['early_stop_test_accuracy'] * 100:.2f}%. "
-        f"Rule: {ticket['rule']}. Saved as `{paths.TICKET}`.",
+        f"remaining, test accuracy {_percent(ticket.get('test_accuracy'))} with the weights `{paths.TICKET}` and "
+        f"the ONNX export hold (the end of the round's training); early-stop test accuracy "
+        f"{_percent(ticket['early_stop_test_accuracy'])}. Rule: {ticket['rule']}.",
         "",
-        "Accuracy is test accuracy at the early-stop iteration (minimum validation loss) and at the end "
-        "of training. Controls: `reinit` keeps the mask with a fresh random init; `random_prune` keeps "
+        "One rule for accuracy: the headline is the test accuracy of the shipped weights (the end of training); "
+        "the early-stop accuracy (minimum validation loss) chose the round and is shown beside it. The tables "
+        "give both per round. Controls: `reinit` keeps the mask with a fresh random init; `random_prune` keeps "
         "the per-layer sparsity with a random mask, trained from the rewind point.",
         "",
         f"![accuracy]({ACCURACY_PLOT})",
@@ -191,6 +187,6 @@ def write_report(run_dir: Path, summary: dict, recipe) -> None:
         "",
         *_layer_table(run_dir, rounds),
         "",
-        *_compression_section(run_dir),
+        *sections,
     ]
     save_text("\n".join(lines), run_dir / paths.REPORT)

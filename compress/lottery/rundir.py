@@ -144,7 +144,7 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 # identity keys newer than some run dirs: a round recorded without one is not refused for lacking it
-_ADDED_LATER = frozenset({"threads"})
+_ADDED_LATER = frozenset({"threads", "torch"})
 
 
 def check_identity(folder: Path, identity: dict, what: str, *, skip: tuple[str, ...] = ()) -> None:

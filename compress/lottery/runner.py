@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from tqdm.auto import tqdm
 from compress import distributed, paths
 from compress.data import load_dataset
 from compress.errors import UserError
-from compress.io import CorruptArtifactError, load_json, load_torch, save_json, save_torch
 from compress.lottery.control_runs import control_start
 from compress.lottery.controls import REINIT_SEED_STRIDE
 from compress.lottery.executors import (
@@ -35,7 +33,8 @@ from compress.lottery.executors import (
 )
 from compress.lottery.experiment import read_result, run_experiment
 from compress.lottery.methods_run import early_bird_hooks, inverted_masks
-from compress.lottery.report import write_report
+from compress.lottery.placement import SearchPlacement
+from compress.lottery.recovery import RunFiles, _cpu
 from compress.lottery.rundir import (
     RunDirLock,
     check_identity,
@@ -47,19 +46,18 @@ from compress.lottery.rundir import (
 from compress.lottery.schedule import run_rounds
 from compress.lottery.search import LotterySearch
 from compress.lottery.strategies import finetune_config
-from compress.lottery.summary import build_summary, choose_ticket, read_summary, result_fields, round_line
+from compress.lottery.summary import choose_ticket, read_summary, result_fields, round_line, track_round
 from compress.models import build_model
-from compress.pruning import apply_masks, load_plain_state_dict, plain_state_dict
+from compress.pruning import load_plain_state_dict, plain_state_dict
 from compress.pruning.scorers import NEEDS_DATA
-from compress.pruning.structured import resolve_multiple
+from compress.pruning.widths import resolve_multiple
 from compress.recipe import Recipe, recipe_to_dict, results_hash
 from compress.runtime import resolve_device, seed_everything, set_threads
-from compress.ticket import save_ticket
 
 __all__ = ["REINIT_SEED_STRIDE", "LotteryRun", "choose_ticket", "default_run_dir", "find_ticket", "read_summary"]
 
 
-class LotteryRun:
+class LotteryRun(RunFiles, SearchPlacement):
     """Owns data, model factory and the run dir (locked while this process writes it) for one recipe.
 
     The ticket trainings form a chain and run here, in order; each round's controls go to the executor
@@ -102,7 +100,8 @@ class LotteryRun:
             raise UserError(f"model.num_classes: {classes} outputs, but {recipe.data.name} has "
                             f"{self.data.num_classes} classes (labels 0..{self.data.num_classes - 1}); "
                             "set it to null to take the dataset's")
-        self.identity = {"recipe": results_hash(recipe), "data": self.data.identity_hash}
+        # torch's version too: the same seed can draw other initial weights under another torch
+        self.identity = {"recipe": results_hash(recipe), "data": self.data.identity_hash, "torch": torch.__version__}
         if recipe.prune.channel_multiple == "auto":  # 'auto' differs by CPU: a resume elsewhere must not mix widths
             self.identity["channel_multiple"] = resolve_multiple("auto")
         self.search = LotterySearch(self.make_model(recipe.seed), recipe, where, entry_point="find_ticket")
@@ -110,11 +109,15 @@ class LotteryRun:
             from compress.lottery.dry_run import format_plan
 
             print("\n".join(format_plan(self.search.plan(), self.search.rounds)), file=sys.stderr)
+        self.init_state = plain_state_dict(self.search.model)
+        if recipe.lottery.rewind_to == 0:  # the saved initial weights (init.pt), the same on every resume
+            self.init_state = self._saved_init(self.init_state)
+            load_plain_state_dict(self.search.model, self.init_state)
         if recipe.lottery.strategy == "at_init" and recipe.prune.method in NEEDS_DATA:
             stream = self.data.train.batches(recipe.train.batch_size, recipe.seed)  # the first steps' batches
             self.search.score_at_init([next(stream) for _ in range(recipe.prune.score_batches)])
-        self.init_state = plain_state_dict(self.search.model)
         self.begin = recipe.lottery.rewind_to
+        self.init_state = plain_state_dict(self.search.model)
 
     def close(self) -> None:
         if self.lock is not None:
@@ -131,114 +134,7 @@ class LotteryRun:
                             self.recipe.data.image_size or self.data.image_size, seed=seed)
         return model.to(self.device)
 
-    # -- files that can be recomputed -----------------------------------------------------------
-    def _load(self, path: Path, recompute: Callable[[], None] | None = None, also: tuple[Path, ...] = ()):
-        """Load a run file; a truncated one is moved aside (with ``also``) and recomputed when possible."""
-        try:
-            return load_torch(path, map_location=self.device)
-        except CorruptArtifactError as error:
-            if recompute is None or not distributed.is_main() or distributed.active():
-                raise UserError(f"{error}; delete it and run the same command again to recompute it") from None
-            for stale in (path, *also):
-                if stale.exists():
-                    stale.replace(stale.with_name(stale.name + ".corrupt"))
-            print(f"warning: {error}; moved aside as {path.name}.corrupt and recomputing it", file=sys.stderr)
-            recompute()
-            return load_torch(path, map_location=self.device)
-
-    def _retrain(self, round_index: int) -> Callable[[], None]:
-        """Redo the ticket training of ``round_index`` (bit for bit what the run did the first time)."""
-        def redo() -> None:
-            folder = paths.round_dir(self.run_dir, round_index)
-            for name in (paths.RESULT, paths.FINAL, paths.CHECKPOINT):
-                (folder / name).unlink(missing_ok=True)
-            self.run_ticket(round_index, self.masks_for_round(round_index))
-        return redo
-
     # -- stages ---------------------------------------------------------------------------------
-    def rewind_state(self) -> dict:
-        if self.begin == 0:
-            return self.init_state
-        return self._load(self.run_dir / paths.REWIND, recompute=self._retrain(0))
-
-    def masks_for_round(self, round_index: int) -> dict:
-        """Computed (or read) on rank 0 only, then broadcast and verified identical on every rank."""
-        masks = self._masks_for_round(round_index) if distributed.is_main() else self.search.masks
-        masks = distributed.broadcast_masks(masks)
-        if distributed.active():
-            print(f"[rank {distributed.rank()}/{distributed.world_size()}] round {round_index} masks verified "
-                  f"identical, checksum {distributed.mask_checksum(masks).item():.1f}", file=sys.stderr)
-        return masks
-
-    def _masks_for_round(self, round_index: int) -> dict:
-        mask_path = paths.round_dir(self.run_dir, round_index) / paths.MASK
-        if mask_path.exists():
-            try:
-                return load_torch(mask_path, map_location=self.device)
-            except CorruptArtifactError as error:
-                if round_index > 0 and not (paths.round_dir(self.run_dir, round_index - 1) / paths.FINAL).exists():
-                    raise UserError(f"{error}; delete {mask_path.parent} and run again to recompute it") from None
-                mask_path.replace(mask_path.with_name(mask_path.name + ".corrupt"))
-                print(f"warning: {error}; moved aside and recomputed from the previous round", file=sys.stderr)
-        early_bird = paths.round_dir(self.run_dir, round_index - 1) / paths.EARLY_BIRD
-        if round_index > 0 and early_bird.exists():  # the previous round's converged draw (You et al. 2020)
-            masks = {name: mask.to(self.device) for name, mask in load_torch(early_bird)["masks"].items()}
-        elif round_index == 0:
-            masks = {name: torch.ones_like(mask) for name, mask in self.search.masks.items()}
-        else:
-            previous = paths.round_dir(self.run_dir, round_index - 1)
-            trained = self._load(previous / paths.FINAL, recompute=self._retrain(round_index - 1),
-                                 also=(previous / paths.RESULT,))
-            # the search stands where the previous round ended, then takes the same transition a user's
-            # loop takes: prune the trained weights (and rewind, which the ticket then starts from)
-            self._place_search(round_index - 1, _masks_in(trained, self.search.names), self.recipe.train.iterations)
-            self.search.model.load_state_dict(trained)
-            self.search.prune_and_rewind()
-            masks = self.search.masks
-        if (mask_path.parent / paths.RESULT).exists():  # a finished round whose mask.pt was lost: restore it
-            save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)
-        return masks
-
-    # -- the search, placed from the run's files (the runner keeps no IMP state of its own) ----------
-    def _place_search(self, level: int, masks: dict, step_count: int) -> None:
-        """Stand the search at ``level`` with ``masks`` and the run's rewind point (weights untouched)."""
-        if self.begin == 0:
-            rewind = self.init_state
-        elif level > 0:
-            rewind = self.rewind_state()
-        else:  # the dense round takes the snapshot itself; a resumed one may already have it
-            rewind = self._load(self.run_dir / paths.REWIND) if (self.run_dir / paths.REWIND).exists() else None
-        state = self.search.state_dict()
-        state.update(level=level, step_count=step_count, done=False, rewind=rewind,
-                     masks={name: masks[name] for name in self.search.names})
-        self.search.load_state_dict(state)
-
-    def _level_start(self, round_index: int, masks: dict) -> torch.nn.Module:
-        """The search's model as round ``round_index`` starts: its masks, and init or the rewound weights."""
-        self._place_search(round_index, masks, 0 if round_index == 0 else self.begin)
-        if round_index == 0:
-            load_plain_state_dict(self.search.model, self.init_state)
-        elif self.recipe.lottery.retrain != "rewind":  # lr_rewind / finetune: the trained survivors go on
-            previous = paths.round_dir(self.run_dir, round_index - 1)
-            self.search.model.load_state_dict(self._load(previous / paths.FINAL, recompute=self._retrain(round_index - 1),
-                                                         also=(previous / paths.RESULT,)))
-            apply_masks(self.search.model, masks)
-        else:
-            self.search.rewind()
-        return self.search.model
-
-    def _dense_start(self, masks: dict) -> torch.nn.Module:
-        checkpoint = paths.round_dir(self.run_dir, 0) / paths.CHECKPOINT
-        if self.begin > 0 and not (self.run_dir / paths.REWIND).exists() and checkpoint.exists():
-            # a checkpoint is only ever written after the rewind point it needs; without that file the
-            # snapshot cannot be taken again from the middle of the round: train the round from the start
-            distributed.barrier()
-            if distributed.is_main():
-                checkpoint.unlink()
-                print(f"warning: {paths.REWIND} is missing; round 0 restarts from iteration 0", file=sys.stderr)
-            distributed.barrier()
-        return self._level_start(0, masks)
-
     def run_ticket(self, round_index: int, masks: dict) -> dict:
         folder = paths.round_dir(self.run_dir, round_index)
         on_step = self._dense_step if round_index == 0 and self.begin > 0 else None
@@ -269,7 +165,7 @@ class LotteryRun:
             # would match neither run; a finished round is only read, so its count no longer matters
             identity = {**self.identity, "threads": torch.get_num_threads()}
             check_identity(paths.round_dir(self.run_dir, round_index), identity, f"round {round_index}",
-                           skip=("threads",) if self._finished(round_index) else ())
+                           skip=("threads", "torch") if self._finished(round_index) else ())
         distributed.barrier()
         masks = self.masks_for_round(round_index)
         ticket = self.run_ticket(round_index, masks)
@@ -280,14 +176,6 @@ class LotteryRun:
             for name in self.recipe.lottery.controls:
                 controls[name] = self.submit_control(executor, name, round_index, masks, start)
         return entry, controls
-
-    def _dense_step(self, iteration: int, model: torch.nn.Module) -> None:
-        """The dense round steps the search, which snapshots at ``rewind_to``; the snapshot goes to a file."""
-        had_snapshot = self.search.rewind_state is not None
-        self.search.step(iteration)
-        target = self.run_dir / paths.REWIND
-        if not had_snapshot and self.search.rewind_state is not None and not target.exists() and distributed.is_main():
-            save_torch(self.search.rewind_state, target)
 
     def run_control(self, name: str, round_index: int, masks: dict, start: dict) -> dict:
         return result_fields(self.submit_control(None, name, round_index, masks, start).result())
@@ -393,64 +281,8 @@ class LotteryRun:
     def _recipe_dict(self) -> dict:
         return recipe_to_dict(self.recipe)
 
-    def _finished(self, round_index: int) -> bool:
-        names = ["ticket", *(self.recipe.lottery.controls if round_index > 0 else ())]
-        return all(read_result(paths.experiment_dir(self.run_dir, round_index, name) / paths.RESULT) is not None
-                   for name in names)
-
-    def write_summary(self, rounds: list[dict]) -> dict:
-        summary = build_summary(self.recipe, rounds)
-        chosen = next(entry for entry in rounds if entry["round"] == summary["ticket"]["round"])
-        summary_path = self.run_dir / paths.SUMMARY
-        written = (summary_path.exists() and (self.run_dir / paths.TICKET).exists()
-                   and (self.run_dir / paths.REPORT).exists() and _json_or_none(summary_path) == summary)
-        if not written:  # a finished run on read-only media reruns without writing
-            self.save_ticket(chosen)
-            save_json(summary, summary_path)
-            write_report(self.run_dir, summary, self.recipe)
-        return summary
-
-    def save_ticket(self, chosen: dict) -> None:
-        folder = paths.round_dir(self.run_dir, chosen["round"])
-        masks = load_torch(folder / paths.MASK)
-        trained = self._load(folder / paths.FINAL, recompute=self._retrain(chosen["round"]),
-                             also=(folder / paths.RESULT,))
-        # folded (pruned entries exactly zero): each loads into a fresh, unpruned model as it is
-        self._level_start(chosen["round"], masks)
-        rewind_state = _cpu(self.search.folded_state_dict())
-        self.search.model.load_state_dict(trained)
-        save_ticket(self.run_dir / paths.TICKET, model_config={**recipe_to_dict(self.recipe)["model"]},
-                    shape=self.shape, masks={k: v.cpu() for k, v in masks.items()},
-                    rewind_state=rewind_state, trained_state=_cpu(self.search.folded_state_dict()),
-                    info={**chosen, "recipe": self.recipe.name})
 
 
-def track_round(tracker, entry: dict) -> None:
-    """A round's outcome at step = round index: weights / MACs remaining, early stop, each control's."""
-    metrics = {f"round/{key}": entry[key] for key in ("weights_remaining", "macs_remaining", "early_stop_iteration",
-                                                      "early_stop_test_accuracy", "test_accuracy") if key in entry}
-    for name, control in entry.get("controls", {}).items():
-        metrics.update({f"round/{name}/{key}": control[key] for key in ("early_stop_test_accuracy", "test_accuracy")
-                        if key in control})
-    tracker.log(metrics, entry["round"])
-    tracker.flush()
-
-
-def _masks_in(state: dict, names: list[str]) -> dict:
-    """The mask buffers of a pruned model's state dict, by module name."""
-    return {name: state[f"{name}.weight_mask" if name else "weight_mask"] for name in names}
-
-
-def _json_or_none(path: Path):
-    """A run file derived from the round files (``summary.json``): None when empty or cut, so it is rewritten."""
-    try:
-        return load_json(path)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def _cpu(state: dict) -> dict:
-    return {key: value.cpu() for key, value in state.items()}
 
 
 def find_ticket(recipe: Recipe, out: Path | None = None, progress: bool = True, where=None, *,

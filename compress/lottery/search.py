@@ -36,8 +36,6 @@ model averages the 0/1 mask buffers too; call ``search.copy_masks_to(ema_model)`
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +44,9 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.lottery.control_runs import ControlsMixin
-from compress.lottery.events import STATE_FORMAT, StepEvent, check_state, search_settings
+from compress.lottery.events import StepEvent, search_settings
+from compress.lottery.planning import one_shot_rates, plan_rows, structured_plan
+from compress.lottery.search_state import StateMixin, WatchMixin
 from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches, remember_for_invert
 from compress.models.unwrap import unwrap_model
 from compress.pruning import (
@@ -57,7 +57,6 @@ from compress.pruning import (
     effective_weights,
     folded_state_dict,
     get_masks,
-    is_pruned,
     load_plain_state_dict,
     ones_masks,
     plain_state_dict,
@@ -65,58 +64,15 @@ from compress.pruning import (
     sparsity_report,
 )
 from compress.pruning.masks import PRUNING_METHODS
-from compress.pruning.plan import LayerPlan, plan_layers
-from compress.pruning.structured import StructuredPlan, channel_plan, plan_targets, resolve_multiple
+from compress.pruning.plan import plan_layers
+from compress.pruning.structured import plan_targets
+from compress.pruning.widths import resolve_multiple
 
 if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
 
 
-def recipe_example_input(recipe: Recipe) -> torch.Tensor:
-    """A seeded batch of 2 inputs shaped like the recipe's data (for tracing channel groups)."""
-    from compress.data import dataset_info
-
-    info = dataset_info(recipe.data.name)
-    side = recipe.data.image_size or info.image_size or 32
-    return torch.randn(2, info.in_channels or 3, side, side, generator=torch.Generator().manual_seed(0))
-
-
-def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None,
-                    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> StructuredPlan | None:
-    """The channel groups plan when ``prune.granularity`` is channel and the model is not an
-    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.pruning.compact``),
-    traced with ``example_inputs`` (default: a batch shaped like the recipe's data)."""
-    if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
-        return None
-    inputs = recipe_example_input(recipe) if example_inputs is None else example_inputs
-    plan = channel_plan(model, recipe.prune, inputs, where)
-    if not plan.pruned:  # refused before anything trains, saying why
-        why = next(iter(plan.reasons.values()), "every group crosses a LayerNorm/GroupNorm, a bare parameter, a "
-                   "reshape or the output (docs/structured.md)") if plan.groups else "no channel group was found"
-        raise UserError(f"prune.granularity: channel: no channel group of {type(model).__name__} can be pruned "
-                        f"({len(plan.groups)} groups; {why}); use prune.granularity: weight")
-    return plan
-
-
-def plan_rows(model: nn.Module, layers: list[LayerPlan], rates: dict[str, float], rounds: int) -> list[dict]:
-    """``LotterySearch.plan`` / ``--dry-run`` rows: ``rates`` are the per-level rates of the pruned layers."""
-    modules = dict(model.named_modules())
-    rows = []
-    for layer in layers:
-        weight = modules[layer.name].weight_orig if is_pruned(modules[layer.name]) else modules[layer.name].weight
-        rate = rates.get(layer.name, 0.0)
-        rows.append({"name": layer.name, "role": layer.role, "kind": layer.kind, "shape": tuple(weight.shape),
-                     "count": weight.numel(), "rate": rate, "reason": layer.reason,
-                     "remaining": [(1 - rate) ** level for level in range(rounds + 1)]})
-    return rows
-
-
-def one_shot_rates(rates: dict[str, float], rounds: int) -> dict[str, float]:
-    """The single-step rate reaching what ``rounds`` iterative steps would: 1 - (1 - p)^rounds."""
-    return {name: 1 - (1 - rate) ** rounds for name, rate in rates.items()}
-
-
-class LotterySearch(ControlsMixin):
+class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
     """Masks installed with torch.nn.utils.prune, a rewind snapshot, and the IMP schedule of levels."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None, *,
@@ -157,6 +113,8 @@ class LotterySearch(ControlsMixin):
                         else build_plan(model, recipe.prune, where))
         multiple = resolve_multiple(recipe.prune.channel_multiple)  # only passed when set: custom methods keep working
         self._multiple = {"channel_multiple": multiple} if multiple > 1 and recipe.prune.granularity == "channel" else {}
+        if recipe.prune.global_normalize:  # passed only when set, like channel_multiple
+            self._multiple["global_normalize"] = True
         if not self.targets:
             raise UserError("prune: no module is pruned (every rate is 0 or every module excluded)")
         self.names = [target.name for target in self.targets]
@@ -298,48 +256,6 @@ class LotterySearch(ControlsMixin):
             raise UserError(f"no rewind snapshot: call step(i) during level 0 (rewind_to={self.rewind_to})")
         load_plain_state_dict(self.model, self.rewind_state)
 
-    @staticmethod
-    def reset_optimizer(optimizer: torch.optim.Optimizer) -> None:
-        """Forget per-parameter state (Adam moments, momentum buffers) before a new level."""
-        optimizer.state.clear()
-
-    def watch(self, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> None:
-        """Reset ``optimizer`` and rewind ``scheduler`` automatically at every rewind (``on_step`` and
-        ``prune_and_rewind`` call ``reset_optimizer`` / ``rewind_scheduler``).
-
-        At level 0, step 0 (build them, then watch, before the first step) the scheduler's state and its
-        optimizer's hyperparameters (lr, momentum, ...) are recorded as the schedule's start, which
-        ``state_dict`` saves; later (a resumed run) the start comes from ``load_state_dict``.
-        """
-        if scheduler is not None:
-            if self.level == 0 and self.step_count == 0:
-                groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
-                          for group in scheduler.optimizer.param_groups]
-                self._schedule_start = {"state": copy.deepcopy(scheduler.state_dict()), "groups": groups}
-            elif self._schedule_start is None:
-                raise UserError(f"watch(scheduler) at level {self.level}, step {self.step_count}: the search must "
-                                "see the schedule's start; watch it before the first step, or load a search state "
-                                "saved with a watched scheduler first")
-        self._optimizer = optimizer
-        self._scheduler = scheduler
-        self._rewatch = None
-
-    def rewind_scheduler(self, scheduler: Any) -> None:
-        """Restart a torch LR scheduler at ``start_step``: restore the start ``watch`` recorded (with the
-        optimizer's lr), then ``scheduler.step()`` ``start_step`` times -- the same arithmetic as the first
-        run, so the rewound level's learning rates equal the dense level's from ``rewind_to`` on, bit for
-        bit. For schedulers stepped once per optimizer step, without arguments."""
-        if self._schedule_start is None:
-            raise UserError("rewind_scheduler: call search.watch(optimizer, scheduler) right after building "
-                            "the scheduler, so the search knows where the schedule starts")
-        for group, saved in zip(scheduler.optimizer.param_groups, self._schedule_start["groups"], strict=True):
-            group.update(copy.deepcopy(saved))
-        scheduler.load_state_dict(copy.deepcopy(self._schedule_start["state"]))
-        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
-            warnings.simplefilter("ignore")
-            for _ in range(self.start_step):
-                scheduler.step()
-
     # -- pruning --------------------------------------------------------------------------------------
     @property
     def masks(self) -> Masks:
@@ -393,52 +309,6 @@ class LotterySearch(ControlsMixin):
                 raise UserError(f"copy_masks_to: the model has no module {name!r} (not a copy of the searched model)")
             masks[name] = own.weight_mask.detach()
         apply_masks(model, masks)
-
-    # -- checkpoints ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Level, step count, done, rewind snapshot, masks, the watched schedule's start and the settings;
-        loads with ``torch.load(weights_only=True)``."""
-        rewind = None if self.rewind_state is None else {k: v.clone() for k, v in self.rewind_state.items()}
-        return {"format": STATE_FORMAT, "settings": copy.deepcopy(self.settings), "level": self.level,
-                "step_count": self.step_count, "done": self.done, "rewind": rewind,
-                "schedule_start": copy.deepcopy(self._schedule_start),
-                "watched": [self._optimizer is not None, self._scheduler is not None]
-                if self._rewatch is None else list(self._rewatch),
-                "results": copy.deepcopy(self.__dict__.get("_results", {})),
-                "early_bird": None if self.early_bird is None else self.early_bird.state_dict(),
-                "early_bird_steps": dict(self.early_bird_steps),
-                "masks": {name: module.weight_mask.detach().clone()
-                          for name, module in zip(self.names, self._modules, strict=True)}}
-
-    def load_state_dict(self, state: dict, optimizer: torch.optim.Optimizer | None = None,
-                        scheduler: Any = None) -> None:
-        """Continue a saved search: installs its masks, rewind snapshot and position. Weights are the
-        model's business (``model.load_state_dict``). A state of other prune / lottery settings is refused.
-
-        A search saved while it watched an optimizer / scheduler refuses to rewind until ``watch`` sees
-        them again: pass them here, or call ``search.watch(optimizer, scheduler)`` afterwards."""
-        shapes = {name: tuple(module.weight_mask.shape) for name, module in zip(self.names, self._modules, strict=True)}
-        check_state(state, self.settings, self.names, shapes, self.rounds, self.iterations, self.rewind_to)
-        for name, module in zip(self.names, self._modules, strict=True):
-            if not is_pruned(module):
-                raise UserError(f"{name!r} lost its torch prune reparametrisation; build a new search")
-        apply_masks(self.model, state["masks"])
-        rewind = state["rewind"]
-        self.rewind_state = None if rewind is None else {k: v.clone() for k, v in rewind.items()}
-        self.level, self.step_count, self.done = state["level"], state["step_count"], state["done"]
-        if state.get("schedule_start") is not None:
-            self._schedule_start = copy.deepcopy(state["schedule_start"])
-        self.__dict__["_results"] = {int(k): dict(v) for k, v in dict(state.get("results") or {}).items()}
-        self._optimizer = self._scheduler = None
-        watched = tuple(bool(w) for w in state.get("watched", (False, False)))
-        self._rewatch = watched if any(watched) else None
-        if optimizer is not None or scheduler is not None:
-            self.watch(optimizer, scheduler)
-            if watched[1] and scheduler is None:
-                self._rewatch = watched
-        if self.early_bird is not None and state.get("early_bird") is not None:
-            self.early_bird.load_state_dict(state["early_bird"], next(self.model.parameters()).device)
-        self.early_bird_steps = dict(state.get("early_bird_steps") or {})
 
     # -- results --------------------------------------------------------------------------------------
     def folded_state_dict(self) -> dict[str, torch.Tensor]:

@@ -26,14 +26,30 @@ def choose_ticket(rounds: list[dict], tolerance: float) -> dict:
 
 def selection_key(rounds: list[dict]) -> str:
     values = [entry.get("early_stop_val_accuracy") for entry in rounds]
-    usable = all(value is not None and math.isfinite(value) for value in values)
+    usable = all(_finite(value) for value in values)
     return "early_stop_val_accuracy" if usable else "early_stop_test_accuracy"
 
 
-def ticket_rule(tolerance: float, key: str = "early_stop_val_accuracy") -> str:
+def ticket_rule(tolerance: float, key: str = "early_stop_val_accuracy", rounds: list[dict] | None = None) -> str:
     split = "validation" if key == "early_stop_val_accuracy" else "test (no validation split)"
+    lacking = [entry["round"] for entry in rounds or () if not _finite(entry.get("early_stop_val_accuracy"))]
+    if key != "early_stop_val_accuracy" and rounds and len(lacking) < len(rounds):
+        # said per round, never a silent switch: some rounds have a validation accuracy, these do not
+        split = (f"test (round{'s' if len(lacking) > 1 else ''} {', '.join(map(str, lacking))} "
+                 f"ha{'ve' if len(lacking) > 1 else 's'} no finite validation accuracy)")
     return (f"the sparsest round whose early-stop {split} accuracy is within {tolerance * 100:.2f} points "
             "of the dense round (round 0)")
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+# One rule for the accuracy a run reports: the headline is the test accuracy of the weights it ships
+# (ticket.pt and its ONNX export hold each round's weights at the end of training); the early-stop
+# accuracy is the signal that chose the round, reported beside it, never as the shipped model's.
+HEADLINE_RULE = ("headline = test accuracy of the shipped weights (ticket.pt / ONNX: the end of the round's "
+                 "training); the early-stop accuracy chose the round")
 
 
 COMPUTE_FIELDS = ("iterations_trained", "train_flops", "train_flops_sparse", "early_bird_step", "final_iteration")
@@ -94,8 +110,10 @@ def build_summary(recipe, rounds: list[dict]) -> dict:
                        "early_stop_val_accuracy": chosen.get("early_stop_val_accuracy"),
                        # the weights ticket.pt and the ONNX export hold are the round's final ones
                        "test_accuracy": chosen.get("test_accuracy"),
+                       "shipped_test_accuracy": chosen.get("test_accuracy"),
+                       "headline": HEADLINE_RULE,
                        "compute_to_ticket": chosen.get("compute_to_ticket"),
-                       "rule": ticket_rule(tolerance, selection_key(rounds))}}
+                       "rule": ticket_rule(tolerance, selection_key(rounds), rounds)}}
 
 
 def round_line(entry: dict) -> str:
@@ -105,3 +123,14 @@ def round_line(entry: dict) -> str:
     for name, control in entry.get("controls", {}).items():
         line += f"  {name} {control['early_stop_test_accuracy']:.4f}"
     return line
+
+
+def track_round(tracker, entry: dict) -> None:
+    """A round's outcome at step = round index: weights / MACs remaining, early stop, each control's."""
+    metrics = {f"round/{key}": entry[key] for key in ("weights_remaining", "macs_remaining", "early_stop_iteration",
+                                                      "early_stop_test_accuracy", "test_accuracy") if key in entry}
+    for name, control in entry.get("controls", {}).items():
+        metrics.update({f"round/{name}/{key}": control[key] for key in ("early_stop_test_accuracy", "test_accuracy")
+                        if key in control})
+    tracker.log(metrics, entry["round"])
+    tracker.flush()

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.models.registry import MODELS, TIMM_PREFIX, create_model
+from compress.registry import RECIPE_CHECKS
 
 if TYPE_CHECKING:  # the recipe package validates model names, so it imports us, not the other way
     from compress.recipe.schema import ModelConfig
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # the recipe package validates model names, so it imports us,
 _SET_BY_BUILDER = ("num_classes", "in_channels")  # from model.num_classes / the dataset, never kwargs
 
 
+@RECIPE_CHECKS.register("model.kwargs")
 def kwargs_problem(name: str, kwargs: Mapping[str, Any]) -> tuple[str, str] | None:
     """``(key, problem)`` for the first ``model.kwargs`` key the registered factory ``name`` does not
     take, else None. Checked before calling, so a TypeError from inside the model stays a bug; timm

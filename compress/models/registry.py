@@ -6,11 +6,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from compress.registry import Registry
+from compress.registry import MODELS, TIMM_PREFIX
 
-MODELS: Registry = Registry("model")
 register_model = MODELS.register
-TIMM_PREFIX = "timm/"
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int | None = None, **kwargs: Any) -> nn.Module:

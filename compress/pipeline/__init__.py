@@ -5,7 +5,8 @@
     export_run("runs/lth_lenet300-1a2b3c", compact=True)  # -> ticket.onnx, ticket.compact.onnx, export.json
 """
 
-from compress.pipeline.export import export_run, format_report
-from compress.pipeline.run import format_summary, run_recipe
+from compress.pipeline.export import export_run
+from compress.pipeline.run import run_recipe
+from compress.pipeline.text import format_report, format_summary
 
 __all__ = ["export_run", "format_report", "format_summary", "run_recipe"]

@@ -15,7 +15,7 @@ import torch.nn as nn
 from compress.errors import UserError
 from compress.pruning.masks import PRUNING_METHODS, Masks
 from compress.pruning.scorers import SCORERS, Batch, erk_densities, masks_from_scores, synflow_masks
-from compress.recipe.schema import INIT_ONLY_METHODS
+from compress.registry import init_only
 
 
 def keep_counts(masks: Masks, rates: dict[str, float], groups: dict[str, str]) -> dict[str, int]:
@@ -34,7 +34,7 @@ def init_masks(model: nn.Module, names: Sequence[str], masks: Masks, method: str
     target's survivors in ``masks``; ``invert``: keep the lowest-scored instead (Frankle et al. 2021)."""
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     if granularity != "weight":
-        if method in INIT_ONLY_METHODS or invert:
+        if init_only(method) or invert:
             what = "invert" if invert else repr(method)
             raise UserError(f"{what} ranks single weights; granularity {granularity!r} is defined for magnitude "
                             "and random only")

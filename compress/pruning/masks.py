@@ -10,27 +10,14 @@ import torch
 import torch.nn.utils.prune as prune
 
 from compress.errors import UserError
-from compress.registry import Registry
+from compress.pruning.widths import aligned_keep, count_to_prune
+from compress.registry import PRUNING_METHODS
 
 Masks = dict[str, torch.Tensor]
 
 # ``prune.method`` names a function here. Each gets the effective weights, the current masks, the rate per
 # target, the pool (group) of each target, the granularity and a generator seeded per (seed, level), and
 # returns the next masks (pure: nothing is applied). Adding a method is one registered function.
-PRUNING_METHODS: Registry = Registry("pruning method")
-
-
-def count_to_prune(amount: int | float, surviving: int) -> int:
-    """torch's convention: int = count, float = fraction (rounded) of ``surviving``."""
-    if isinstance(amount, bool) or amount < 0:
-        raise UserError(f"amount must be a non-negative int or a float in [0, 1], got {amount!r}")
-    if isinstance(amount, float):
-        if amount > 1:
-            raise UserError(f"fractional amount must be in [0, 1], got {amount}")
-        return round(amount * surviving)
-    if amount > surviving:
-        raise UserError(f"cannot prune {amount} of {surviving} surviving entries")
-    return amount
 
 
 def prune_lowest(scores: torch.Tensor, mask: torch.Tensor, amount: int | float) -> torch.Tensor:
@@ -55,13 +42,11 @@ def channel_scores(weight: torch.Tensor, norm: int = 2) -> torch.Tensor:
 def prune_channels(weight: torch.Tensor, mask: torch.Tensor, amount: int | float, norm: int = 2,
                    channel_multiple: int = 1) -> torch.Tensor:
     """Prune whole output channels: torch's ``LnStructured`` ranks the surviving channels by L-norm.
-    ``channel_multiple``: the kept count aligned as ``compress.pruning.structured.aligned_keep`` does."""
+    ``channel_multiple``: the kept count aligned as ``compress.pruning.widths.aligned_keep`` does."""
     alive = mask.flatten(1).any(dim=1)
     alive_index = alive.nonzero().squeeze(1)
     k = count_to_prune(amount, len(alive_index))
     if channel_multiple > 1:
-        from compress.pruning.structured import aligned_keep
-
         k = len(alive_index) - aligned_keep(len(alive_index), k / max(1, len(alive_index)), channel_multiple)
     if not k:
         return mask.clone()
@@ -72,12 +57,21 @@ def prune_channels(weight: torch.Tensor, mask: torch.Tensor, amount: int | float
     return mask * channel_mask.view(-1, *([1] * (mask.dim() - 1)))
 
 
+def normalized(scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """``scores`` over their mean among the ``alive`` entries: one layer's scale, before a global ranking."""
+    live = alive.bool()
+    mean = scores[live].mean() if bool(live.any()) else scores.new_tensor(1.0)
+    return scores / mean if float(mean) > 0 else scores
+
+
 def magnitude_masks(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[str, float],
-                    groups: dict[str, str], granularity: str = "weight", channel_multiple: int = 1) -> Masks:
+                    groups: dict[str, str], granularity: str = "weight", channel_multiple: int = 1,
+                    normalize: bool = False) -> Masks:
     """One IMP step: prune ``rates[name]`` of each target's survivors by |w|.
 
     Targets sharing a group are ranked together (global scope): the group's survivors are pooled
-    and ``rate`` of them pruned wherever they are smallest.
+    and ``rate`` of them pruned wherever they are smallest; with ``normalize`` each target's scores are
+    first divided by their mean over its survivors (``prune.global_normalize``).
     """
     new_masks: Masks = {}
     by_group: dict[str, list[str]] = {}
@@ -92,12 +86,12 @@ def magnitude_masks(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[
                 continue
             scores = [channel_scores(weights[n] * masks[n]) for n in names]
             alive = [masks[n].flatten(1).any(dim=1).to(masks[n].dtype) for n in names]
+            if normalize:
+                scores = [normalized(score, live) for score, live in zip(scores, alive, strict=True)]
             pooled = prune_lowest(torch.cat(scores), torch.cat(alive), rate)
             for name, channel_mask, score, live in zip(names, pooled.split([len(a) for a in alive]), scores, alive,
                                                        strict=True):
                 if channel_multiple > 1:  # the pool's count for this layer, aligned; its best channels kept
-                    from compress.pruning.structured import aligned_keep
-
                     total = int(live.sum())
                     keep = aligned_keep(total, 1 - int(channel_mask.sum()) / max(1, total), channel_multiple)
                     order = torch.argsort(torch.where(live.bool(), score, -torch.inf), descending=True, stable=True)
@@ -105,7 +99,8 @@ def magnitude_masks(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[
                     channel_mask[order[:keep]] = 1
                 new_masks[name] = masks[name] * channel_mask.view(-1, *([1] * (masks[name].dim() - 1)))
             continue
-        scores = torch.cat([(weights[n] * masks[n]).abs().flatten() for n in names])
+        scores = torch.cat([normalized((weights[n] * masks[n]).abs().flatten(), masks[n].flatten()) if normalize
+                            else (weights[n] * masks[n]).abs().flatten() for n in names])
         pooled = prune_lowest(scores, torch.cat([masks[n].flatten() for n in names]), rate)
         for name, part in zip(names, pooled.split([masks[n].numel() for n in names]), strict=True):
             new_masks[name] = part.view_as(masks[name])
@@ -134,29 +129,40 @@ def random_masks_like(masks: Masks, generator: torch.Generator, granularity: str
     return result
 
 
-def random_step_masks(masks: Masks, rates: dict[str, float], generator: torch.Generator) -> Masks:
-    """``prune.method: random``: prune ``rate`` of each layer's survivors uniformly at random."""
+def random_step_masks(masks: Masks, rates: dict[str, float], generator: torch.Generator,
+                      granularity: str = "weight", channel_multiple: int = 1) -> Masks:
+    """``prune.method: random``: prune ``rate`` of each layer's survivors uniformly at random -- single
+    weights, or with ``granularity="channel"`` whole output channels (aligned to ``channel_multiple``)."""
     result: Masks = {}
     for name, rate in rates.items():
-        scores = torch.rand(masks[name].shape, generator=generator).to(masks[name].device)
-        result[name] = prune_lowest(scores, masks[name], rate)
+        mask = masks[name]
+        if granularity == "channel":
+            # one random score per output channel, the same over the channel: LnStructured then ranks
+            # the surviving channels in that random order
+            per_channel = torch.rand(mask.shape[0], generator=generator).to(mask.device)
+            scores = per_channel.view(-1, *([1] * (mask.dim() - 1))).expand_as(mask).to(mask.dtype)
+            result[name] = prune_channels(scores, mask, rate, channel_multiple=channel_multiple)
+        else:
+            scores = torch.rand(mask.shape, generator=generator).to(mask.device)
+            result[name] = prune_lowest(scores, mask, rate)
     return result
 
 
 @PRUNING_METHODS.register("magnitude")
 def magnitude_method(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[str, float], *,
                      groups: dict[str, str], granularity: str, generator: torch.Generator,
-                     channel_multiple: int = 1) -> Masks:
+                     channel_multiple: int = 1, global_normalize: bool = False) -> Masks:
     """IMP's own rule: the smallest |w| among the survivors (``generator`` unused)."""
-    return magnitude_masks(weights, masks, rates, groups, granularity, channel_multiple)
+    return magnitude_masks(weights, masks, rates, groups, granularity, channel_multiple, global_normalize)
 
 
 @PRUNING_METHODS.register("random")
 def random_method(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[str, float], *,
                   groups: dict[str, str], granularity: str, generator: torch.Generator,
                   channel_multiple: int = 1) -> Masks:
-    """A baseline: the same fraction of survivors, chosen uniformly at random per layer."""
-    return random_step_masks(masks, rates, generator)
+    """A baseline: the same fraction of survivors (weights or whole channels), chosen uniformly at random per
+    layer."""
+    return random_step_masks(masks, rates, generator, granularity, channel_multiple)
 
 
 def check_shrinks(old: Masks, new: Masks) -> None:

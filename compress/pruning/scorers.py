@@ -27,13 +27,12 @@ import torch.nn.functional as F
 from compress.errors import UserError
 from compress.pruning.apply import apply_masks, is_pruned, refresh_weights
 from compress.pruning.masks import Masks
-from compress.registry import Registry
+from compress.registry import SCORERS
 
 Scores = dict[str, torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
 Scorer = Callable[..., Scores]
 # ``prune.method`` names under ``lottery.strategy: at_init``; each: (model, names, masks, batches, generator)
-SCORERS: Registry[Scorer] = Registry("pruning scorer")
 # methods whose score is defined per weight only; channel granularity is refused for them in one line
 WEIGHT_ONLY = ("snip", "grasp", "synflow", "random_erk")
 # methods that need batches of the user's data (synflow only reads the input shape)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.registry import RECIPE_CHECKS
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 SYMBOLS = ("@classifier", "@stem")  # role selectors; YAML needs them quoted: ['@stem', '@classifier']
@@ -81,3 +82,21 @@ def names_under(model_names: Collection[str], prunable: list[str], roots: Collec
     """The prunable names equal to or inside one of ``roots`` (module paths), in definition order."""
     roots = [root for root in roots if root in model_names]
     return [name for name in prunable if any(name == root or name.startswith(root + ".") for root in roots)]
+
+
+@RECIPE_CHECKS.register("selector")
+def selector_problem(text: str) -> str | None:
+    """What is wrong with a recipe's selector ``text`` (one line), or None; the recipe loader asks this."""
+    head, colon, _ = text.partition(":")
+    if colon and head not in ("re", "type"):
+        # Module names never hold ':', so this glob could never match: it is a mistyped prefix.
+        close = difflib.get_close_matches(head, ("re", "type"), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"selector {text!r}: unknown prefix {head + ':'!r}{hint}; use {SELECTOR_HELP}"
+    if text.startswith("type:") and not text[5:].isidentifier():
+        return f"selector {text!r}: expected a class name after 'type:', e.g. type:Conv2d"
+    try:
+        Selector(text)
+    except ValueError as error:
+        return str(error)
+    return None

@@ -25,28 +25,18 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.pruning.groups import ChannelGroup, find_groups, per_unit
-from compress.pruning.masks import Masks, count_to_prune
+from compress.pruning.masks import Masks, normalized
+from compress.pruning.widths import aligned_keep, count_to_prune, resolve_multiple
+
+# The scores a channel group has (``next_group_masks``); any other prune.method is refused on this path,
+# never silently replaced by magnitude.
+GROUP_METHODS = ("magnitude", "random")
 
 
-def resolve_multiple(value: int | str) -> int:
-    """``prune.channel_multiple``: an int >= 1, or ``auto`` = onnxruntime's block on this CPU (16 / 8 / 1)."""
-    if value == "auto":
-        from compress.runtime import vector_block
-
-        return vector_block()
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"prune.channel_multiple: {value!r} must be an int >= 1 or 'auto'")
-    return value
-
-
-def aligned_keep(alive: int, rate: float, multiple: int = 1) -> int:
-    """Units kept when ``rate`` of the ``alive`` units is pruned, aligned to ``multiple`` (module docstring)."""
-    keep = alive - count_to_prune(rate, alive)
-    if multiple > 1:
-        if alive <= multiple:
-            return alive
-        keep = min(alive, max(multiple, multiple * math.floor(keep / multiple + 0.5)))
-    return max(1, keep)
+def check_group_method(method: str) -> None:
+    if method not in GROUP_METHODS:
+        raise UserError(f"prune.method: {method!r} has no rule for channel groups (granularity channel on a "
+                        f"model that is not an nn.Sequential); use one of {', '.join(GROUP_METHODS)}")
 
 
 def unit_multiple(group: ChannelGroup, channel_multiple: int) -> int:
@@ -104,10 +94,12 @@ def masks_for(groups: Sequence[ChannelGroup], masks: Masks, kept: dict[str, torc
 
 def next_group_masks(groups: Sequence[ChannelGroup], weights: dict[str, torch.Tensor], masks: Masks,
                      rates: dict[str, float], *, pools: dict[str, str] | None = None, channel_multiple: int = 1,
-                     method: str = "magnitude", generator: torch.Generator | None = None) -> Masks:
+                     method: str = "magnitude", generator: torch.Generator | None = None,
+                     normalize: bool = False) -> Masks:
     """One pruning step over whole units: ``rates[group]`` of each group's surviving units, lowest
     scores first (``method: random``: random scores). Groups sharing a ``pools`` key are ranked together
     (global scope); each group's count is then aligned to ``channel_multiple``. Pure."""
+    check_group_method(method)
     kept: dict[str, torch.Tensor] = {}
     scores, alive = {}, {}
     by_name = {group.name: group for group in groups}
@@ -119,6 +111,8 @@ def next_group_masks(groups: Sequence[ChannelGroup], weights: dict[str, torch.Te
             scores[group.name] = torch.rand(group.units, generator=generator, dtype=torch.float64)
         else:
             scores[group.name] = group_scores(group, weights, masks)
+            if normalize:  # one scale per group before a pooled (global) ranking
+                scores[group.name] = normalized(scores[group.name], alive[group.name])
     counts = {}
     by_pool: dict[str, list[str]] = {}
     for name in scores:
@@ -169,6 +163,7 @@ class StructuredPlan:
     reasons: dict[str, str] = field(default_factory=dict)
     pools: dict[str, str] = field(default_factory=dict)
     channel_multiple: int = 1
+    normalize: bool = False  # prune.global_normalize: each group's scores over their mean before pooling
 
     @property
     def pruned(self) -> list[ChannelGroup]:
@@ -183,7 +178,7 @@ class StructuredPlan:
              method: str = "magnitude", generator: torch.Generator | None = None) -> Masks:
         return next_group_masks(self.pruned, weights, masks, self.rates if rates is None else rates,
                                 pools=self.pools, channel_multiple=self.channel_multiple, method=method,
-                                generator=generator)
+                                generator=generator, normalize=self.normalize)
 
 
 def _covered(selectors: Sequence[str], model: nn.Module) -> set[str]:
@@ -257,11 +252,12 @@ def channel_plan(model: nn.Module, config, example_inputs: torch.Tensor | Sequen
         if rates[group.name] > 0 and aligned_keep(group.units, rates[group.name], step) == group.units:
             reasons[group.name] = (f"{group.units} units cannot shrink in steps of {step} "
                                    f"(prune.channel_multiple = {multiple}): stays whole")
-        pools[group.name] = f"rate={rates[group.name]:.6g}" if config.scope == "global" else group.name
+        pools[group.name] = f"rate={float(rates[group.name])!r}" if config.scope == "global" else group.name
     from compress.pruning.probe import probe_plan
 
     probe_plan(model, groups, rates, reasons, example_inputs)  # before anything trains: compacts exactly?
-    return StructuredPlan(groups, rates, reasons, pools, multiple)
+    return StructuredPlan(groups, rates, reasons, pools, multiple,
+                          normalize=config.scope == "global" and bool(getattr(config, "global_normalize", False)))
 
 
 def plan_targets(model: nn.Module, plan: StructuredPlan, config, where=None) -> list:

@@ -6,7 +6,7 @@
     json_schema()  # a JSON Schema of recipe files (shipped as recipes/recipe.schema.json)
 """
 
-from compress.recipe.describe import describe_schema
+from compress.recipe.describe import describe_schema, describe_schema_markdown
 from compress.recipe.errors import RecipeError
 from compress.recipe.jsonschema import json_schema
 from compress.recipe.loader import (
@@ -34,6 +34,6 @@ from compress.recipe.validate import PARTIAL_SECTIONS
 
 __all__ = [
     "PARTIAL_SECTIONS", "DataConfig", "ExportConfig", "LotteryConfig", "ModelConfig", "OptimizerConfig", "PruneConfig",
-    "Recipe", "RecipeError", "ScheduleConfig", "TrainConfig", "describe_schema", "dump_recipe", "json_schema",
+    "Recipe", "RecipeError", "ScheduleConfig", "TrainConfig", "describe_schema", "describe_schema_markdown", "dump_recipe", "json_schema",
     "load_recipe", "recipe_from_dict", "recipe_hash", "recipe_to_dict", "result_fields", "results_hash", "where",
 ]

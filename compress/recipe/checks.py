@@ -11,19 +11,23 @@ import re
 from collections.abc import Callable
 
 from compress.recipe.schema import (
-    CONTROLS,
     DEVICES,
     GRANULARITIES,
-    LOGGERS,
-    METHODS,
     OPTIMIZERS,
-    PREPROCESS_MODES,
     QAT_MODES,
-    QUANTIZE_MODES,
     RETRAINS,
     SCHEDULES,
     SCOPES,
     STRATEGIES,
+)
+from compress.registry import (
+    CONTROLS,
+    LOGGERS,
+    PREPROCESS_MODES,
+    PRUNE_METHOD_NAMES,
+    QUANTIZE_MODES,
+    Names,
+    Registry,
 )
 
 Rule = tuple[Callable[[float], bool], str]
@@ -80,11 +84,12 @@ PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
     "name": (re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"), NAME_RULE),
 }
 
-CHOICES: dict[str, tuple[str, ...]] = {
+# A registry is asked when a value is checked (its providers and plugins loaded then): what is registered is valid.
+CHOICES: dict[str, tuple[str, ...] | Registry | Names] = {
     "train.optimizer.name": OPTIMIZERS,
     "train.schedule.name": SCHEDULES,
     "train.device": DEVICES,
-    "prune.method": METHODS,
+    "prune.method": PRUNE_METHOD_NAMES,
     "prune.scope": SCOPES,
     "prune.granularity": GRANULARITIES,
     "lottery.controls[]": CONTROLS,

@@ -54,6 +54,23 @@ def describe_schema() -> str:
     return header + "\n\n" + "\n".join(line.rstrip() for line in lines) + "\n"
 
 
+def describe_schema_markdown() -> str:
+    """The same keys as ``describe_schema``, as one Markdown table per section (docs/recipes.md)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+    sections: dict[str, list[tuple[str, str, str, str]]] = {}
+    for row in schema_rows():
+        sections.setdefault(row[0].split(".")[0] if "." in row[0] else "(top level)", []).append(row)
+    lines = []
+    for section, rows in sections.items():
+        lines += [f"### {section}", "", "| key | type | default | help |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{path}` | {cell(kind)} | `{default}` | {cell(text)} |" for path, kind, default, text in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _show_default(f: dataclasses.Field[Any]) -> str:
     value = field_default(f)
     return "(required)" if value is dataclasses.MISSING else _flow(value)

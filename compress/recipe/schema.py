@@ -14,18 +14,13 @@ from typing import Any
 
 LAYER_KINDS = ("conv", "linear", "output")
 SCOPES = ("layerwise", "global")
-METHODS = ("magnitude", "random", "random_erk", "snip", "grasp", "synflow")
-# methods that only score at initialization (lottery.strategy: at_init) and only single weights
-INIT_ONLY_METHODS = ("random_erk", "snip", "grasp", "synflow")
 STRATEGIES = ("imp", "at_init")
 RETRAINS = ("rewind", "lr_rewind", "finetune")
 GRANULARITIES = ("weight", "channel")
-CONTROLS = ("reinit", "random_prune", "shuffle", "invert")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 # experiment trackers (compress.tracking registers one logger under each name)
-LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
 
 
 def field_default(f: Any) -> Any:
@@ -101,7 +96,8 @@ class TrainConfig:
     channels_last: bool = doc("CUDA only: channels_last memory format", default=False)
     sync_batchnorm: bool = doc("under torchrun, convert BatchNorm to SyncBatchNorm so N processes match one", default=True)
     log: tuple[str, ...] = doc(
-        f"experiment trackers, any of {', '.join(LOGGERS)} ([] = none): per-iteration loss and lr, every "
+        "experiment trackers, registered loggers (compress.registry.LOGGERS: tensorboard, csv, mlflow, wandb, or "
+        "a plugin's; [] = none): per-iteration loss and lr, every "
         "evaluation, per-round weights / MACs remaining, each ticket and control its own run, written into the "
         "run dir (tensorboard --logdir runs/; mlflow: a local file store <run dir>/mlruns unless "
         "MLFLOW_TRACKING_URI is set; wandb: offline unless WANDB_MODE is set)",
@@ -110,9 +106,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = doc(f"one of {', '.join(METHODS)}", default="magnitude")
+    method: str = doc("a registered pruning method (compress.registry.PRUNING_METHODS: magnitude, random) or "
+                      "at-init scorer (SCORERS: snip, grasp, synflow, random_erk), or a plugin's", default="magnitude")
     scope: str = doc(f"one of {', '.join(SCOPES)}; global pools all parameters that share a rate", default="layerwise")
     granularity: str = doc(f"one of {', '.join(GRANULARITIES)}", default="weight")
+    global_normalize: bool = doc(
+        "scope global only: divide each layer's scores (each channel group's, on any graph) by their mean over "
+        "its survivors before ranking the pool, so layers of different fan-in compete on one scale (as "
+        "Torch-Pruning does); false ranks raw |w| across layers, as the lottery-ticket paper's global pruning, "
+        "where small-fan-in layers (larger weights) keep more", default=False)
     rates: dict[str, float] = doc(
         "fraction of surviving weights pruned per round, by layer kind (conv / linear / output) "
         "or by selector; a selector key wins over a kind",
@@ -162,8 +164,9 @@ class LotteryConfig:
                        default="rewind")
     early_bird: EarlyBirdConfig = doc("early-bird mask draws during each level (imp)",
                                       default_factory=EarlyBirdConfig)
-    controls: tuple[str, ...] = doc(f"control experiments per round: {', '.join(CONTROLS)} (shuffle permutes each "
-                                    "layer's mask; invert keeps the lowest-scored weights)", default=())
+    controls: tuple[str, ...] = doc("control experiments per round, registered controls (compress.registry.CONTROLS): "
+                                    "reinit, random_prune, shuffle (permutes each layer's mask), invert (keeps the "
+                                    "lowest-scored weights), or a plugin's", default=())
     one_shot: bool = doc("prune to the final sparsity in one step after the dense round", default=False)
     ticket_tolerance: float = doc(
         "winning ticket = the sparsest round whose early-stop validation accuracy (test accuracy when "
@@ -179,8 +182,6 @@ class LotteryConfig:
         default="auto", results=False)
 
 
-PREPROCESS_MODES = ("metadata", "embed")
-QUANTIZE_MODES = ("none", "int8", "int8-static", "int8-dynamic")
 QAT_MODES = ("auto", "off", "on")
 
 
@@ -191,10 +192,10 @@ class ExportConfig:
     compact: bool = doc("also export an exactly compacted model (dead units removed)", default=False,
                         results=False)
     opset: int = doc("ONNX opset version", default=17, results=False)
-    preprocess: str = doc(f"one of {', '.join(PREPROCESS_MODES)}: record the input normalisation (mean, std, "
+    preprocess: str = doc("metadata or embed: record the input normalisation (mean, std, "
                           "shape, classes) in the ONNX metadata_props, or embed it in the graph, which then "
                           "takes pixel / 255", default="metadata", results=False)
-    quantize: str = doc(f"one of {', '.join(QUANTIZE_MODES)}: also write an int8 ticket (onnxruntime "
+    quantize: str = doc("none, int8, int8-static or int8-dynamic: also write an int8 ticket (onnxruntime "
                         "quantization, symmetric per-channel weights); int8 = dynamic for Linear-only nets, "
                         "static QDQ otherwise", default="none", results=False)
     calibration_size: int = doc("training images that calibrate static int8 activations", default=256,

@@ -40,7 +40,7 @@ _NO_CONTROLS = (H, H, R, R)
 # key path -> (status per entry point in ENTRY_POINTS order, why). A key of a mapping type (prune.rates,
 # model.kwargs) has one row for the whole mapping.
 SUPPORT: dict[str, tuple[tuple[str, str, str, str], str]] = {
-    "name": (_OWN, "names the run dir of find_ticket.py"),
+    "name": (_ALL, "a label: names find_ticket.py's run dir; nothing for other entry points to apply"),
     "seed": (_ALL, "seeds random masks, controls and ticket.batches()"),
     "model.name": (_OWN, "your code builds the model"),
     "model.num_classes": (_OWN, "your code builds the model"),
@@ -72,11 +72,13 @@ SUPPORT: dict[str, tuple[tuple[str, str, str, str], str]] = {
     "train.bf16": (_OWN, "your autocast"),
     "train.channels_last": (_OWN, "your memory format"),
     "train.sync_batchnorm": (_OWN, "your DDP set-up"),
-    "train.log": (_OWN, "find_ticket.py's trackers; your own loop logs where your code does"),
+    "train.log": (_OWN, "your trainer's logger (Lightning's logger, HF's report_to); the Lightning callback "
+                        "logs the search's progress there"),
     "train.compile": (_OWN, "your torch.compile(model) (the search unwraps it)"),
     "prune.method": (_ALL, ""),
     "prune.scope": (_ALL, ""),
     "prune.granularity": (_ALL, ""),
+    "prune.global_normalize": (_ALL, ""),
     "prune.rates": (_ALL, ""),
     "prune.output": (_ALL, ""),
     "prune.keep": (_ALL, ""),

@@ -23,8 +23,9 @@ from compress.recipe.keys import (
     strip_optional,
     type_name,
 )
-from compress.recipe.schema import INIT_ONLY_METHODS, LAYER_KINDS, Recipe
+from compress.recipe.schema import LAYER_KINDS, Recipe
 from compress.recipe.yamlio import Locations, LooseInt, loose_int_problem
+from compress.registry import DATASETS, MODELS, RECIPE_CHECKS, TIMM_PREFIX, init_only
 
 
 class Builder:
@@ -196,10 +197,13 @@ def _check_recipe(recipe: Recipe, b: Builder, sections: tuple[str, ...] | None =
 def _check_strategy(recipe: Recipe, b: Builder) -> None:
     """Which methods, retraining variants and controls go together (one line each, naming the fix)."""
     prune, lottery = recipe.prune, recipe.lottery
-    if prune.method in INIT_ONLY_METHODS and lottery.strategy != "at_init":
+    if prune.global_normalize and (prune.scope != "global" or lottery.strategy != "imp"):
+        raise b.error(("prune", "global_normalize"), "normalises scores across a global pool: needs prune.scope: "
+                                                     "global and lottery.strategy: imp")
+    if init_only(prune.method) and lottery.strategy != "at_init":
         raise b.error(("prune", "method"), f"{prune.method!r} scores weights at initialization: set "
                                            "lottery.strategy: at_init")
-    if prune.method in INIT_ONLY_METHODS and prune.granularity != "weight":
+    if init_only(prune.method) and prune.granularity != "weight":
         raise b.error(("prune", "granularity"), f"{prune.method!r} scores single weights; granularity "
                                                 f"{prune.granularity!r} is defined for magnitude and random only")
     if lottery.strategy == "at_init":
@@ -217,8 +221,6 @@ def _check_strategy(recipe: Recipe, b: Builder) -> None:
 
 
 def _check_model(name: str, b: Builder) -> None:
-    from compress.models import MODELS, TIMM_PREFIX
-
     if name.startswith(TIMM_PREFIX):
         if not name[len(TIMM_PREFIX):].strip():
             raise b.error(("model", "name"), "timm/ needs a model name, e.g. timm/resnet18")
@@ -229,34 +231,20 @@ def _check_model(name: str, b: Builder) -> None:
 
 def _check_model_kwargs(name: str, kwargs: dict[str, Any], b: Builder) -> None:
     # At load time too, so --dry-run and a bad recipe fail with file:line before any data is read.
-    from compress.models.build import kwargs_problem
-
-    problem = kwargs_problem(name, kwargs)
+    problem = RECIPE_CHECKS.get("model.kwargs")(name, kwargs)
     if problem:
         raise b.error(("model", "kwargs", problem[0]), problem[1])
 
 
 def _check_dataset(name: str, b: Builder) -> None:
-    from compress.data import DATASETS
-
     if name not in DATASETS:
         raise b.error(("data", "name"), DATASETS.unknown_message(name))
 
 
 def _check_selector(text: str, path: KeyPath, b: Builder) -> None:
-    from compress.pruning.selectors import SELECTOR_HELP, Selector
-
-    head, colon, _ = text.partition(":")
-    if colon and head not in ("re", "type"):
-        # Module names never hold ':', so this glob could never match: it is a mistyped prefix.
-        hint = did_you_mean(head, ("re", "type"))
-        raise b.error(path, f"selector {text!r}: unknown prefix {head + ':'!r}{hint}; use {SELECTOR_HELP}")
-    if text.startswith("type:") and not text[5:].isidentifier():
-        raise b.error(path, f"selector {text!r}: expected a class name after 'type:', e.g. type:Conv2d")
-    try:
-        Selector(text)
-    except ValueError as error:
-        raise b.error(path, str(error)) from None
+    problem = RECIPE_CHECKS.get("selector")(text)
+    if problem:
+        raise b.error(path, problem)
 
 
 def _pattern(path: KeyPath, key: str) -> str:

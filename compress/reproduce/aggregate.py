@@ -19,7 +19,7 @@ from pathlib import Path
 
 from compress import paths
 from compress.io import load_json
-from compress.reproduce.suite import Experiment, run_dir
+from compress.reproduce.experiment import Experiment, run_dir
 
 KINDS = ("dense", "ticket", "reinit", "random_prune")
 METRICS = ("early_stop_test_accuracy", "early_stop_iteration", "test_accuracy", "weights_remaining")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from compress.reproduce.suite import RECIPES, Experiment, run_dir
+from compress.reproduce.experiment import RECIPES, Experiment, run_dir
 
 
 def run_interleaved(experiment: Experiment, seeds: list[int], runs_root: Path, threads: int) -> list[dict]:

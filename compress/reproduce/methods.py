@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compress.reproduce.suite import Experiment
+from compress.reproduce.experiment import Experiment
 
 SEEDS = (0, 1, 2)
 AT_INIT = ("snip", "grasp", "synflow", "random_erk", "magnitude")
@@ -63,6 +63,8 @@ def method_experiments(model: Model, seeds: tuple[int, ...] = SEEDS) -> list[Exp
         "finetune": ("IMP, finetune", (k, "lottery.retrain=finetune")),
     }
     experiments = []
+    # the recipes' own controls (reinit, random_prune every round) would triple each chain
+    chained = {method: (title, ("lottery.controls=[]", *extra)) for method, (title, extra) in chained.items()}
     for method, (title, extra) in chained.items():
         experiments.append(Experiment(
             name=f"methods_{model.key}_{method}", title=f"{model.title}: {title}", recipe=model.recipe,

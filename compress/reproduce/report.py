@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 from compress import paths
 from compress.io import load_json, save_bytes, save_json, save_text
 from compress.reproduce.aggregate import KINDS, aggregate_experiment
-from compress.reproduce.suite import Experiment, invocations, run_dir
+from compress.reproduce.experiment import Experiment, run_dir
+from compress.reproduce.suite import invocations
 
 DEFAULT_OUT = {"full": Path("benchmarks/results/reproduction"), "long": Path("benchmarks/results/reproduction/long"),
                "smoke": Path("runs/reproduction-smoke/results"),

@@ -11,6 +11,7 @@ from typing import Any
 
 from compress.errors import UserError
 from compress.io import load_json, save_json
+from compress.registry import LOGGERS
 
 TRACKING = "tracking.json"  # per run folder: the last step written per metric, and the loggers' run ids
 
@@ -50,27 +51,24 @@ class Logger:
 
 
 LoggerFactory = Callable[[RunInfo], Logger]
-_REGISTRY: dict[str, LoggerFactory] = {}
 
 
 def register_logger(name: str, factory: LoggerFactory) -> None:
-    """Make ``train.log: [name]`` use ``factory(info)``; the recipe schema lists the built-in names."""
-    _REGISTRY[name] = factory
+    """Make ``train.log: [name]`` use ``factory(info)`` (``compress.registry.LOGGERS``; replaces one of that
+    name). The built-in ones are registered by ``compress.tracking.local`` and ``.remote``."""
+    LOGGERS.unregister(name)
+    LOGGERS.register(name)(factory)
 
 
 def _factory(name: str) -> LoggerFactory:
-    from compress.tracking import local, remote  # noqa: F401  (they register the built-in loggers)
-
-    if name not in _REGISTRY:
-        raise UserError(f"train.log: unknown logger {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    if name not in LOGGERS:
+        raise UserError(f"train.log: unknown logger {name!r}; choose from {', '.join(sorted(LOGGERS))}")
+    return LOGGERS.get(name)
 
 
 def logger_names() -> tuple[str, ...]:
     """The registered logger names (the built-in ones and any ``register_logger`` added)."""
-    from compress.tracking import local, remote  # noqa: F401
-
-    return tuple(_REGISTRY)
+    return tuple(LOGGERS)
 
 
 def recipe_params(recipe: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from compress.bench import (
     BACKENDS,
+    REDUCED_PRECISION,
     AutoBackend,
     Backend,
     LinearChain,
@@ -73,8 +74,10 @@ def test_ticket_sparsity_is_as_asked():
 
 def test_every_backend_matches_torch_dense(built):
     name, model, backends, unavailable = built
-    assert not unavailable, unavailable  # both paper models support every backend
-    assert set(backends) == set(BACKENDS)
+    # both paper models support every fp32 backend; static int8 of a conv net needs calibration inputs
+    assert set(unavailable) <= set(REDUCED_PRECISION), unavailable
+    assert set(BACKENDS) - set(REDUCED_PRECISION) <= set(backends)
+    backends = {n: b for n, b in backends.items() if n not in REDUCED_PRECISION}  # test_auto_precision.py
     for batch in (1, 3, 4):
         x = torch.randn(batch, *SHAPES[name], generator=torch.Generator().manual_seed(batch))
         with torch.no_grad():

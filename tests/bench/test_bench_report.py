@@ -20,7 +20,7 @@ from compress.bench import (
 )
 from compress.bench.report import write_results
 from compress.models import create_model
-from compress.pruning import get_masks, plain_state_dict
+from compress.pruning import folded_state_dict, get_masks
 from compress.ticket import save_ticket
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_speedups_only_where_the_baseline_was_measured():
 def _write_run(run_dir: Path) -> None:
     torch.manual_seed(0)
     model = magnitude_ticket(create_model("lenet300_100"), 0.05)
-    state = plain_state_dict(model)
+    state = folded_state_dict(model)
     save_ticket(run_dir / "ticket.pt", model_config={"name": "lenet300_100"},
                 shape={"num_classes": 10, "in_channels": 1, "image_size": 28},
                 masks=get_masks(model), rewind_state=state, trained_state=state, info={})

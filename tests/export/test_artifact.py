@@ -18,15 +18,14 @@ from compress.bench.source import magnitude_ticket
 from compress.errors import ArtifactError, UserError
 from compress.export import export_onnx
 from compress.export.artifact.coding import varint_decode, varint_encode
-from compress.export.artifact.pack import (
-    MAGIC,
+from compress.export.artifact.files import (
     artifact_state_dict,
-    pack_bytes,
     pack_onnx,
     read_header,
     unpack_bytes,
     unpack_onnx,
 )
+from compress.export.artifact.pack import MAGIC, pack_bytes
 from compress.export.onnx.verify import session
 from compress.models import build_model
 from compress.pruning import fold_masks

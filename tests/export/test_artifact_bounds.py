@@ -21,7 +21,8 @@ from onnx import helper, numpy_helper
 
 from compress.errors import ArtifactError
 from compress.export.artifact.bounds import MAX_HEADER_DEPTH, MAX_RESTORED_BYTES, json_depth
-from compress.export.artifact.pack import _PREAMBLE, MAGIC, VERSION, _compress, pack_bytes, unpack_bytes
+from compress.export.artifact.files import unpack_bytes
+from compress.export.artifact.pack import _PREAMBLE, MAGIC, VERSION, _compress, pack_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "pack_ticket.py"
@@ -84,7 +85,7 @@ CHILD = textwrap.dedent("""
     import resource, sys
     from compress.cli import run_cli
     from compress.errors import ArtifactError
-    from compress.export.artifact.pack import unpack_onnx
+    from compress.export.artifact.files import unpack_onnx
 
     size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), size + (1 << 30)))

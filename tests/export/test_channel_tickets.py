@@ -28,9 +28,9 @@ def test_channel_imp_masks_shrink_and_compaction_is_exact(name):
     model = create_model(name, in_channels=channels).eval()
     search = LotterySearch(model, _channel_recipe(name, rounds))
     previous = search.masks
+    search.snapshot()  # the rewind point (step 0), as a training loop's first step would take it
     for _ in range(rounds):
-        search.prune()
-        search.level += 1
+        assert search.prune_and_rewind()  # the public transition, never search.level by hand
         masks = search.masks
         for layer, mask in masks.items():
             assert bool((mask <= previous[layer]).all()), "masks only shrink"

@@ -19,9 +19,9 @@ from compress.pipeline.export import stored_paths
 from compress.pruning import (
     apply_masks,
     effective_weights,
+    folded_state_dict,
     magnitude_masks,
     ones_masks,
-    plain_state_dict,
     prunable_modules,
 )
 from compress.recipe import DataConfig, ModelConfig, Recipe, dump_recipe, recipe_to_dict
@@ -40,7 +40,6 @@ def run_dir(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     model = build_model(recipe.model, 10, 1, 28)
     names = [name for name, _ in prunable_modules(model)]
-    start = plain_state_dict(model)
     masks = magnitude_masks(effective_weights(model, names), ones_masks(model, names),
                             {n: 0.9 for n in names}, {n: n for n in names})
     apply_masks(model, masks)
@@ -50,7 +49,7 @@ def run_dir(tmp_path: Path) -> Path:
     save_torch(model.state_dict(), paths.round_dir(folder, 2) / paths.FINAL)
     save_ticket(folder / paths.TICKET, model_config=recipe_to_dict(recipe)["model"],
                 shape={"num_classes": 10, "in_channels": 1, "image_size": 28}, masks=masks,
-                rewind_state=start, trained_state=plain_state_dict(model), info={"round": 2})
+                rewind_state=folded_state_dict(model), trained_state=folded_state_dict(model), info={"round": 2})
     return folder
 
 
@@ -191,3 +190,35 @@ def test_tool_out_an_existing_folder_writes_ticket_onnx_there(run_dir, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert (folder / "ticket.onnx").is_file() and str(folder / "ticket.onnx") in result.stdout
+
+
+# #23: a bug is not turned into random inputs; ticket.py's folded contract is enforced
+def test_a_bug_while_loading_test_data_is_not_turned_into_random_inputs(run_dir, monkeypatch):
+    import compress.data
+
+    run = run_dir
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in the data code")
+
+    monkeypatch.setattr(compress.data, "load_dataset", broken)
+    with pytest.raises(TypeError, match="a bug in the data code"):
+        export_run(run, accuracy=False)
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file", "/data/x")
+
+    monkeypatch.setattr(compress.data, "load_dataset", missing)
+    result = export_run(run, accuracy=False)  # no data: said, on random inputs
+    assert "random" in result["inputs"] and "not loaded" in result["inputs"]
+
+
+def test_save_ticket_refuses_unfolded_weights(run_dir, tmp_path):
+    from compress.ticket import read_ticket
+
+    run = run_dir
+    ticket = read_ticket(run / paths.TICKET)
+    unfolded = {key: value + 1.0 if key.endswith(".weight") else value for key, value in ticket["trained_state"].items()}
+    with pytest.raises(ValueError, match="not folded"):
+        save_ticket(tmp_path / "t.pt", model_config=ticket["model"], shape=ticket["shape"], masks=ticket["masks"],
+                    rewind_state=ticket["rewind_state"], trained_state=unfolded, info={})

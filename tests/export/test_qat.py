@@ -18,10 +18,10 @@ from compress.pipeline import export_run
 from compress.pruning import (
     apply_masks,
     effective_weights,
+    folded_state_dict,
     get_masks,
     magnitude_masks,
     ones_masks,
-    plain_state_dict,
     prunable_modules,
 )
 from compress.recipe import DataConfig, ExportConfig, ModelConfig, Recipe, dump_recipe, recipe_to_dict
@@ -50,7 +50,7 @@ def synthetic_run(tmp_path):
     save_text(dump_recipe(recipe), folder / paths.RECIPE)
     save_ticket(folder / paths.TICKET, model_config=recipe_to_dict(recipe)["model"],
                 shape={"num_classes": 10, "in_channels": 1, "image_size": 28}, masks=get_masks(model),
-                rewind_state=plain_state_dict(model), trained_state=plain_state_dict(model), info={"round": 1})
+                rewind_state=folded_state_dict(model), trained_state=folded_state_dict(model), info={"round": 1})
     return folder
 
 

@@ -27,9 +27,9 @@ from compress.pipeline import export_run
 from compress.pruning import (
     apply_masks,
     fold_masks,
+    folded_state_dict,
     magnitude_masks,
     ones_masks,
-    plain_state_dict,
     prunable_modules,
 )
 from compress.pruning import effective_weights as effective
@@ -108,7 +108,7 @@ def synthetic_run(tmp_path: Path) -> Path:
     save_text(dump_recipe(recipe), folder / paths.RECIPE)
     save_ticket(folder / paths.TICKET, model_config=recipe_to_dict(recipe)["model"],
                 shape={"num_classes": 10, "in_channels": 1, "image_size": 28}, masks=masks,
-                rewind_state=plain_state_dict(model), trained_state=plain_state_dict(model), info={"round": 1})
+                rewind_state=folded_state_dict(model), trained_state=folded_state_dict(model), info={"round": 1})
     save_torch(masks, paths.round_dir(folder, 1) / paths.MASK)
     return folder
 

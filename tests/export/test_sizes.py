@@ -14,13 +14,14 @@ import torch
 
 from compress.bench.source import magnitude_ticket
 from compress.export import export_onnx
-from compress.export.artifact.pack import unpack_onnx
+from compress.export.artifact.files import unpack_onnx
 from compress.export.artifact.sizes import (
     SIZES_JSON,
     cached_run_sizes,
     quantize_int8,
     run_sizes,
     size_rows,
+    size_section,
     size_table_markdown,
 )
 from compress.models import build_model
@@ -88,11 +89,9 @@ def test_a_dense_file_and_a_given_int8_file_are_used(ticket, tmp_path):
 
 
 def test_run_sizes_caches_per_export_and_feeds_the_report(ticket, tmp_path):
-    from compress.lottery.report import _compression_section
-
     run = tmp_path / "run"
     run.mkdir()
-    assert run_sizes(run) is None and _compression_section(run) == []
+    assert run_sizes(run) is None and cached_run_sizes(run) is None
     (run / "ticket.onnx").write_bytes(ticket.read_bytes())
     rows = run_sizes(run)
     assert [row["what"] for row in rows] == WHAT
@@ -101,16 +100,14 @@ def test_run_sizes_caches_per_export_and_feeds_the_report(ticket, tmp_path):
     stamp = (run / SIZES_JSON).stat().st_mtime_ns
     assert run_sizes(run) == rows and (run / SIZES_JSON).stat().st_mtime_ns == stamp  # cached
     assert cached_run_sizes(run) == rows
-    section = "\n".join(_compression_section(run))
+    section = "\n".join(size_section(rows))
     assert "## Shipping the ticket: compressed size" in section and size_table_markdown(rows) in section
-    # a later round's ticket.pt makes the export stale: no table until it is exported again
-    (run / "ticket.pt").write_bytes(b"")
+    # one rule, the sha256 of what was measured: file times alone change nothing
     later = (run / "ticket.onnx").stat().st_mtime + 5
-    os.utime(run / "ticket.pt", (later, later))
-    assert cached_run_sizes(run) is None and _compression_section(run) == []
+    os.utime(run / "ticket.onnx", (later, later))
+    assert cached_run_sizes(run) == rows
     # a new export (another ticket) is measured again
     _ticket(run / "ticket.onnx", remaining=0.2, seed=1)
-    os.utime(run / "ticket.onnx", (later + 5, later + 5))
     assert cached_run_sizes(run) is None
     again = run_sizes(run)
     assert again[1]["bytes"] == (run / "ticket.onnx").stat().st_size and again != rows

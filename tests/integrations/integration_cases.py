@@ -56,6 +56,21 @@ def assert_planned_fractions(masks: dict, level: int) -> None:
 
 
 def assert_pruned_zero(net: torch.nn.Module, masks: dict) -> None:
+    """The net still carries these masks, and its forward ignores the pruned weights: changing them (in
+    ``weight_orig``) changes no output. (``weight[mask == 0] == 0`` would hold by construction.)"""
     for name, mask in masks.items():
-        weight = net.get_submodule(name).weight
-        assert torch.all(weight[mask == 0] == 0), name
+        module = net.get_submodule(name)
+        assert torch.equal(module.weight_mask.detach().cpu(), mask.detach().cpu()), name
+        device = module.weight_orig.device
+        if isinstance(module, torch.nn.Linear):
+            x = torch.randn(2, module.in_features, device=device)
+        else:
+            x = torch.randn(2, module.in_channels, 9, 9, device=device)
+        with torch.no_grad():
+            before = module(x)
+            saved = module.weight_orig.detach().clone()
+            module.weight_orig[mask.to(device) == 0] += 1.0
+            after = module(x)
+            module.weight_orig.copy_(saved)
+            module(x)  # the weight attribute recomputed from the restored weights
+        assert torch.equal(before, after), name

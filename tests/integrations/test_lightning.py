@@ -59,7 +59,8 @@ class LevelRecorder(L.Callback):
 def trainer(*callbacks, **kwargs) -> L.Trainer:
     # Lightning's default checkpoints go to ./checkpoints: keep them out of the repository
     kwargs.setdefault("default_root_dir", tempfile.mkdtemp(prefix="compress-lightning-"))
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+    kwargs.setdefault("logger", False)
+    return L.Trainer(accelerator="cpu", devices=1, enable_progress_bar=False,
                      enable_model_summary=False, callbacks=list(callbacks), **kwargs)
 
 
@@ -84,6 +85,22 @@ def test_runs_to_done_and_finds_find_tickets_masks(recipe, data, tmp_path):
     assert_masks_equal(search.masks, expected[-1])
     assert_pruned_zero(module.net, search.masks)
     assert 0.6 < search.report()["weights_remaining"] < 0.7
+
+
+def test_search_progress_goes_to_the_trainers_logger(recipe, data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = L.loggers.TensorBoardLogger(tmp_path / "tb", name="lottery", version=0)
+    ticket, *_ = fit(recipe, data, enable_checkpointing=False, logger=logger)
+    logger.finalize("success")
+    events = EventAccumulator(str(tmp_path / "tb" / "lottery" / "version_0"))
+    events.Reload()
+    remaining = events.Scalars("lottery/weights_remaining")
+    # one point at the end of every level, at the optimizer step it happened (levels of 30, 25, 25 steps)
+    assert [e.step for e in remaining] == [30, 55, ticket.total_steps]
+    assert remaining[0].value > remaining[1].value == pytest.approx(remaining[2].value)  # pruned after 1 and 2 only
+    assert remaining[-1].value == pytest.approx(ticket.search.report()["weights_remaining"], rel=1e-6)
+    assert [e.value for e in events.Scalars("lottery/level")] == [1, 2, 2]
 
 
 def test_resume_mid_level_continues_to_the_same_masks(recipe, data, tmp_path):

@@ -123,9 +123,11 @@ def test_training_after_load_keeps_zeros(tmp_path):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    kept = get_masks(fresh)  # the masks survived training: the zeros are the prune reparametrisation's
     state = folded_state_dict(fresh)
     for name, mask in masks.items():
-        assert bool((state[f"{name}.weight"][mask == 0] == 0).all())
+        assert torch.equal(kept[name], mask)
+        assert bool((state[f"{name}.weight"][mask == 0] == 0).all()) and bool(state[f"{name}.weight"][mask == 1].ne(0).any())
 
 
 def test_wrapped_model_save_and_load(tmp_path):

@@ -13,7 +13,8 @@ from compress.lottery.dry_run import plan_table
 from compress.models import create_model
 from compress.pipeline import run_recipe
 from compress.pruning.compact.graph import compact_graph
-from compress.pruning.structured import aligned_keep, group_widths, resolve_multiple
+from compress.pruning.structured import group_widths
+from compress.pruning.widths import aligned_keep, resolve_multiple
 from compress.recipe import recipe_from_dict
 from compress.runtime import vector_block
 
@@ -49,9 +50,9 @@ def test_imp_on_a_residual_net_prunes_whole_groups_and_compacts_exactly():
     assert search.structure is not None and "fc" in search.names, "the classifier's inputs are masked with the group"
     previous = search.masks
     history = []
+    search.snapshot()  # the rewind point (step 0), as a training loop's first step would take it
     for _ in range(3):
-        search.prune()
-        search.level += 1
+        assert search.prune_and_rewind()  # the public transition, never search.level by hand
         masks = search.masks
         assert all(bool((masks[n] <= previous[n]).all()) for n in masks), "masks only shrink"
         previous = masks
@@ -120,9 +121,9 @@ def test_sequential_channel_tickets_align_too(scope):
     model = create_model("conv4")
     search = LotterySearch(model, recipe)
     assert search.structure is None
+    search.snapshot()  # the rewind point (step 0), as a training loop's first step would take it
     for _ in range(3):
-        search.prune()
-        search.level += 1
+        assert search.prune_and_rewind()  # the public transition, never search.level by hand
     widths = {name: int(mask.flatten(1).any(1).sum()) for name, mask in search.masks.items()}
     assert all(w % 16 == 0 and w >= 16 for w in widths.values()), widths
     if scope == "layerwise":

@@ -116,7 +116,7 @@ def test_rewind_beyond_budget_set_by_override(tmp_path: Path) -> None:
     ("prune:\n  scope: local\n", 2, "prune.scope", "layerwise, global"),
     ("prune:\n  method: l1\n", 2, "prune.method", "magnitude, random"),
     ("prune:\n  granularity: filter\n", 2, "prune.granularity", "weight, channel"),
-    ("lottery:\n  controls:\n    - reinit\n    - shuffle\n", 4, "lottery.controls[1]", "reinit, random_prune"),
+    ("lottery:\n  controls:\n    - reinit\n    - shufle\n", 4, "lottery.controls[1]", "reinit, random_prune, shuffle, invert"),
     ("train:\n  device: gpu\n", 2, "train.device", "auto, cpu, cuda"),
 ])
 def test_choices(tmp_path: Path, text: str, line: int, key: str, allowed: str) -> None:

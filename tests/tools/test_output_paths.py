@@ -23,9 +23,9 @@ from compress.models import build_model
 from compress.pruning import (
     apply_masks,
     effective_weights,
+    folded_state_dict,
     magnitude_masks,
     ones_masks,
-    plain_state_dict,
     prunable_modules,
 )
 from compress.recipe import DataConfig, ModelConfig, Recipe, dump_recipe, recipe_to_dict
@@ -53,7 +53,6 @@ def run_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = build_model(recipe.model, 10, 1, 28)
     names = [name for name, _ in prunable_modules(model)]
-    start = plain_state_dict(model)
     masks = magnitude_masks(effective_weights(model, names), ones_masks(model, names),
                             {n: 0.9 for n in names}, {n: n for n in names})
     apply_masks(model, masks)
@@ -61,7 +60,7 @@ def run_dir(tmp_path_factory) -> Path:
     save_bytes(dump_recipe(recipe).encode(), folder / paths.RECIPE)
     save_ticket(folder / paths.TICKET, model_config=recipe_to_dict(recipe)["model"],
                 shape={"num_classes": 10, "in_channels": 1, "image_size": 28}, masks=masks,
-                rewind_state=start, trained_state=plain_state_dict(model), info={"round": 2})
+                rewind_state=folded_state_dict(model), trained_state=folded_state_dict(model), info={"round": 2})
     return folder
 
 
@@ -119,7 +118,7 @@ def test_recipe_refuses_qat_on_without_quantize(tmp_path):
 
 
 def test_export_json_paths_are_relative_to_the_run_dir(run_dir, exported, tmp_path):
-    from compress.pipeline.run import _current_export
+    from compress.pipeline.run import current_export
 
     stored = json.loads((run_dir / "export.json").read_text())
     assert stored["path"] == paths.TICKET_ONNX and stored["run_dir"] == "." and stored["report"] == "export.json"
@@ -127,7 +126,7 @@ def test_export_json_paths_are_relative_to_the_run_dir(run_dir, exported, tmp_pa
     shutil.copytree(run_dir, copy)
     from compress.recipe import load_recipe
 
-    loaded = _current_export(copy, load_recipe(copy / paths.RECIPE))
+    loaded = current_export(copy, load_recipe(copy / paths.RECIPE))
     assert loaded is not None and Path(loaded["path"]) == copy / paths.TICKET_ONNX
 
 

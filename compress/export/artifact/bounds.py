@@ -2,7 +2,7 @@
 
 The sha256 of an artifact is a checksum, not a bound: anyone can write a file whose header claims
 3e9 elements, a 5 GB stream or a JSON nesting deep enough to exhaust the parser's stack. So before
-``compress.export.artifact`` decodes a byte:
+``compress.export.artifact.pack`` decodes a byte:
 
 * the header's JSON is at most ``MAX_HEADER_BYTES`` decompressed and ``MAX_HEADER_DEPTH`` levels deep;
 * every field has its type and range (counts >= 0, ``nnz <= count``, item size 1/2/4/8, known encodings);

@@ -22,7 +22,8 @@ import hashlib
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.export.artifact.pack import CODEC, SUFFIX, pack_onnx
+from compress.export.artifact.files import pack_onnx
+from compress.export.artifact.pack import CODEC, SUFFIX
 from compress.export.onnx.storage import GZIP_LEVEL
 from compress.io import load_json, save_json
 
@@ -144,11 +145,9 @@ def run_sizes(run_dir: str | Path, onnx_name: str = "ticket.onnx") -> list[dict]
 def cached_run_sizes(run_dir: str | Path, onnx_name: str = "ticket.onnx") -> list[dict] | None:
     """The rows ``run_sizes`` cached for the run's current ``ticket.onnx``, without computing anything."""
     run_dir = Path(run_dir)
-    cache, source, ticket = run_dir / SIZES_JSON, run_dir / onnx_name, run_dir / "ticket.pt"
+    cache, source = run_dir / SIZES_JSON, run_dir / onnx_name
     if not (cache.is_file() and source.is_file()):
         return None
-    if ticket.is_file() and ticket.stat().st_mtime > source.stat().st_mtime:
-        return None  # a later round replaced the ticket; its export (and table) is still to come
     try:
         cached = load_json(cache)
         return cached["rows"] if cached.get("source_sha256") == _digest(run_dir, onnx_name) else None
@@ -156,22 +155,22 @@ def cached_run_sizes(run_dir: str | Path, onnx_name: str = "ticket.onnx") -> lis
         return None
 
 
-def report_sizes(run_dir: str | Path, summary: dict, recipe) -> list[dict] | None:
-    """After a run's export: measure its size table (``run_sizes``) and rewrite ``report.md`` with it.
+def report_sizes(run_dir: str | Path) -> list[dict] | None:
+    """After a run's export: its size table (``run_sizes``: computed, or the cache of this very export).
 
-    Does nothing (writes nothing) when the table of this very export is already there, so a finished
-    run still reruns on read-only media, or when ``ticket.onnx`` exceeds ``AUTO_MAX_BYTES``: lzma packs
-    ~1 MB/s here, so a 45 MB ResNet-18 would add minutes to every run; ``tools/pack_ticket.py --sizes``
-    measures those on demand.
+    None when there is no ``ticket.onnx`` or it exceeds ``AUTO_MAX_BYTES``: lzma packs ~1 MB/s here, so a
+    45 MB ResNet-18 would add minutes to every run; ``tools/pack_ticket.py --sizes`` measures those on demand.
+    Writes no report: the pipeline (``compress.pipeline``) does, with ``size_section`` of these rows.
     """
     source = Path(run_dir) / "ticket.onnx"
     if not source.is_file() or source.stat().st_size > AUTO_MAX_BYTES:
         return None
-    if cached_run_sizes(run_dir) is not None:
-        return cached_run_sizes(run_dir)
-    rows = run_sizes(run_dir)
-    if rows:
-        from compress.lottery.report import write_report
+    return run_sizes(run_dir)
 
-        write_report(Path(run_dir), summary, recipe)
-    return rows
+
+def size_section(rows: list[dict]) -> list[str]:
+    """The report's section of the size table (markdown lines)."""
+    return ["## Shipping the ticket: compressed size", "",
+            "Bytes of the exported ticket; ratios against the dense fp32 ONNX. The artifacts (`ticket.cta`, the "
+            "int8 one beside it) restore the ONNX file bit-exact: `python tools/pack_ticket.py --unpack ticket.cta`.",
+            "", size_table_markdown(rows), ""]

@@ -73,28 +73,60 @@ def raw_test_batches(config, seed: int = 0, *, limit: int | None = None,
         yield images[i:i + batch].numpy(), labels[i:i + batch].numpy()
 
 
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def _runner(model_bytes: bytes, runtime: str, precision: str):
+    """``run(x) -> logits`` in the runtime asked for."""
+    if runtime == "onnxruntime":
+        if precision != "f32":
+            raise UserError(f"onnxruntime runs the file's own precision; precision {precision!r} is openvino's")
+        from compress.export.onnx.verify import session
+
+        runner = session(model_bytes)
+        name = runner.get_inputs()[0].name
+        return lambda x: runner.run(None, {name: x})[0]
+    if runtime != "openvino":
+        raise UserError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    import tempfile
+
+    from compress.export.onnx.openvino import compile_onnx
+
+    with tempfile.TemporaryDirectory(prefix="compress-ov-") as folder:
+        path = Path(folder) / "model.onnx"
+        path.write_bytes(model_bytes)
+        compiled = compile_onnx(path, precision, threads=0)  # 0: OpenVINO's own choice of threads
+    request = compiled.create_infer_request()
+
+    def run(x):
+        request.infer({0: x})
+        return request.get_output_tensor(0).data.copy()
+
+    return run
+
+
 def onnx_test_accuracy(onnx_path: str | Path | bytes | onnx.ModelProto, recipe_or_data, *,
-                       limit: int | None = None, seed: int | None = None, preprocess: dict | None = None) -> float:
+                       limit: int | None = None, seed: int | None = None, preprocess: dict | None = None,
+                       runtime: str = "onnxruntime", precision: str = "f32") -> float:
     """Top-1 accuracy of the ONNX model on the test set, from raw pixels, preprocessed as its metadata says.
 
     ``recipe_or_data``: a ``Recipe`` (its ``data`` and ``seed``) or a ``DataConfig`` (``seed`` then picks
     the ``test_subset`` rows, default 0). ``limit``: only the first ``limit`` test examples.
     ``preprocess``: a ``read_metadata``-style dict for a file that records none (else an error).
+    ``runtime``: ``onnxruntime`` or ``openvino`` (then ``precision`` ``f32`` or ``bf16``: OpenVINO's
+    inference precision, which a CPU without bf16 kernels runs as f32).
     """
-    from compress.export.onnx.verify import session
-
     config, seed = _config_and_seed(recipe_or_data, seed)
     model_bytes = _bytes(onnx_path)
     meta = preprocess if preprocess is not None else read_metadata(model_bytes)
-    runner = session(model_bytes)
-    name = runner.get_inputs()[0].name
+    run = _runner(model_bytes, runtime, precision)
     correct = total = 0
     for images, labels in raw_test_batches(config, seed, limit=limit):
         x = apply_preprocess(images, meta)
         try:
-            logits = runner.run(None, {name: x})[0]
-        except Exception as error:  # onnxruntime's own exception types
-            raise UserError(f"onnxruntime cannot run the model on preprocessed test images of shape {x.shape}: "
+            logits = run(x)
+        except Exception as error:  # the runtimes' own exception types
+            raise UserError(f"{runtime} cannot run the model on preprocessed test images of shape {x.shape}: "
                              f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
                              ) from error
         correct += int((logits.argmax(1) == labels).sum())

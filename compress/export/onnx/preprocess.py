@@ -31,8 +31,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compress.errors import UserError
+from compress.registry import PREPROCESS_MODES
 
 MODES = ("metadata", "embed")
+for _mode, _what in zip(MODES, ("normalisation recorded in the metadata_props", "normalisation embedded in the graph"),
+                        strict=True):
+    PREPROCESS_MODES.register(_mode)(_what)
 MODE_KEY = "compress.preprocess"
 PIXEL_SCALE = 255.0
 _NORMALISED = "normalised"  # suffix of the graph's original input once preprocessing is embedded in front

@@ -25,8 +25,12 @@ from onnx import numpy_helper
 
 from compress.errors import UserError
 from compress.export.onnx.preprocess import copy_metadata
+from compress.registry import QUANTIZE_MODES
 
 MODES = ("int8", "int8-static", "int8-dynamic")
+for _mode, _what in zip(("none", *MODES), ("no int8 file", "static for Conv graphs, dynamic otherwise",
+                                           "static QDQ, calibrated activations", "dynamic activations"), strict=True):
+    QUANTIZE_MODES.register(_mode)(_what)
 # what gets int8 weights: the layers pruning touches; Add / Mul / Sub / Div (embedded preprocessing,
 # residual adds) stay float, which keeps the preprocessing exact
 OP_TYPES = ["Conv", "Gemm", "MatMul"]
@@ -41,6 +45,11 @@ class Int8Result:
     rule: str  # why this mode
     calibration_examples: int = 0
     zeros: dict[str, dict] = field(default_factory=dict)
+
+
+def _quiet_onnxruntime(record: logging.LogRecord) -> bool:
+    """A root-logger filter: False (drop) for onnxruntime.quantization's records below ERROR."""
+    return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname.replace("\\", "/")
 
 
 def choose_mode(proto: onnx.ModelProto, mode: str) -> tuple[str, str]:
@@ -90,9 +99,10 @@ def quantize_onnx(model: bytes | str | Path | onnx.ModelProto, out: str | Path |
     with tempfile.TemporaryDirectory(prefix="compress-int8-") as folder:
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         onnx.save(proto, str(source))
+        # onnxruntime logs "consider pre-processing" advice on the root logger: our graphs are already
+        # shape-inferred. Drop only its records below ERROR; the process's logging levels stay as they are.
         logger = logging.getLogger()
-        level = logger.level
-        logger.setLevel(logging.ERROR)  # "consider pre-processing" advice: our graphs are already shape-inferred
+        logger.addFilter(_quiet_onnxruntime)
         try:
             if used == "int8-dynamic":
                 quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8,
@@ -105,7 +115,7 @@ def quantize_onnx(model: bytes | str | Path | onnx.ModelProto, out: str | Path |
                                 calibrate_method=CalibrationMethod.MinMax,
                                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         finally:
-            logger.setLevel(level)
+            logger.removeFilter(_quiet_onnxruntime)
         quantized = onnx.load(str(target))
     copy_metadata(proto, quantized)
     prop = quantized.metadata_props.add()

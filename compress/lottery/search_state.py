@@ -1,0 +1,109 @@
+"""Two seams of ``LotterySearch``: the optimizer / LR scheduler it watches (reset and rewound at every
+rewind), and its checkpoint (``state_dict`` / ``load_state_dict``: level, step, masks, rewind point)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import torch
+
+from compress.errors import UserError
+from compress.lottery.events import STATE_FORMAT, check_state
+from compress.pruning import apply_masks, is_pruned
+
+
+class WatchMixin:
+    """The optimizer and scheduler of a user's loop, reset / rewound at every rewind (``watch``)."""
+
+    @staticmethod
+    def reset_optimizer(optimizer: torch.optim.Optimizer) -> None:
+        """Forget per-parameter state (Adam moments, momentum buffers) before a new level."""
+        optimizer.state.clear()
+
+    def watch(self, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> None:
+        """Reset ``optimizer`` and rewind ``scheduler`` automatically at every rewind (``on_step`` and
+        ``prune_and_rewind`` call ``reset_optimizer`` / ``rewind_scheduler``).
+
+        At level 0, step 0 (build them, then watch, before the first step) the scheduler's state and its
+        optimizer's hyperparameters (lr, momentum, ...) are recorded as the schedule's start, which
+        ``state_dict`` saves; later (a resumed run) the start comes from ``load_state_dict``.
+        """
+        if scheduler is not None:
+            if self.level == 0 and self.step_count == 0:
+                groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+                          for group in scheduler.optimizer.param_groups]
+                self._schedule_start = {"state": copy.deepcopy(scheduler.state_dict()), "groups": groups}
+            elif self._schedule_start is None:
+                raise UserError(f"watch(scheduler) at level {self.level}, step {self.step_count}: the search must "
+                                "see the schedule's start; watch it before the first step, or load a search state "
+                                "saved with a watched scheduler first")
+        self._optimizer = optimizer
+        self._scheduler = scheduler
+        self._rewatch = None
+
+    def rewind_scheduler(self, scheduler: Any) -> None:
+        """Restart a torch LR scheduler at ``start_step``: restore the start ``watch`` recorded (with the
+        optimizer's lr), then ``scheduler.step()`` ``start_step`` times -- the same arithmetic as the first
+        run, so the rewound level's learning rates equal the dense level's from ``rewind_to`` on, bit for
+        bit. For schedulers stepped once per optimizer step, without arguments."""
+        if self._schedule_start is None:
+            raise UserError("rewind_scheduler: call search.watch(optimizer, scheduler) right after building "
+                            "the scheduler, so the search knows where the schedule starts")
+        for group, saved in zip(scheduler.optimizer.param_groups, self._schedule_start["groups"], strict=True):
+            group.update(copy.deepcopy(saved))
+        scheduler.load_state_dict(copy.deepcopy(self._schedule_start["state"]))
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore")
+            for _ in range(self.start_step):
+                scheduler.step()
+
+
+class StateMixin:
+    """Checkpoint and resume of a search."""
+
+    def state_dict(self) -> dict:
+        """Level, step count, done, rewind snapshot, masks, the watched schedule's start and the settings;
+        loads with ``torch.load(weights_only=True)``."""
+        rewind = None if self.rewind_state is None else {k: v.clone() for k, v in self.rewind_state.items()}
+        return {"format": STATE_FORMAT, "settings": copy.deepcopy(self.settings), "level": self.level,
+                "step_count": self.step_count, "done": self.done, "rewind": rewind,
+                "schedule_start": copy.deepcopy(self._schedule_start),
+                "watched": [self._optimizer is not None, self._scheduler is not None]
+                if self._rewatch is None else list(self._rewatch),
+                "results": copy.deepcopy(self.__dict__.get("_results", {})),
+                "early_bird": None if self.early_bird is None else self.early_bird.state_dict(),
+                "early_bird_steps": dict(self.early_bird_steps),
+                "masks": {name: module.weight_mask.detach().clone()
+                          for name, module in zip(self.names, self._modules, strict=True)}}
+
+    def load_state_dict(self, state: dict, optimizer: torch.optim.Optimizer | None = None,
+                        scheduler: Any = None) -> None:
+        """Continue a saved search: installs its masks, rewind snapshot and position. Weights are the
+        model's business (``model.load_state_dict``). A state of other prune / lottery settings is refused.
+
+        A search saved while it watched an optimizer / scheduler refuses to rewind until ``watch`` sees
+        them again: pass them here, or call ``search.watch(optimizer, scheduler)`` afterwards."""
+        shapes = {name: tuple(module.weight_mask.shape) for name, module in zip(self.names, self._modules, strict=True)}
+        check_state(state, self.settings, self.names, shapes, self.rounds, self.iterations, self.rewind_to)
+        for name, module in zip(self.names, self._modules, strict=True):
+            if not is_pruned(module):
+                raise UserError(f"{name!r} lost its torch prune reparametrisation; build a new search")
+        apply_masks(self.model, state["masks"])
+        rewind = state["rewind"]
+        self.rewind_state = None if rewind is None else {k: v.clone() for k, v in rewind.items()}
+        self.level, self.step_count, self.done = state["level"], state["step_count"], state["done"]
+        if state.get("schedule_start") is not None:
+            self._schedule_start = copy.deepcopy(state["schedule_start"])
+        self.__dict__["_results"] = {int(k): dict(v) for k, v in dict(state.get("results") or {}).items()}
+        self._optimizer = self._scheduler = None
+        watched = tuple(bool(w) for w in state.get("watched", (False, False)))
+        self._rewatch = watched if any(watched) else None
+        if optimizer is not None or scheduler is not None:
+            self.watch(optimizer, scheduler)
+            if watched[1] and scheduler is None:
+                self._rewatch = watched
+        if self.early_bird is not None and state.get("early_bird") is not None:
+            self.early_bird.load_state_dict(state["early_bird"], next(self.model.parameters()).device)
+        self.early_bird_steps = dict(state.get("early_bird_steps") or {})
