@@ -248,7 +248,7 @@ def channel_plan(model: nn.Module, config, example_inputs: torch.Tensor | Sequen
             rates[group.name], reasons[group.name] = 0.0, f"{idle[0].name}: {idle[0].reason or 'rate 0'}"
         else:
             rates[group.name] = min(layers[name].rate for name in group.producers if name in layers)
-        pools[group.name] = f"rate={float(rates[group.name])!r}" if config.scope == "global" else group.name
+        pools[group.name] = f"rate={rates[group.name]:.6g}" if config.scope == "global" else group.name
     return StructuredPlan(groups, rates, reasons, pools, multiple,
                           normalize=config.scope == "global" and bool(getattr(config, "global_normalize", False)))
 
