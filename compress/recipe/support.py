@@ -40,7 +40,7 @@ _NO_CONTROLS = (H, H, R, R)
 # key path -> (status per entry point in ENTRY_POINTS order, why). A key of a mapping type (prune.rates,
 # model.kwargs) has one row for the whole mapping.
 SUPPORT: dict[str, tuple[tuple[str, str, str, str], str]] = {
-    "name": (_OWN, "names the run dir of find_ticket.py"),
+    "name": (_ALL, "a label: names find_ticket.py's run dir; nothing for other entry points to apply"),
     "seed": (_ALL, "seeds random masks, controls and ticket.batches()"),
     "model.name": (_OWN, "your code builds the model"),
     "model.num_classes": (_OWN, "your code builds the model"),

@@ -97,12 +97,12 @@ def _pm(stat: dict | None, scale: float = 100.0) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | method | target | weights % | test acc % | vs IMP (pts) | compute (PFLOP) | x IMP | "
+    lines = ["| model | method | target | weights % | test acc % | vs IMP (pts) | compute (TFLOP) | x IMP | "
              "reinit % | shuffle % | invert % | seeds |", "|" + "---|" * 12]
     for r in rows:
         flops = r.get("compute_flops")
         gap = "–" if "accuracy_vs_imp" not in r else f"{r['accuracy_vs_imp'] * 100:+.2f}"
-        pflop = "–" if flops is None else f"{flops['mean'] / 1e15:.3f}"
+        pflop = "–" if flops is None else f"{flops['mean'] / 1e12:.2f}"
         ratio = "–" if "compute_vs_imp" not in r else f"{r['compute_vs_imp']:.2f}"
         lines.append(
             f"| {r['model']} | {r['method']} | {r['target']} | {_pm(r['weights_remaining'])} | {_pm(r['accuracy'])} | "

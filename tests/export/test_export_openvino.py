@@ -14,9 +14,9 @@ from compress import paths
 from compress.bench import labelled_test_examples, make_backends
 from compress.bench.auto import top1_accuracy
 from compress.data import load_dataset
-from compress.export import export_run
 from compress.io import save_text
 from compress.models import build_model
+from compress.pipeline import export_run
 from compress.pruning import (
     apply_masks,
     effective_weights,
