@@ -51,14 +51,13 @@ def run_dir(tmp_path_factory, fashion_mnist_root) -> Path:
     masks = magnitude_masks(effective_weights(model, names), ones_masks(model, names), dict.fromkeys(names, 0.2),
                             {n: n for n in names})
     apply_masks(model, masks)
-    rewind = {key: value.clone() for key, value in start.items()}  # tickets hold folded states
-    for name, mask in masks.items():
-        rewind[f"{name}.weight" if name else "weight"] *= mask
     folder = tmp_path_factory.mktemp("ov") / "run"
     save_text(dump_recipe(recipe), folder / paths.RECIPE)
     save_ticket(folder / paths.TICKET, model_config=recipe_to_dict(recipe)["model"],
                 shape={"num_classes": 10, "in_channels": 1, "image_size": 28}, masks=masks,
-                rewind_state=rewind, trained_state=folded_state_dict(model), info={"round": 1})
+                rewind_state={key: value * masks[key[:-7]] if key[:-7] in masks and key.endswith(".weight") else value
+                              for key, value in start.items()},  # folded, as ticket.py's contract says
+                trained_state=folded_state_dict(model), info={"round": 1})
     return folder
 
 
