@@ -188,7 +188,7 @@ def _build_ort_compact(plan: BuildPlan) -> Backend:
 
 def _openvino(name: str, precision: str) -> Callable[[BuildPlan], Backend]:
     def build(plan: BuildPlan) -> Backend:
-        from compress.export import openvino
+        from compress.export.onnx import openvino
 
         reason = openvino.available()
         if reason is not None:
@@ -213,7 +213,7 @@ def _build_ort_int8(plan: BuildPlan) -> Backend:
 
 @register_backend("openvino_int8")
 def _build_openvino_int8(plan: BuildPlan) -> Backend:
-    from compress.export import openvino
+    from compress.export.onnx import openvino
 
     if openvino.available() is not None:
         raise Unavailable(openvino.available())

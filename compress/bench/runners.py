@@ -96,7 +96,7 @@ class OpenVinoBackend(Backend):
 
     def __init__(self, name: str, path: str | Path, precision: str, threads: int, info: dict | None = None,
                  reduced_precision: bool | None = None) -> None:
-        from compress.export import openvino
+        from compress.export.onnx import openvino
 
         self.compiled = openvino.compile_onnx(path, precision, threads)
         super().__init__(name, {"onnx": str(path), "threads": threads, "precision": precision,

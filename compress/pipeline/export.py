@@ -295,7 +295,7 @@ def _accuracies(model: nn.Module, data, recipe, target: Path, compact: bool, tic
 def _openvino_accuracies(target: Path, recipe) -> dict:
     """OpenVINO f32 and bf16 accuracy from raw images, and the precision bf16 really ran at (a CPU without
     bf16 kernels runs it as f32); nothing when OpenVINO is not installed."""
-    from compress.export import openvino
+    from compress.export.onnx import openvino
 
     if openvino.available() is not None:
         return {"openvino_note": openvino.available()}

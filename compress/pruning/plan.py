@@ -207,9 +207,9 @@ def build_plan(model: nn.Module, config: PruneConfig,
                where: Callable[[str], str] | None = None) -> list[Target]:
     """The pruned modules of ``plan_layers``, as targets; see there."""
     scope_global = config.scope == "global"
-    # global: one pool per rate value (targets of one rate are ranked together; the exact float is the key)
+    # global: one pool per rate *value* (to 6 significant digits: 0.2 and 0.2000001 are one pool)
     return [Target(name=layer.name, kind=layer.kind, rate=layer.rate, role=layer.role,
-                   group=f"rate={float(layer.rate)!r}" if scope_global else layer.name)
+                   group=f"rate={float(layer.rate):.6g}" if scope_global else layer.name)
             for layer in plan_layers(model, config, where) if layer.rate > 0.0]
 
 

@@ -20,6 +20,7 @@ from compress.pipeline import export_run
 from compress.pruning import (
     apply_masks,
     effective_weights,
+    folded_state_dict,
     magnitude_masks,
     ones_masks,
     plain_state_dict,
@@ -54,7 +55,9 @@ def run_dir(tmp_path_factory, fashion_mnist_root) -> Path:
     save_text(dump_recipe(recipe), folder / paths.RECIPE)
     save_ticket(folder / paths.TICKET, model_config=recipe_to_dict(recipe)["model"],
                 shape={"num_classes": 10, "in_channels": 1, "image_size": 28}, masks=masks,
-                rewind_state=start, trained_state=plain_state_dict(model), info={"round": 1})
+                rewind_state={key: value * masks[key[:-7]] if key[:-7] in masks and key.endswith(".weight") else value
+                              for key, value in start.items()},  # folded, as ticket.py's contract says
+                trained_state=folded_state_dict(model), info={"round": 1})
     return folder
 
 
