@@ -248,18 +248,15 @@ def channel_plan(model: nn.Module, config, example_inputs: torch.Tensor | Sequen
             rates[group.name], reasons[group.name] = 0.0, f"{idle[0].name}: {idle[0].reason or 'rate 0'}"
         else:
             rates[group.name] = min(layers[name].rate for name in group.producers if name in layers)
-<<<<<<< HEAD
         step = unit_multiple(group, multiple)
         if rates[group.name] > 0 and aligned_keep(group.units, rates[group.name], step) == group.units:
             reasons[group.name] = (f"{group.units} units cannot shrink in steps of {step} "
                                    f"(prune.channel_multiple = {multiple}): stays whole")
-        pools[group.name] = f"rate={float(rates[group.name])!r}" if config.scope == "global" else group.name
+        # one pool per rate value to 6 significant digits, as build_plan pools weight targets
+        pools[group.name] = f"rate={float(rates[group.name]):.6g}" if config.scope == "global" else group.name
     from compress.pruning.probe import probe_plan
 
     probe_plan(model, groups, rates, reasons, example_inputs)  # before anything trains: compacts exactly?
-=======
-        pools[group.name] = f"rate={rates[group.name]:.6g}" if config.scope == "global" else group.name
->>>>>>> house
     return StructuredPlan(groups, rates, reasons, pools, multiple,
                           normalize=config.scope == "global" and bool(getattr(config, "global_normalize", False)))
 
