@@ -30,7 +30,7 @@ import torch.nn as nn
 from compress.errors import UserError
 from compress.pruning.selectors import Selector, names_under, prunable_modules
 from compress.recipe.schema import GRANULARITIES, LAYER_KINDS, SCOPES, PruneConfig
-from compress.registry import PRUNING_METHODS
+from compress.registry import PRUNE_METHOD_NAMES
 
 ROLES = ("stem", "hidden", "output")
 
@@ -140,7 +140,7 @@ def plan_layers(model: nn.Module, config: PruneConfig,
     """Every prunable module with its role, kind and per-round rate; a selector that matches nothing
     is an error. ``where`` maps a recipe key path to ``file:line`` so messages point into the YAML."""
     locate = where or (lambda _path: "")
-    for key, allowed in (("scope", SCOPES), ("method", PRUNING_METHODS), ("granularity", GRANULARITIES)):
+    for key, allowed in (("scope", SCOPES), ("method", PRUNE_METHOD_NAMES), ("granularity", GRANULARITIES)):
         value = getattr(config, key)
         if value not in allowed:
             raise UserError(f"prune.{key}: {value!r} is not one of {', '.join(allowed)}")
