@@ -191,7 +191,8 @@ class LotteryRun(RunFiles, SearchPlacement):
         ticket_masks = masks
         start, masks = control_start(name, round_index, ticket_masks, start, self.recipe.seed,
                                      self.recipe.prune.granularity, self.make_model,
-                                     inverted=lambda: inverted_masks(self, round_index, ticket_masks))
+                                     inverted=lambda: inverted_masks(self, round_index, ticket_masks),
+                                     groups=self.search.structure.groups if self.search.structure else None)
         if executor is None:
             done = Future()
             done.set_result(run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.pruning.groups import ChannelGroup, find_groups
+from compress.pruning.groups import ChannelGroup, find_groups, per_unit
 from compress.pruning.masks import Masks, normalized
 from compress.pruning.widths import aligned_keep, count_to_prune, resolve_multiple
 
@@ -45,10 +45,6 @@ def unit_multiple(group: ChannelGroup, channel_multiple: int) -> int:
     return channel_multiple // math.gcd(channel_multiple, max(1, group.unit_width))
 
 
-def _index(member_index: tuple[tuple[int, ...], ...], device: torch.device) -> torch.Tensor:
-    return torch.tensor(member_index, dtype=torch.long, device=device)
-
-
 def unit_alive(group: ChannelGroup, masks: Masks) -> torch.Tensor:
     """Per unit: whether any of its positions in any member is still unmasked (modules without a mask: alive)."""
     alive = torch.zeros(group.units, dtype=torch.bool)
@@ -57,7 +53,7 @@ def unit_alive(group: ChannelGroup, masks: Masks) -> torch.Tensor:
         if mask is None:
             return torch.ones(group.units, dtype=torch.bool)
         per_position = mask.transpose(0, member.dim).flatten(1).ne(0).any(1).cpu()
-        alive |= per_position[_index(member.index, torch.device("cpu"))].any(1)
+        alive |= per_unit(member, per_position.double(), group.units) > 0
     return alive
 
 
@@ -69,7 +65,7 @@ def group_scores(group: ChannelGroup, weights: dict[str, torch.Tensor], masks: M
         if member.module in masks:
             weight = weight * masks[member.module]
         squares = weight.double().transpose(0, member.dim).flatten(1).pow(2).sum(1).cpu()
-        score += squares[_index(member.index, torch.device("cpu"))].sum(1).sqrt()
+        score += per_unit(member, squares, group.units).sqrt()
     return score / max(1, len(group.members))
 
 
@@ -90,8 +86,9 @@ def masks_for(groups: Sequence[ChannelGroup], masks: Masks, kept: dict[str, torc
             continue
         for member in group.members:
             mask = result[member.module]
-            positions = _index(member.index, mask.device)[dead.to(mask.device)].flatten()
-            mask.index_fill_(member.dim, positions, 0)
+            positions = [p for unit in dead.tolist() for p in member.index[unit]]
+            if positions:
+                mask.index_fill_(member.dim, torch.tensor(positions, dtype=torch.long, device=mask.device), 0)
     return result
 
 
@@ -212,6 +209,9 @@ def prune_channels(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
     rates = {g.name: amount for g in groups if not kept_modules & set(g.modules)}
     if isinstance(amount, int) and not isinstance(amount, bool):
         rates = {name: amount / max(1, next(g.units for g in groups if g.name == name)) for name in rates}
+    from compress.pruning.probe import probe_plan
+
+    probe_plan(model, groups, rates, {}, example_inputs)  # groups that break the model when removed stay whole
     plan = StructuredPlan(groups, {n: float(r) for n, r in rates.items()},
                           channel_multiple=resolve_multiple(channel_multiple))
     order = [name for name, _ in model.named_modules()]
@@ -248,7 +248,14 @@ def channel_plan(model: nn.Module, config, example_inputs: torch.Tensor | Sequen
             rates[group.name], reasons[group.name] = 0.0, f"{idle[0].name}: {idle[0].reason or 'rate 0'}"
         else:
             rates[group.name] = min(layers[name].rate for name in group.producers if name in layers)
+        step = unit_multiple(group, multiple)
+        if rates[group.name] > 0 and aligned_keep(group.units, rates[group.name], step) == group.units:
+            reasons[group.name] = (f"{group.units} units cannot shrink in steps of {step} "
+                                   f"(prune.channel_multiple = {multiple}): stays whole")
         pools[group.name] = f"rate={rates[group.name]:.6g}" if config.scope == "global" else group.name
+    from compress.pruning.probe import probe_plan
+
+    probe_plan(model, groups, rates, reasons, example_inputs)  # before anything trains: compacts exactly?
     return StructuredPlan(groups, rates, reasons, pools, multiple,
                           normalize=config.scope == "global" and bool(getattr(config, "global_normalize", False)))
 
