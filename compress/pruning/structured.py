@@ -26,6 +26,7 @@ import torch.nn as nn
 from compress.errors import UserError
 from compress.pruning.groups import ChannelGroup, find_groups, per_unit
 from compress.pruning.masks import Masks, normalized
+from compress.pruning.unit_masks import masks_for
 from compress.pruning.widths import aligned_keep, count_to_prune, resolve_multiple
 
 # The scores a channel group has (``next_group_masks``); any other prune.method is refused on this path,
@@ -72,24 +73,6 @@ def group_scores(group: ChannelGroup, weights: dict[str, torch.Tensor], masks: M
 def group_widths(groups: Sequence[ChannelGroup], masks: Masks) -> dict[str, int]:
     """Units alive per group under ``masks``."""
     return {group.name: int(unit_alive(group, masks).sum()) for group in groups}
-
-
-def masks_for(groups: Sequence[ChannelGroup], masks: Masks, kept: dict[str, torch.Tensor]) -> Masks:
-    """``masks`` (every member module; missing ones start all-ones) with the units not in ``kept[name]``
-    (a bool per unit) zeroed in every member."""
-    result: Masks = {name: mask.clone() for name, mask in masks.items()}
-    for group in groups:
-        if group.name not in kept:
-            continue
-        dead = (~kept[group.name]).nonzero().flatten()
-        if not len(dead):
-            continue
-        for member in group.members:
-            mask = result[member.module]
-            positions = [p for unit in dead.tolist() for p in member.index[unit]]
-            if positions:
-                mask.index_fill_(member.dim, torch.tensor(positions, dtype=torch.long, device=mask.device), 0)
-    return result
 
 
 def next_group_masks(groups: Sequence[ChannelGroup], weights: dict[str, torch.Tensor], masks: Masks,
