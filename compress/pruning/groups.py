@@ -294,22 +294,3 @@ def find_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
     order = {name: i for i, (name, _) in enumerate(plain.named_modules())}
     groups = [group for group, _ in graph_groups(graph, plain)] + head_groups(plain)
     return sorted(groups, key=lambda g: order.get(g.members[0].module, 0))
-
-
-def masks_for(groups: Sequence[ChannelGroup], masks: dict[str, torch.Tensor],
-              kept: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``masks`` (every member module; missing ones start all-ones) with the units not in ``kept[name]``
-    (a bool per unit) zeroed in every member."""
-    result = {name: mask.clone() for name, mask in masks.items()}
-    for group in groups:
-        if group.name not in kept:
-            continue
-        dead = (~kept[group.name]).nonzero().flatten()
-        if not len(dead):
-            continue
-        for member in group.members:
-            mask = result[member.module]
-            positions = [p for unit in dead.tolist() for p in member.index[unit]]
-            if positions:
-                mask.index_fill_(member.dim, torch.tensor(positions, dtype=torch.long, device=mask.device), 0)
-    return result

@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.pruning.apply import apply_masks, deepcopy_module, fold_masks, ones_masks
-from compress.pruning.groups import ChannelGroup, masks_for
+from compress.pruning.groups import ChannelGroup
+from compress.pruning.unit_masks import masks_for
 
 ROUNDS = 4  # module types left whole before giving up
 # layers shared by whole model families (a conv + norm + act block): the construct that broke is the
@@ -42,7 +43,6 @@ def _failing_type(error: BaseException) -> str | None:
 
 
 def _one_unit_masks(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, torch.Tensor]:
-
     names = list(dict.fromkeys(m.module for g in groups for m in g.members))
     kept = {}
     for group in groups:

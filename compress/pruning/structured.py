@@ -24,8 +24,9 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.pruning.groups import ChannelGroup, find_groups, masks_for, per_unit
+from compress.pruning.groups import ChannelGroup, find_groups, per_unit
 from compress.pruning.masks import Masks, normalized
+from compress.pruning.unit_masks import masks_for
 from compress.pruning.widths import aligned_keep, count_to_prune, resolve_multiple
 
 # The scores a channel group has (``next_group_masks``); any other prune.method is refused on this path,
