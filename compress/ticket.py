@@ -65,7 +65,9 @@ def save_ticket(path: Path, *, model_config: dict, shape: dict, masks: dict, rew
                 "rewind_state": rewind_state, "trained_state": trained_state, "info": info}, path)
 
 
-def _check_folded(state: dict, masks: dict, what: str) -> None:
+def _check_folded(state: dict | None, masks: dict, what: str) -> None:
+    if state is None:  # no rewind weights stored (save_ticket_from_model without rewind_state)
+        return
     reparametrised = [key for key in state if key.endswith(("weight_orig", "weight_mask"))]
     if reparametrised:
         raise ValueError(f"save_ticket: {what} holds torch prune parameters ({reparametrised[0]}); pass "

@@ -121,7 +121,7 @@ MAX_INPUT_BYTES = 1 << 30
 
 
 def _check_external_data(path: Path, model) -> None:
-    from compress.export.external import check_external_data
+    from compress.export.onnx.external import check_external_data
 
     check_external_data(model, path.parent, path)
 

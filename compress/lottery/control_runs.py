@@ -16,7 +16,7 @@ Own loop, after ``prune_and_rewind()`` into level r >= 1::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -26,18 +26,21 @@ from compress.errors import UserError
 from compress.lottery.controls import CONTROLS, ControlInput, control_seed
 from compress.lottery.strategies import own_inverted_masks
 from compress.pruning import Masks, apply_masks, load_plain_state_dict
+from compress.pruning.groups import ChannelGroup
 
 
 def control_start(name: str, level: int, masks: Masks, start_state: dict[str, torch.Tensor], seed: int,
                   granularity: str, make_model: Callable[..., nn.Module],
-                  inverted: Callable[[], Masks] | None = None) -> tuple[dict[str, torch.Tensor], Masks]:
+                  inverted: Callable[[], Masks] | None = None,
+                  groups: Sequence[ChannelGroup] | None = None) -> tuple[dict[str, torch.Tensor], Masks]:
     """The start state and masks control ``name`` trains at ``level`` (the ticket's ``masks`` and rewind
     point ``start_state``; ``seed`` the recipe's); ``make_model(seed)`` builds a fresh model; ``inverted()``
-    gives the level's masks ranked the other way (the ``invert`` control; only a run dir has the scores)."""
+    gives the level's masks ranked the other way (the ``invert`` control; only a run dir has the scores);
+    ``groups``: the search's channel groups, reused by the structured ``random_prune`` (no second trace)."""
     control = CONTROLS.get(name)
     return control(ControlInput(round_index=level, masks=masks, start_state=start_state,
                                 seed=control_seed(seed, level), granularity=granularity, make_model=make_model,
-                                inverted=inverted))
+                                inverted=inverted, groups=groups))
 
 
 def build_control(make_model: Callable[..., nn.Module], seed: int, start_state: dict[str, torch.Tensor],
@@ -58,6 +61,7 @@ class ControlsMixin:
     prune_config: Any
     seed: int
     masks: Masks
+    structure: Any  # StructuredPlan | None
 
     def control_names(self) -> tuple[str, ...]:
         """The recipe's ``lottery.controls``."""
@@ -81,7 +85,8 @@ class ControlsMixin:
         for name in names:
             start, control_masks = control_start(name, self.level, masks, self.rewind_state, self.seed,
                                                  self.prune_config.granularity, make_model,
-                                                 inverted=lambda: own_inverted_masks(self, masks))
+                                                 inverted=lambda: own_inverted_masks(self, masks),
+                                                 groups=self.structure.groups if self.structure else None)
             models[name] = build_control(make_model, control_seed(self.seed, self.level), start, control_masks)
         return models
 

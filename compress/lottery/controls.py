@@ -6,7 +6,7 @@ and masks it trains instead; everything else (schedule, data, budget, files) is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +15,7 @@ import torch.nn as nn
 from compress import distributed
 from compress.errors import UserError
 from compress.pruning import Masks, plain_state_dict, random_masks_like
-from compress.pruning.groups import example_inputs_for, find_groups
+from compress.pruning.groups import ChannelGroup, example_inputs_for, find_groups
 from compress.pruning.structured import random_group_masks
 from compress.registry import CONTROLS
 
@@ -32,6 +32,8 @@ class ControlInput:
     seed: int
     granularity: str
     make_model: Callable[..., nn.Module]
+    # the search's channel groups (``search.structure.groups``), so the control does not trace the graph again
+    groups: Sequence[ChannelGroup] | None = None
     # the round's masks from the same scores ranked the other way (keep the lowest): the invert control
     inverted: Callable[[], Masks] | None = None
 
@@ -57,11 +59,12 @@ def random_prune(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
     and heads, ``compress.pruning.structured.random_group_masks``): does the mask matter?"""
     cpu_masks = {k: v.cpu() for k, v in ticket.masks.items()}
     generator = torch.Generator().manual_seed(ticket.seed)
-    model = ticket.make_model(ticket.seed) if ticket.granularity == "channel" else None
-    if model is not None and not isinstance(model, nn.Sequential):
+    model = ticket.make_model(ticket.seed) if ticket.granularity == "channel" and ticket.groups is None else None
+    if ticket.groups is not None or (model is not None and not isinstance(model, nn.Sequential)):
         # channel groups of any graph: the same number of whole units per group (channels, heads), every
         # coupled weight of a unit with it, so the control of a structured ticket is itself structured
-        masks = random_group_masks(find_groups(model, example_inputs_for(model)), cpu_masks, generator)
+        groups = ticket.groups if ticket.groups is not None else find_groups(model, example_inputs_for(model))
+        masks = random_group_masks(groups, cpu_masks, generator)
     else:
         masks = random_masks_like(cpu_masks, generator, granularity=ticket.granularity)
     device = next(iter(ticket.masks.values())).device

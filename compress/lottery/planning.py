@@ -5,12 +5,13 @@ Shared by ``LotterySearch`` (which prunes by it) and ``compress.lottery.dry_run`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
+from compress.errors import UserError
 from compress.pruning import is_pruned
 from compress.pruning.plan import LayerPlan
 from compress.pruning.structured import StructuredPlan, channel_plan, check_group_method
@@ -28,14 +29,22 @@ def recipe_example_input(recipe: Recipe) -> torch.Tensor:
     return torch.randn(2, info.in_channels or 3, side, side, generator=torch.Generator().manual_seed(0))
 
 
-def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None
-                    ) -> StructuredPlan | None:
+def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None,
+                    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> StructuredPlan | None:
     """The channel groups plan when ``prune.granularity`` is channel and the model is not an
-    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.pruning.compact``)."""
+    ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.pruning.compact``),
+    traced with ``example_inputs`` (default: a batch shaped like the recipe's data)."""
     if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
         return None
     check_group_method(recipe.prune.method)  # before any training: refused, never turned into magnitude
-    return channel_plan(model, recipe.prune, recipe_example_input(recipe), where)
+    inputs = recipe_example_input(recipe) if example_inputs is None else example_inputs
+    plan = channel_plan(model, recipe.prune, inputs, where)
+    if not plan.pruned:  # refused before anything trains, saying why
+        why = next(iter(plan.reasons.values()), "every group crosses a LayerNorm/GroupNorm, a bare parameter, a "
+                   "reshape or the output (docs/structured.md)") if plan.groups else "no channel group was found"
+        raise UserError(f"prune.granularity: channel: no channel group of {type(model).__name__} can be pruned "
+                        f"({len(plan.groups)} groups; {why}); use prune.granularity: weight")
+    return plan
 
 
 def plan_rows(model: nn.Module, layers: list[LayerPlan], rates: dict[str, float], rounds: int) -> list[dict]:

@@ -109,10 +109,8 @@ class LotteryRun(RunFiles, SearchPlacement):
             from compress.lottery.dry_run import format_plan
 
             print("\n".join(format_plan(self.search.plan(), self.search.rounds)), file=sys.stderr)
-        self.init_state = plain_state_dict(self.search.model)
         if recipe.lottery.rewind_to == 0:  # the saved initial weights (init.pt), the same on every resume
-            self.init_state = self._saved_init(self.init_state)
-            load_plain_state_dict(self.search.model, self.init_state)
+            load_plain_state_dict(self.search.model, self._saved_init(plain_state_dict(self.search.model)))
         if recipe.lottery.strategy == "at_init" and recipe.prune.method in NEEDS_DATA:
             stream = self.data.train.batches(recipe.train.batch_size, recipe.seed)  # the first steps' batches
             self.search.score_at_init([next(stream) for _ in range(recipe.prune.score_batches)])
@@ -193,7 +191,8 @@ class LotteryRun(RunFiles, SearchPlacement):
         ticket_masks = masks
         start, masks = control_start(name, round_index, ticket_masks, start, self.recipe.seed,
                                      self.recipe.prune.granularity, self.make_model,
-                                     inverted=lambda: inverted_masks(self, round_index, ticket_masks))
+                                     inverted=lambda: inverted_masks(self, round_index, ticket_masks),
+                                     groups=self.search.structure.groups if self.search.structure else None)
         if executor is None:
             done = Future()
             done.set_result(run_experiment(folder, make_model=self.make_model, start_state=start, masks=masks,

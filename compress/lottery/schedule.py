@@ -166,17 +166,22 @@ _DEAD_WORKER = ("BrokenProcessPool", "WorkerCrashedError", "NodeDiedError")
 
 def _raise_failed(warming: list[Future], started: list[tuple[dict, dict[str, Future], bool]]) -> None:
     """A training that failed stops the run at once; a killed worker as one line naming the training."""
-    named = [("a worker starting up (loading the data)", future) for future in warming]
-    named += [(f"round {entry['round']} {name}", future) for entry, controls, _ in started
-              for name, future in controls.items()]
-    for what, future in named:
-        if not future.done() or future.cancelled():
-            continue
-        error = future.exception()
-        if error is not None and type(error).__name__ in _DEAD_WORKER:
-            raise WorkerDied(f"{what}: its worker process died ({one_line(error, limit=120)}); every finished "
-                             "training is saved: run the same command again to resume it") from None
+    # a dead pool fails every future it held: name a training first, the start-up only when none was sent
+    named = [(f"round {entry['round']} {name}", future) for entry, controls, _ in started
+             for name, future in controls.items()]
+    named += [("a worker starting up (loading the data)", future) for future in warming]
+    if any(_died(future) for _, future in named):
+        # the pool fails the futures it held one by one (a control's reaches us through the slot queue's
+        # callback): give them a moment, so the line names the training the worker was on
+        wait([future for _, future in named if not future.done()], timeout=5)
+        what, error = next((what, future.exception()) for what, future in named if _died(future))
+        raise WorkerDied(f"{what}: its worker process died ({one_line(error, limit=120)}); every finished "
+                         "training is saved: run the same command again to resume it") from None
     raise_failed([future for _, future in named])
+
+
+def _died(future: Future) -> bool:
+    return future.done() and not future.cancelled() and type(future.exception()).__name__ in _DEAD_WORKER
 
 
 def _fields(result: dict) -> dict:

@@ -36,7 +36,7 @@ model averages the 0/1 mask buffers too; call ``search.copy_masks_to(ema_model)`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -76,7 +76,10 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
     """Masks installed with torch.nn.utils.prune, a rewind snapshot, and the IMP schedule of levels."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None, *,
-                 iterations: int | None = None, entry_point: str | None = "search") -> None:
+                 iterations: int | None = None, entry_point: str | None = "search",
+                 example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
+        """``example_inputs``: a batch the model accepts, to trace its channel groups under
+        ``prune.granularity: channel`` (default: shaped like the recipe's data, ``data.image_size``)."""
         from compress.recipe.support import enforce, steps_per_level
 
         # every recipe key is honoured, refused or warned about here (compress/recipe/support.py)
@@ -105,7 +108,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
         self.early_bird = EarlyBird(recipe.lottery.early_bird) if recipe.lottery.early_bird.every else None
         self.early_bird_steps: dict[int, int | None] = {}  # level -> the step its mask converged at
         # channel granularity on a graph that is not an nn.Sequential: whole channel groups / heads
-        self.structure = structured_plan(model, recipe, where)
+        self.structure = structured_plan(model, recipe, where, example_inputs)
         self.targets = (plan_targets(model, self.structure, recipe.prune, where) if self.structure is not None
                         else build_plan(model, recipe.prune, where))
         multiple = resolve_multiple(recipe.prune.channel_multiple)  # only passed when set: custom methods keep working

@@ -73,10 +73,22 @@ def refresh_weights(model: nn.Module) -> None:
             setattr(module, PARAM, module.weight_orig * module.weight_mask)
 
 
+def deepcopy_module(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, with tensors cached outside parameters and buffers (LeViT's attention-bias
+    cache after an eval forward) copied detached: deepcopy refuses tensors that are not graph leaves."""
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            for item in value.values() if isinstance(value, dict) and not isinstance(value, nn.Module) else [value]:
+                if isinstance(item, torch.Tensor) and not isinstance(item, nn.Parameter) and item.grad_fn is not None:
+                    memo[id(item)] = item.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def fold_masks(model: nn.Module) -> nn.Module:
     """A copy with masks folded into plain weights (``prune.remove``); ``model`` keeps its masks."""
     refresh_weights(model)
-    folded = copy.deepcopy(model)
+    folded = deepcopy_module(model)
     for module in folded.modules():
         if is_pruned(module):
             prune.remove(module, PARAM)

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.pruning.tp_graph import all_groups, tolerant_concat
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,18 @@ class ChannelGroup:
         return tuple(dict.fromkeys(m.module for m in self.members))
 
 
+def per_unit(member: Member, values: torch.Tensor, units: int) -> torch.Tensor:
+    """Sum per unit of ``values`` (one per position along ``member.dim``, on the CPU) over the unit's
+    positions in ``member``; a unit without positions there gets 0 (units may cover different counts
+    of positions: concat, conv -> flatten -> linear)."""
+    unit_ids = [u for u, positions in enumerate(member.index) for _ in positions]
+    flat = [p for positions in member.index for p in positions]
+    total = torch.zeros(units, dtype=values.dtype)
+    if flat:
+        total.index_add_(0, torch.tensor(unit_ids, dtype=torch.long), values[torch.tensor(flat, dtype=torch.long)])
+    return total
+
+
 def _tp():
     try:
         import torch_pruning
@@ -77,6 +90,13 @@ def is_attention(module: nn.Module) -> bool:
         return False
     if not isinstance(module.qkv, nn.Linear) or not isinstance(module.proj, nn.Linear):
         return False
+    # anything else with weights (talking-heads mixing, relative-position tables shaped by num_heads)
+    # would see a head count that no longer matches: such an attention is left whole
+    if any(True for _ in module.parameters(recurse=False)):
+        return False
+    if any(name not in ("qkv", "proj") and any(True for _ in child.parameters())
+           for name, child in module.named_children()):
+        return False
     attn_dim = module.num_heads * module.head_dim
     return (module.qkv.out_features == 3 * attn_dim and module.proj.in_features == attn_dim
             and isinstance(getattr(module, "norm", nn.Identity()), nn.Identity)
@@ -90,13 +110,16 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            with tolerant_concat():
+                return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     except UserError:
         raise
     except Exception as error:  # tracing a user's model: say which input it was traced with
         shapes = [tuple(x.shape) for x in ([example_inputs] if torch.is_tensor(example_inputs) else example_inputs)]
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         raise UserError(f"channel groups: tracing {type(model).__name__} with an input of shape {shapes} failed "
-                        f"({type(error).__name__}: {error}); pass an example input the model accepts") from None
+                        f"({type(error).__name__}: {first}); pass a batch the model accepts as example_inputs= "
+                        "(LotterySearch, prune_channels, compact_model) or set data.image_size") from None
     finally:
         for module, mode in modes.items():
             module.training = mode
@@ -109,8 +132,10 @@ def _unsafe(tp, module: object) -> bool:
         return module.groups != 1 and not (module.groups == module.in_channels == module.out_channels)
     if isinstance(module, (nn.Linear, nn.modules.batchnorm._BatchNorm)):
         return False
+    # a channel slice (GhostNet's ``out[:, :out_chs]``) is not: Torch-Pruning maps indices through it as if
+    # nothing were cut off, so a "dead" unit past the cut is really a live one elsewhere
     return not isinstance(module, (ops._ElementWiseOp, ops._ReshapeOp, ops._ConcatOp, ops._SplitOp,
-                                   ops._ExpandOp, ops._SliceOp)) or isinstance(module, ops._OutputOp)
+                                   ops._ExpandOp)) or isinstance(module, ops._OutputOp)
 
 
 @dataclass
@@ -146,6 +171,24 @@ def _members(graph, items, names: dict, units: int, unit_of) -> list[Member]:
     return [Member(m, d, tuple(tuple(sorted(p)) for p in idx)) for (m, d), idx in members.items()]
 
 
+def _width(module: nn.Module, dim: int) -> int:
+    return module.weight.shape[dim] if dim == 0 or not isinstance(module, nn.Conv2d) else module.in_channels
+
+
+def _consistent(members: list[Member], modules: dict[str, nn.Module]) -> bool:
+    """Whether Torch-Pruning's index mapping is usable: every position inside its weight (CSPNet's split +
+    concat maps past the end), every unit read by some consumer column, no position claimed by two units."""
+    read = [False] * len(members[0].index) if members else []
+    for member in members:
+        width = _width(modules[member.module], member.dim)
+        flat = [p for positions in member.index for p in positions]
+        if any(not 0 <= p < width for p in flat) or len(set(flat)) != len(flat):
+            return False
+        if member.dim == 1:
+            read = [r or bool(positions) for r, positions in zip(read, member.index, strict=True)]
+    return all(read)
+
+
 def graph_groups(graph, model: nn.Module) -> list[tuple[ChannelGroup, list[Part]]]:
     """The safe channel groups of a built graph, each with how to remove its units (``Part``s).
 
@@ -154,11 +197,12 @@ def graph_groups(graph, model: nn.Module) -> list[tuple[ChannelGroup, list[Part]
     coupled to either."""
     tp = _tp()
     names = {module: name for name, module in model.named_modules()}
+    modules = dict(model.named_modules())
     attention_parts = {id(part) for m in model.modules() if is_attention(m) for part in (m.qkv, m.proj)}
     found = []
     feeding: dict[nn.Module, tuple] = {}  # grouped conv -> (tp group, its in-item) of the group feeding it
     fed: dict[nn.Module, tuple] = {}  # grouped conv -> (tp group, its out-item)
-    for group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
+    for group in all_groups(graph, (nn.Conv2d, nn.Linear)):
         items = list(group)
         if any(id(item.dep.target.module) in attention_parts for item in items):
             continue
@@ -176,6 +220,8 @@ def graph_groups(graph, model: nn.Module) -> list[tuple[ChannelGroup, list[Part]
         members = _members(graph, items, names, units, lambda root: root)
         if not any(m.dim == 0 for m in members) or not any(m.dim == 1 for m in members):
             continue  # nothing consumes it through a weight: its value reaches the output directly
+        if not _consistent(members, modules):
+            continue
         root = next(m.module for m in members if m.dim == 0)
         part = Part(items[0].dep.target.module, items[0].dep.handler, [[u] for u in range(units)])
         found.append((ChannelGroup(root, "channels", units, tuple(members)), [part]))
@@ -194,7 +240,7 @@ def graph_groups(graph, model: nn.Module) -> list[tuple[ChannelGroup, list[Part]
             for root, unit in unit_of.items():
                 roots[unit].append(root)
             parts.append(Part(items[0].dep.target.module, items[0].dep.handler, roots, skip))
-        if any(m.dim == 1 for m in members):
+        if any(m.dim == 1 for m in members) and _consistent(members, modules):
             found.append((ChannelGroup(names[conv], "conv-groups", units, tuple(members), per_out), parts))
     return found
 
@@ -215,34 +261,26 @@ def head_groups(model: nn.Module) -> list[ChannelGroup]:
     return groups
 
 
-_INPUT_SHAPES: dict[tuple, tuple[int, ...]] = {}  # model signature -> the input shape it was last traced with
-
-
-def _signature(model: nn.Module) -> tuple:
-    return tuple((name.replace("weight_orig", "weight"), tuple(p.shape)) for name, p in model.named_parameters())
-
-
-def example_inputs_for(model: nn.Module, image_size: int | None = None) -> torch.Tensor:
-    """An input batch (2 examples, seeded) ``model`` accepts, for tracing: the shape it was last traced
-    with in this process, else ``image_size`` (default: timm's ``patch_embed.img_size``, else 64) and the
-    first conv's input channels. Channel groups do not depend on the spatial size for models with global
-    pooling; a model that needs one exact size (conv -> flatten -> linear) must be given its input."""
-    shape = _INPUT_SHAPES.get(_signature(model)) if image_size is None else None
-    if shape is None:
-        first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
-        if first is None:
-            raise UserError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
-        if isinstance(first, nn.Linear):
-            shape = (first.in_features,)
-        else:
-            side = image_size
-            patch = getattr(model, "patch_embed", None)
-            if side is None and patch is not None and getattr(patch, "img_size", None) is not None:
-                size = patch.img_size
-                side = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-            side = side if isinstance(side, tuple) else (side or 64, side or 64)
-            shape = (first.in_channels, *side)
-    return torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+def example_inputs_for(model: nn.Module, image_size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """An input batch (2 examples, seeded) ``model`` accepts, for tracing; a function of the model alone
+    (never of what was traced before in the process). Side: ``image_size``, else timm's
+    ``patch_embed.img_size``, else timm's ``pretrained_cfg['input_size']``, else 64; channels: the first
+    conv's. Channel groups do not depend on the spatial size for models with global pooling; a model
+    that needs one exact size (conv -> flatten -> linear) must be given its input (``example_inputs=``)."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if first is None:
+        raise UserError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
+    if isinstance(first, nn.Linear):
+        return torch.randn(2, first.in_features, generator=torch.Generator().manual_seed(0))
+    side = image_size
+    patch = getattr(model, "patch_embed", None)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if side is None and patch is not None and getattr(patch, "img_size", None) is not None:
+        side = patch.img_size
+    if side is None and isinstance(cfg, dict) and len(cfg.get("input_size") or ()) == 3:
+        side = tuple(cfg["input_size"][1:])
+    side = tuple(side) if isinstance(side, (tuple, list)) else (side or 64, side or 64)
+    return torch.randn(2, first.in_channels, *side, generator=torch.Generator().manual_seed(0))
 
 
 def find_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> list[ChannelGroup]:
@@ -253,8 +291,6 @@ def find_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
     plain = fold_masks(model).cpu()
     inputs = example_inputs.cpu() if torch.is_tensor(example_inputs) else [x.cpu() for x in example_inputs]
     graph = build_graph(plain, inputs)
-    first = inputs if torch.is_tensor(inputs) else inputs[0]
-    _INPUT_SHAPES[_signature(plain)] = tuple(first.shape[1:])
     order = {name: i for i, (name, _) in enumerate(plain.named_modules())}
     groups = [group for group, _ in graph_groups(graph, plain)] + head_groups(plain)
     return sorted(groups, key=lambda g: order.get(g.members[0].module, 0))

@@ -30,7 +30,7 @@ import torch.nn as nn
 from compress.errors import UserError
 from compress.pruning.selectors import Selector, names_under, prunable_modules
 from compress.recipe.schema import GRANULARITIES, LAYER_KINDS, SCOPES, PruneConfig
-from compress.registry import PRUNING_METHODS
+from compress.registry import PRUNE_METHOD_NAMES
 
 ROLES = ("stem", "hidden", "output")
 
@@ -140,7 +140,7 @@ def plan_layers(model: nn.Module, config: PruneConfig,
     """Every prunable module with its role, kind and per-round rate; a selector that matches nothing
     is an error. ``where`` maps a recipe key path to ``file:line`` so messages point into the YAML."""
     locate = where or (lambda _path: "")
-    for key, allowed in (("scope", SCOPES), ("method", PRUNING_METHODS), ("granularity", GRANULARITIES)):
+    for key, allowed in (("scope", SCOPES), ("method", PRUNE_METHOD_NAMES), ("granularity", GRANULARITIES)):
         value = getattr(config, key)
         if value not in allowed:
             raise UserError(f"prune.{key}: {value!r} is not one of {', '.join(allowed)}")
@@ -207,9 +207,9 @@ def build_plan(model: nn.Module, config: PruneConfig,
                where: Callable[[str], str] | None = None) -> list[Target]:
     """The pruned modules of ``plan_layers``, as targets; see there."""
     scope_global = config.scope == "global"
-    # global: one pool per rate value (targets of one rate are ranked together; the exact float is the key)
+    # global: one pool per rate *value* (to 6 significant digits: 0.2 and 0.2000001 are one pool)
     return [Target(name=layer.name, kind=layer.kind, rate=layer.rate, role=layer.role,
-                   group=f"rate={float(layer.rate)!r}" if scope_global else layer.name)
+                   group=f"rate={float(layer.rate):.6g}" if scope_global else layer.name)
             for layer in plan_layers(model, config, where) if layer.rate > 0.0]
 
 

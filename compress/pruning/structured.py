@@ -24,8 +24,9 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.pruning.groups import ChannelGroup, find_groups
+from compress.pruning.groups import ChannelGroup, find_groups, per_unit
 from compress.pruning.masks import Masks, normalized
+from compress.pruning.unit_masks import masks_for
 from compress.pruning.widths import aligned_keep, count_to_prune, resolve_multiple
 
 # The scores a channel group has (``next_group_masks``); any other prune.method is refused on this path,
@@ -45,10 +46,6 @@ def unit_multiple(group: ChannelGroup, channel_multiple: int) -> int:
     return channel_multiple // math.gcd(channel_multiple, max(1, group.unit_width))
 
 
-def _index(member_index: tuple[tuple[int, ...], ...], device: torch.device) -> torch.Tensor:
-    return torch.tensor(member_index, dtype=torch.long, device=device)
-
-
 def unit_alive(group: ChannelGroup, masks: Masks) -> torch.Tensor:
     """Per unit: whether any of its positions in any member is still unmasked (modules without a mask: alive)."""
     alive = torch.zeros(group.units, dtype=torch.bool)
@@ -57,7 +54,7 @@ def unit_alive(group: ChannelGroup, masks: Masks) -> torch.Tensor:
         if mask is None:
             return torch.ones(group.units, dtype=torch.bool)
         per_position = mask.transpose(0, member.dim).flatten(1).ne(0).any(1).cpu()
-        alive |= per_position[_index(member.index, torch.device("cpu"))].any(1)
+        alive |= per_unit(member, per_position.double(), group.units) > 0
     return alive
 
 
@@ -69,30 +66,13 @@ def group_scores(group: ChannelGroup, weights: dict[str, torch.Tensor], masks: M
         if member.module in masks:
             weight = weight * masks[member.module]
         squares = weight.double().transpose(0, member.dim).flatten(1).pow(2).sum(1).cpu()
-        score += squares[_index(member.index, torch.device("cpu"))].sum(1).sqrt()
+        score += per_unit(member, squares, group.units).sqrt()
     return score / max(1, len(group.members))
 
 
 def group_widths(groups: Sequence[ChannelGroup], masks: Masks) -> dict[str, int]:
     """Units alive per group under ``masks``."""
     return {group.name: int(unit_alive(group, masks).sum()) for group in groups}
-
-
-def masks_for(groups: Sequence[ChannelGroup], masks: Masks, kept: dict[str, torch.Tensor]) -> Masks:
-    """``masks`` (every member module; missing ones start all-ones) with the units not in ``kept[name]``
-    (a bool per unit) zeroed in every member."""
-    result: Masks = {name: mask.clone() for name, mask in masks.items()}
-    for group in groups:
-        if group.name not in kept:
-            continue
-        dead = (~kept[group.name]).nonzero().flatten()
-        if not len(dead):
-            continue
-        for member in group.members:
-            mask = result[member.module]
-            positions = _index(member.index, mask.device)[dead.to(mask.device)].flatten()
-            mask.index_fill_(member.dim, positions, 0)
-    return result
 
 
 def next_group_masks(groups: Sequence[ChannelGroup], weights: dict[str, torch.Tensor], masks: Masks,
@@ -212,6 +192,9 @@ def prune_channels(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
     rates = {g.name: amount for g in groups if not kept_modules & set(g.modules)}
     if isinstance(amount, int) and not isinstance(amount, bool):
         rates = {name: amount / max(1, next(g.units for g in groups if g.name == name)) for name in rates}
+    from compress.pruning.probe import probe_plan
+
+    probe_plan(model, groups, rates, {}, example_inputs)  # groups that break the model when removed stay whole
     plan = StructuredPlan(groups, {n: float(r) for n, r in rates.items()},
                           channel_multiple=resolve_multiple(channel_multiple))
     order = [name for name, _ in model.named_modules()]
@@ -248,7 +231,14 @@ def channel_plan(model: nn.Module, config, example_inputs: torch.Tensor | Sequen
             rates[group.name], reasons[group.name] = 0.0, f"{idle[0].name}: {idle[0].reason or 'rate 0'}"
         else:
             rates[group.name] = min(layers[name].rate for name in group.producers if name in layers)
-        pools[group.name] = f"rate={float(rates[group.name])!r}" if config.scope == "global" else group.name
+        step = unit_multiple(group, multiple)
+        if rates[group.name] > 0 and aligned_keep(group.units, rates[group.name], step) == group.units:
+            reasons[group.name] = (f"{group.units} units cannot shrink in steps of {step} "
+                                   f"(prune.channel_multiple = {multiple}): stays whole")
+        pools[group.name] = f"rate={rates[group.name]:.6g}" if config.scope == "global" else group.name
+    from compress.pruning.probe import probe_plan
+
+    probe_plan(model, groups, rates, reasons, example_inputs)  # before anything trains: compacts exactly?
     return StructuredPlan(groups, rates, reasons, pools, multiple,
                           normalize=config.scope == "global" and bool(getattr(config, "global_normalize", False)))
 

@@ -63,6 +63,8 @@ def method_experiments(model: Model, seeds: tuple[int, ...] = SEEDS) -> list[Exp
         "finetune": ("IMP, finetune", (k, "lottery.retrain=finetune")),
     }
     experiments = []
+    # the recipes' own controls (reinit, random_prune every round) would triple each chain
+    chained = {method: (title, ("lottery.controls=[]", *extra)) for method, (title, extra) in chained.items()}
     for method, (title, extra) in chained.items():
         experiments.append(Experiment(
             name=f"methods_{model.key}_{method}", title=f"{model.title}: {title}", recipe=model.recipe,

@@ -146,6 +146,7 @@ def test_lightning_example_resumes_exactly_with_the_sampler_and_exports(tmp_path
         LotteryTicketCallback(compress.recipe.recipe_from_dict({"lottery": {"controls": ["random_prune"]}}))
 
 
+@pytest.mark.slow
 def test_own_loop_example_controls_resume_in_a_fresh_process_and_onnx(tmp_path):
     import onnxruntime as ort
 

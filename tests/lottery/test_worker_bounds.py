@@ -95,7 +95,7 @@ def _worker_pids(parent: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_worker_is_one_line_and_a_rerun_resumes(tmp_path):
     data = tiny_recipe(train={"iterations": 300, "eval_every": 100, "checkpoint_every": 50},
-                       lottery={"rounds": 1, "controls": ["reinit"]})
+                       lottery={"rounds": 1, "controls": ["reinit", "random_prune"]})
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
     command = [sys.executable, str(REPO / "tools" / "find_ticket.py"), "--recipe", str(tmp_path / "r.yaml"),
                "--out", str(tmp_path / "run"), "--no-progress", "--executor", "local", "--workers", "2"]
@@ -104,7 +104,9 @@ def test_a_killed_worker_is_one_line_and_a_rerun_resumes(tmp_path):
     deadline = time.monotonic() + 240
     workers: list[int] = []
     while time.monotonic() < deadline and process.poll() is None and not workers:
-        if (paths.round_dir(tmp_path / "run", 1) / paths.RESULT).exists():  # the controls are under way
+        # this process takes one control, the worker the other: both started means the worker trains one
+        if all((paths.experiment_dir(tmp_path / "run", 1, name) / paths.MASK).exists()
+               for name in ("reinit", "random_prune")):
             workers = _worker_pids(process.pid)
         time.sleep(0.1)
     assert workers and process.poll() is None, "no worker to kill: the run finished first"
@@ -112,11 +114,12 @@ def test_a_killed_worker_is_one_line_and_a_rerun_resumes(tmp_path):
     _, err = process.communicate(timeout=240)
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert process.returncode == 2 and "Traceback" not in err and len(lines) == 1, err
-    assert "worker process died" in lines[0] and "round 1" in lines[0] and "run the same command again" in lines[0]
+    assert "worker process died" in lines[0] and "round 1 " in lines[0]
+    assert "run the same command again" in lines[0]
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert all((paths.experiment_dir(tmp_path / "run", 1, name) / paths.RESULT).exists()
-               for name in ("reinit",))
+               for name in ("reinit", "random_prune"))
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "not a host", "ray://127.0.0.1:10001", "auto", "ray://:5"])

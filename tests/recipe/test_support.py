@@ -58,3 +58,15 @@ def test_a_partial_recipe_never_invents_a_budget():
         assert LotterySearch(_net(), with_budget).iterations == 40
     with pytest.raises(UserError, match=r"iterations=30 and the recipe's train.iterations = 40 disagree"):
         LotterySearch(_net(), with_budget, iterations=30)
+
+
+def test_compress_recipe_is_reachable_right_after_import_compress():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import compress; print(compress.recipe.PARTIAL_SECTIONS)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "prune" in result.stdout

@@ -20,13 +20,24 @@ def _entry(round_index: int, stop: int, reinit_stop: int | None = None) -> dict:
     return entry
 
 
-def test_the_long_suite_is_the_early_stopping_table():
+def test_the_long_suite_is_the_early_stopping_table(tmp_path):
+    """What the early-stopping claim needs, checked on the recipes the suite resolves (not its constants)."""
+    from compress.recipe import load_recipe
+    from compress.reproduce.experiment import RECIPES, run_dir
+
     assert "long" in SUITES
     (experiment,) = suite("long")
-    assert experiment.name == "fashion_mnist_lenet300_long"
-    assert experiment.seeds == (0, 1, 2)
-    assert experiment.iterations() >= 10_000  # past the dense validation-loss minimum (~8,500)
-    assert "lottery.controls=[reinit]" in experiment.overrides
+    recipes = [load_recipe(RECIPES / experiment.recipe, overrides=experiment.overrides_for(seed))
+               for seed in experiment.seeds]
+    assert len({r.seed for r in recipes}) == len(experiment.seeds) >= 3  # distinct seeds: a mean and a spread
+    assert len({run_dir(tmp_path, experiment.name, s) for s in experiment.seeds}) == len(experiment.seeds)
+    for recipe in recipes:
+        assert recipe.data.validation_size > 0, "the early stop is the validation-loss minimum: it needs a split"
+        assert recipe.train.iterations % recipe.train.eval_every == 0, "the last iteration is evaluated"
+        assert recipe.train.iterations // recipe.train.eval_every >= 20, "enough evaluations to place the minimum"
+        assert "reinit" in recipe.lottery.controls and recipe.lottery.rounds >= 10
+        assert not recipe.export.onnx  # the suite measures training, never exports
+        assert experiment.iterations() == recipe.train.iterations
     with pytest.raises(UserError, match="long"):
         suite("longer")
 

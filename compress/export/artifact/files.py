@@ -40,7 +40,7 @@ from compress.io import save_bytes
 
 def _split(blob: bytes, path: object, max_bytes: int = MAX_RESTORED_BYTES) -> tuple[dict, bytes]:
     """Header and payload of an artifact, after checking magic, version, lengths, checksum and the header's
-    claims (``artifact_bounds``)."""
+    claims (``compress.export.artifact.bounds``)."""
     if len(blob) < len(MAGIC) or blob[:len(MAGIC)] != MAGIC:
         raise ArtifactError(path, "not a compress ticket artifact (bad magic bytes)")
     if len(blob) < _PREAMBLE.size:
@@ -140,7 +140,7 @@ def artifact_state_dict(artifact_path: str | Path | onnx.ModelProto, *, dequanti
 
     External tensor data (an ONNX file saved with ``save_as_external_data``) is read from the ONNX file's
     folder -- for a ModelProto from ``base_dir``, which it then needs -- never from the current directory,
-    and only as regular files inside that folder (``compress.export.external``).
+    and only as regular files inside that folder (``compress.export.onnx.external``).
 
     An fp32 ticket's initializers carry the torch names (``1.weight``), so the result loads into the model
     with ``load_state_dict``. With ``dequantize``, int8 weights of a quantized model come back as float32
@@ -151,7 +151,7 @@ def artifact_state_dict(artifact_path: str | Path | onnx.ModelProto, *, dequanti
     import torch
     from onnx import numpy_helper
 
-    from compress.export.external import check_external_data, external_locations
+    from compress.export.onnx.external import check_external_data, external_locations
 
     if isinstance(artifact_path, onnx.ModelProto):
         proto, label = artifact_path, "model"

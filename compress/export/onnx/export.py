@@ -17,12 +17,12 @@ from compress.export.onnx.inputs import as_batch, export_flat, needs_flat, retur
 from compress.export.onnx.preprocess import Preprocess, add_metadata, embed_normalisation
 from compress.export.onnx.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
 from compress.export.onnx.verify import (
-    ORT_TOLERANCE,
     check_close,
     check_onnx,
     check_zero_counts,
     max_abs_diff,
     ort_outputs,
+    reference_scale,
 )
 from compress.io import save_bytes
 from compress.models.unwrap import unwrap_model
@@ -30,11 +30,9 @@ from compress.pruning import fold_masks, get_masks
 from compress.pruning.compact import Compaction
 from compress.pruning.compact import compact as run_compaction
 from compress.pruning.macs import count_params, mac_counts
+from compress.tolerance import RULE, allowed
 
 VERIFY_BATCH = 8  # random verification inputs when none are given
-# compacted vs original torch: removing exact zeros and folding constants into biases only reorders
-# float32 sums, so the difference is rounding -- 1e-5 absolute, relative once outputs exceed 1
-COMPACT_TOLERANCE = 1e-5
 # opsets exported (inclusive); the recipe layer mirrors this for export.opset. The TorchScript exporter
 # goes down to 7, but below 9 it keeps every weight as a graph input (ONNX IR 3), which the checks here
 # (a dynamic batch dimension on every input) and onnxruntime's int8 tools do not take
@@ -71,7 +69,7 @@ class ExportReport:
     input_shape: list[int]  # of one example
     verify_batch: int
     max_abs_diff: float  # max |ORT - torch| on the verification batch
-    tolerance: float
+    tolerance: float  # what ``tolerance_rule`` allows for these outputs (compress.tolerance)
     params: int
     nonzero_params: int
     macs: int
@@ -86,6 +84,7 @@ class ExportReport:
     # several / integer / named inputs (compress.export.onnx.inputs): names and dtypes of the graph's inputs
     input_names: list[str] | None = None
     input_dtypes: list[str] | None = None
+    tolerance_rule: str = RULE  # every output comparison of this export (compress.tolerance)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -135,7 +134,7 @@ def _export_checked(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
     # a second batch size besides the traced one, so a batch dimension baked in anywhere shows up
     full, single = ort_outputs(data, [inputs, inputs[:1]], what)
     diff = max(max_abs_diff(full, reference), max_abs_diff(single, [r[:1] for r in reference]))
-    check_close(diff, what)
+    check_close(diff, what, allowed(reference_scale(reference)))
     zeros = check_zero_counts(proto, weights, pruned, what)
     sparse, _ = sparsify(proto)
     (sparse_out,) = ort_outputs(sparse.SerializeToString(), [inputs], f"{what} (sparse initializers)")
@@ -158,7 +157,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     The masks are folded into plain weights on a copy (the given model keeps its prune
     reparametrisation). The file is written -- atomically -- only after every check passed:
     ``onnx.checker`` (full), a dynamic batch dimension, onnxruntime vs torch on ``verify_inputs``
-    (default: ``VERIFY_BATCH`` seeded normal inputs) within 1e-4, the zero-count rule per pruned
+    (default: ``VERIFY_BATCH`` seeded normal inputs) within ``compress.tolerance.RULE``, the zero-count rule per pruned
     parameter (``compress.export.onnx.verify``), and the sparse-initializer form giving the same outputs.
     A failed check raises ValueError naming it. ``example_input`` (a batch) fixes the traced shape;
     it defaults to two rows of ``verify_inputs`` or, for a ticket, to the ticket's input shape.
@@ -184,7 +183,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
         raise UserError(f"opset must be an int from {low} to {high}, got {opset!r}{below}")
     masks = get_masks(model)
     folded = _plain_zeros(fold_masks(model).cpu().float().eval())
-    compaction = _compact_first(model) if compact else None  # fail on an unsupported model before any work
+    compaction = _compact_first(model, example_input) if compact else None  # fail on an unsupported model before any work
 
     if verify_inputs is not None and (needs_flat(verify_inputs) or returns_mapping(folded, verify_inputs)):
         return _export_flat(folded, path, verify_inputs, opset, masks, example_input, compaction, preprocess)
@@ -220,7 +219,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
         save_bytes(compact_bytes, Path(compact_report.path))
     return ExportReport(
         path=str(path), opset=opset, exporter=EXPORTER, inputs=source, input_shape=list(inputs.shape[1:]),
-        verify_batch=int(inputs.shape[0]), max_abs_diff=dense["diff"], tolerance=ORT_TOLERANCE,
+        verify_batch=int(inputs.shape[0]), max_abs_diff=dense["diff"], tolerance=allowed(reference_scale(reference)),
         params=params, nonzero_params=count_params(folded, nonzero=True),
         macs=macs, nonzero_macs=nonzero_macs,
         zeros=dense["zeros"], sizes=dense["sizes"], sparse_max_abs_diff=dense["sparse_diff"],
@@ -243,13 +242,13 @@ def finish_preprocess(data: bytes, preprocess: Preprocess | None, inputs: torch.
         std = torch.tensor(preprocess.std).view(1, channels, 1, 1)
         (outputs,) = ort_outputs(proto.SerializeToString(), [inputs * std + mean], f"{what} (embedded)")
         diff = max_abs_diff(outputs, reference)
-        check_close(diff, f"{what} (embedded preprocessing)")
+        check_close(diff, f"{what} (embedded preprocessing)", allowed(reference_scale(reference)))
     add_metadata(proto, preprocess)
     return proto.SerializeToString(), diff
 
 
-def _compact_first(model: nn.Module) -> Compaction:
-    compaction = run_compaction(unwrap_model(model))
+def _compact_first(model: nn.Module, example_input: torch.Tensor | None) -> Compaction:
+    compaction = run_compaction(unwrap_model(model), example_input)
     compaction.module = _plain_zeros(compaction.module.cpu().float().eval())
     return compaction
 
@@ -273,10 +272,9 @@ def _compact_export(compaction: Compaction, example: torch.Tensor, inputs: torch
     small = compaction.module
     outputs = _outputs(small, inputs, target.name)
     torch_diff = max_abs_diff([o.numpy() for o in outputs], reference)
-    scale = max(1.0, max(float(r.abs().max()) for r in reference))
-    if not torch_diff <= COMPACT_TOLERANCE * scale:
+    if not torch_diff <= allowed(reference_scale(reference)):
         raise RuntimeError(f"{target.name}: compaction is not exact: max |compacted - original| = {torch_diff:.3g} "
-                           f"> {COMPACT_TOLERANCE * scale:.3g}")
+                           f"> {allowed(reference_scale(reference)):.3g} ({RULE})")
     weights = {f"{name}.weight": module.weight.detach() for name, module in small.named_modules()
                if isinstance(module, (nn.Linear, nn.Conv2d))}
     # no masks any more: every exact zero left in the compacted weights must survive the export

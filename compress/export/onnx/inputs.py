@@ -22,8 +22,9 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.export.onnx.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
-from compress.export.onnx.verify import ORT_TOLERANCE, check_close, check_onnx, check_zero_counts, session
+from compress.export.onnx.verify import check_close, check_onnx, check_zero_counts, reference_scale, session
 from compress.io import save_bytes
+from compress.tolerance import RULE, allowed
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -158,7 +159,8 @@ def export_flat(folded: nn.Module, path: Path, inputs: Any, opset: int, masks: d
     check_onnx(proto, what)
     diff = max(diff_of(ort_run(data, batch, what), reference),
                diff_of(ort_run(data, tuple(t[:1] for t in batch), what), tuple(r[:1] for r in reference)))
-    check_close(diff, what)
+    tolerance = allowed(reference_scale([r for r in reference if torch.is_floating_point(r)]))
+    check_close(diff, what, tolerance)
     modules = dict(folded.named_modules())
     weights = {f"{name}.weight": modules[name].weight.detach() for name in masks}
     pruned = {f"{name}.weight": int((mask == 0).sum()) for name, mask in masks.items()}
@@ -169,5 +171,6 @@ def export_flat(folded: nn.Module, path: Path, inputs: Any, opset: int, masks: d
     save_bytes(data, path)
     return {"inputs": "given", "input_shape": [list(t.shape[1:]) for t in batch],
             "input_dtypes": [str(t.dtype).removeprefix("torch.") for t in batch], "input_names": in_names,
-            "verify_batch": int(batch[0].shape[0]), "max_abs_diff": diff, "tolerance": ORT_TOLERANCE,
+            "verify_batch": int(batch[0].shape[0]), "max_abs_diff": diff, "tolerance": tolerance,
+            "tolerance_rule": RULE,
             "zeros": zeros, "sizes": storage_sizes(data, proto, sparse), "sparse_max_abs_diff": sparse_diff}

@@ -17,9 +17,7 @@ import torch
 from onnx import numpy_helper
 
 from compress.errors import UserError
-
-# onnxruntime vs torch: float32 kernels differ in summation order, far below this
-ORT_TOLERANCE = 1e-4
+from compress.tolerance import RULE, output_scale
 
 
 def check_onnx(proto: onnx.ModelProto, what: str, full: bool = True) -> None:
@@ -69,9 +67,15 @@ def max_abs_diff(actual: list[np.ndarray], expected: list[torch.Tensor]) -> floa
     return diff
 
 
-def check_close(diff: float, what: str, tolerance: float = ORT_TOLERANCE, label: str = "|ORT - torch|") -> None:
+def reference_scale(reference: list[torch.Tensor]) -> float:
+    """``max |reference|`` over every output (``compress.tolerance``)."""
+    return output_scale(float(r.detach().abs().max()) if r.numel() else 0.0 for r in reference)
+
+
+def check_close(diff: float, what: str, tolerance: float, label: str = "|ORT - torch|") -> None:
+    """``tolerance``: ``compress.tolerance.allowed(scale)`` for outputs compared with torch's."""
     if not diff <= tolerance:  # also catches NaN
-        raise UserError(f"{what}: max {label} = {diff:.3g} exceeds {tolerance:g}")
+        raise UserError(f"{what}: max {label} = {diff:.3g} exceeds {tolerance:.3g} ({RULE})")
 
 
 def _match(array: np.ndarray, weight: np.ndarray) -> str | None:

@@ -7,8 +7,7 @@ biases, BatchNorm entries and running statistics, the consumers' columns, throug
 concat, depthwise convs and squeeze-excite -- leaves the output unchanged up to float summation order.
 Torch-Pruning's ``group.prune(idxs)`` does the surgery on a deep copy of the folded model; an attention
 head is dead when its ``proj`` columns are zero and goes with its q, k and v rows. Every group keeps at
-least one unit. The result is checked against the masked model in eval mode (max abs diff <= 1e-5,
-relative to the output's scale); a failure is a bug and raises.
+least one unit. The result is checked against the masked model in eval mode (``compress.tolerance``); a failure is a bug and raises.
 """
 
 from __future__ import annotations
@@ -29,39 +28,65 @@ from compress.pruning.groups import (
     example_inputs_for,
     graph_groups,
     is_attention,
+    per_unit,
 )
-
-EXACT_TOLERANCE = 1e-5
+from compress.pruning.tp_graph import pruning_group
+from compress.tolerance import RULE, allowed, output_scale
 
 
 def _dead_units(group: ChannelGroup, modules: dict[str, nn.Module]) -> list[int]:
-    """Units whose every consumer column is exactly zero; never all of them."""
-    dead = torch.ones(group.units, dtype=torch.bool)
+    """Units whose every consumer column is exactly zero. Never all of a member's units: every weight
+    keeps at least one row / column (a concat's inputs are separate producers of one group: each keeps
+    one of its units, dead or not -- a dead unit contributes nothing either way), so no tensor is empty."""
+    live = torch.zeros(group.units, dtype=torch.float64)
     for member in group.members:
         if member.dim != 1:
             continue
         weight = modules[member.module].weight.detach()
-        zero = weight.transpose(0, 1).flatten(1).eq(0).all(1).cpu()
-        dead &= zero[torch.tensor(member.index, dtype=torch.long)].all(1)
-    if bool(dead.all()):
-        dead[0] = False  # keep one unit so no tensor becomes empty; it contributes nothing either way
+        nonzero = weight.transpose(0, 1).flatten(1).ne(0).any(1).cpu().double()
+        live += per_unit(member, nonzero, group.units)
+    dead = live == 0
+    for member in group.members:
+        covered = [u for u, positions in enumerate(member.index) if positions]
+        if covered and all(bool(dead[u]) for u in covered):
+            dead[covered[0]] = False
     return dead.nonzero().flatten().tolist()
 
 
-def _prune_part(graph, part: Part, dead: list[int]) -> None:
-    """Remove ``dead`` units of one part with Torch-Pruning; a grouped conv loses whole conv groups."""
-    idxs = sorted(root for unit in dead for root in part.unit_roots[unit])
-    group = graph.get_pruning_group(part.root, part.handler, idxs)
-    if part.skip is None:
-        group.prune(record_history=False)
-        return
-    for item in group:  # everything but the grouped conv's input channels (its weight keeps in/groups columns)
-        if item.dep.target.module is part.skip and not graph.is_out_channel_pruning_fn(item.dep.handler):
+def _empties(graph, group) -> bool:
+    """Whether removing ``group``'s indices would leave some layer with no output or input channel
+    (Torch-Pruning also removes coupled channels of layers outside our members, e.g. GhostNet's)."""
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
-        item.dep(item.idxs)
-    conv = part.skip
-    conv.in_channels -= conv.in_channels // conv.groups * len(dead)
-    conv.groups -= len(dead)
+        out = graph.is_out_channel_pruning_fn(item.dep.handler)
+        width = module.weight.shape[0] if out else (module.in_channels if isinstance(module, nn.Conv2d)
+                                                     else module.in_features)
+        if len(set(item.idxs)) >= width:
+            return True
+    return False
+
+
+def _prune_units(graph, parts: list[Part], dead: list[int]) -> bool:
+    """Remove ``dead`` units of a group with Torch-Pruning, part by part (a grouped conv loses whole conv
+    groups); False, and nothing removed, when that would empty a layer (the units stay: dead, so exact)."""
+    groups = [pruning_group(graph, part.root, part.handler,
+                            sorted(root for unit in dead for root in part.unit_roots[unit])) for part in parts]
+    if any(_empties(graph, group) for group in groups):
+        return False
+    for part, group in zip(parts, groups, strict=True):
+        if part.skip is None:
+            group.prune(record_history=False)
+            continue
+        for item in group:  # everything but the grouped conv's input channels (its weight keeps in/groups columns)
+            if item.dep.target.module is part.skip and not graph.is_out_channel_pruning_fn(item.dep.handler):
+                continue
+            item.dep(item.idxs)
+        conv = part.skip
+        conv.in_channels -= conv.in_channels // conv.groups * len(dead)
+        conv.groups -= len(dead)
+    return True
 
 
 def _widths(model: nn.Module) -> dict[str, int]:
@@ -124,16 +149,15 @@ def compact_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     with torch.no_grad():
         for parts, dead in plans:  # dead units were read before any surgery: indices are original
             if dead:
-                for part in parts:
-                    _prune_part(graph, part, dead)
+                _prune_units(graph, parts, dead)
     heads = _remove_heads(small)
     small.eval()
     actual = _outputs(small, inputs)
-    scale = max([1.0] + [float(r.abs().max()) for r in reference])
+    scale = output_scale(float(r.abs().max()) for r in reference if r.numel())
     diff = max(float((a.float() - r.float()).abs().max()) for a, r in zip(actual, reference, strict=True))
-    if diff > EXACT_TOLERANCE * scale:
+    if not diff <= allowed(scale):
         raise RuntimeError(f"compact_model: compacted {type(model).__name__} differs from the masked model by "
-                           f"{diff:.3g} (> {EXACT_TOLERANCE} x {scale:.3g}); this is a bug in compress")
+                           f"{diff:.3g} (> {allowed(scale):.3g}: {RULE}); this is a bug in compress")
     after = _widths(small)
     units = [{"layer": name, "type": type(modules_type).__name__, "before": width, "after": after.get(name, width)}
              for (name, width), modules_type in zip(before.items(), (dict(small.named_modules())[n] for n in before),

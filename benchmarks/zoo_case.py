@@ -1,0 +1,148 @@
+"""One model of the structured zoo sweep, in its own process: ``python benchmarks/zoo_case.py MODEL OUT.json``.
+
+What a user would do with a timm model and an own training loop, once per granularity (``channel``,
+then ``weight``): ``LotterySearch(model, recipe, example_inputs=x)`` with 2 levels of a few SGD steps
+on random data, ``compact_model(model, x)``, ``export_onnx`` of the result (onnxruntime checked against
+torch). A ``UserError`` is a refusal (its one line is the reason), anything else a failure. The
+result (one JSON object) is written to OUT even when a step fails; the parent records peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+STEPS = 2  # SGD steps per level: enough to move every weight, cheap at the smallest input
+SIDES = (32, 48, 64, 96, 128, 160, 192, 224, 256)  # tried in order: the first the model accepts is used
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    while isinstance(out, (tuple, list)):  # distillation heads, aux logits: the first output is the logits
+        out = out[0]
+    return out
+
+
+def make(name: str, side: int | None) -> nn.Module:
+    """The model, random init (seed 0), 10 classes; built for ``side`` when it takes ``img_size``."""
+    import timm
+
+    torch.manual_seed(0)
+    if side is not None:
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=10, img_size=side)
+        except TypeError:  # no img_size argument: the model adapts to the input itself
+            pass
+    return timm.create_model(name, pretrained=False, num_classes=10)
+
+
+def smallest_input(name: str) -> tuple[int, bool]:
+    """The smallest side in ``SIDES`` (up to the model's own) the model runs at, and whether it was
+    built for it (``img_size``)."""
+    import timm
+
+    native = timm.create_model(name, pretrained=False, num_classes=10).pretrained_cfg.get("input_size", (3, 224, 224))
+    for side in [s for s in SIDES if s <= max(native[1:])] + [max(native[1:])]:
+        for built in (False, True):
+            try:
+                model = make(name, side if built else None).eval()
+                with torch.no_grad():
+                    _forward(model, torch.randn(2, 3, side, side))
+                return side, built
+            except Exception:  # this side does not fit the model: try the next
+                continue
+    raise RuntimeError(f"{name}: runs at none of the sides {SIDES}")
+
+
+def recipe(granularity: str):
+    from compress.recipe import recipe_from_dict
+
+    prune = {"granularity": granularity, "rates": {"conv": 0.3, "linear": 0.3}}
+    if granularity == "channel":
+        prune["channel_multiple"] = 8
+    return recipe_from_dict({"name": "zoo", "model": {"name": "conv2"}, "data": {"name": "cifar10"},
+                             "prune": prune, "lottery": {"rounds": 2, "rewind_to": 1},
+                             "train": {"iterations": STEPS}, "seed": 0})
+
+
+def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict:
+    from compress.errors import UserError
+    from compress.export import export_onnx
+    from compress.lottery import LotterySearch
+    from compress.pruning.compact.graph import compact_graph
+    from compress.pruning.macs import count_macs, count_params
+
+    row: dict = {"status": "pass", "reason": "", "stage": ""}
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, side, side, generator=generator)
+    batch = torch.randn(4, 3, side, side, generator=generator)
+    labels = torch.randint(0, 10, (4,), generator=generator)
+    stage = "build"
+    try:
+        model = make(name, side if built else None)
+        row["params_before"], row["macs_before"] = count_params(model), count_macs(model.eval(), x)
+        stage = "plan"
+        began = time.perf_counter()
+        search = LotterySearch(model, recipe(granularity), example_inputs=x)
+        row["plan_s"] = round(time.perf_counter() - began, 2)
+        stage = "train"
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        for _level in search.levels():
+            search.reset_optimizer(optimizer)
+            for i in range(1, STEPS + 1):
+                loss = nn.functional.cross_entropy(_forward(model, batch), labels)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                search.step(i)
+            search.prune_and_rewind()
+        optimizer.zero_grad(set_to_none=True)
+        del search, optimizer  # the rewind point and the gradients: not needed for the rest
+        model.eval()
+        stage = "compact"
+        began = time.perf_counter()
+        compaction = compact_graph(model, x)
+        row["compact_s"] = round(time.perf_counter() - began, 2)
+        small = compaction.module
+        row["params_after"], row["macs_after"] = count_params(small), count_macs(small, x)
+        row["compact_diff"] = compaction.max_abs_diff
+        del compaction
+        stage = "export"
+        # channel: the compacted model (what ships); weight: the masked model (compaction removes nothing)
+        exported = small if granularity == "channel" else model
+        del small
+        with tempfile.TemporaryDirectory() as folder:
+            report = export_onnx(exported, Path(folder) / "ticket.onnx", example_input=x)
+        row["ort_diff"] = report.max_abs_diff
+    except UserError as error:
+        row.update(status="refused", stage=stage, reason=str(error).strip().splitlines()[0][:300])
+    except Exception as error:  # noqa: BLE001 -- recorded: a failure of compress, with its traceback
+        row.update(status="failed", stage=stage, reason=f"{type(error).__name__}: {str(error).strip()[:300]}",
+                   traceback=traceback.format_exc()[-3000:])
+    return row
+
+
+def main(name: str, out: Path) -> None:
+    torch.set_num_threads(1)
+    result: dict = {"model": name}
+    try:
+        side, built = smallest_input(name)
+        result.update(input_side=side, img_size_arg=built)
+        for granularity in ("channel", "weight"):
+            result[granularity] = run_granularity(name, side, built, granularity)
+            out.write_text(json.dumps(result))  # partial results survive a kill during the next step
+    except Exception as error:  # noqa: BLE001 -- no input the model runs on: the model, not compress
+        result.update(input_error=f"{type(error).__name__}: {str(error).strip()[:300]}")
+    out.write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))

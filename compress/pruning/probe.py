@@ -1,0 +1,97 @@
+"""Before anything is trained: does the channel plan compact exactly on this model?
+
+Torch-Pruning couples channels through operations it does not understand as if they were elementwise
+(a matmul of attention scores, a reshape into heads by a fixed ``C // num_heads``), so a group can look
+safe and still break the model once its channels are physically removed (CaiT's class attention,
+found by ``benchmarks/structured_zoo.py``). The probe removes one unit of every pruned group of a copy
+(``compress.pruning.compact.graph``, checked against the masked copy) before training starts. When a
+module's forward fails, every group touching a module of that type is left whole (its reason says why)
+and the probe runs again; a failure it cannot attribute to a module type is refused with one line
+naming the model and the hint ``prune.keep``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from compress.errors import UserError
+from compress.pruning.apply import apply_masks, deepcopy_module, fold_masks, ones_masks
+from compress.pruning.groups import ChannelGroup
+from compress.pruning.unit_masks import masks_for
+
+ROUNDS = 4  # module types left whole before giving up
+# layers shared by whole model families (a conv + norm + act block): the construct that broke is the
+# module around them (CSPNet's cross stage, not its ConvNormAct)
+LIBRARY_LAYERS = ("torch.", "timm.layers.")
+
+
+def _failing_type(error: BaseException) -> str | None:
+    """Type name of the innermost module (not a library layer, ``LIBRARY_LAYERS``) whose forward raised."""
+    found = None
+    trace = error.__traceback__
+    while trace is not None:
+        owner = trace.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and trace.tb_frame.f_code.co_name == "forward" \
+                and not type(owner).__module__.startswith(LIBRARY_LAYERS):
+            found = type(owner).__name__
+        trace = trace.tb_next
+    return found
+
+
+def _one_unit_masks(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, torch.Tensor]:
+    names = list(dict.fromkeys(m.module for g in groups for m in g.members))
+    kept = {}
+    for group in groups:
+        if group.units > 1:
+            keep = torch.ones(group.units, dtype=torch.bool)
+            keep[-1] = False
+            kept[group.name] = keep
+    return masks_for(groups, ones_masks(model, names), kept)
+
+
+def probe_plan(model: nn.Module, groups: Sequence[ChannelGroup], rates: dict[str, float],
+               reasons: dict[str, str], example_inputs) -> None:
+    """Run the probe (module docstring); groups left whole get rate 0 and a reason (in place)."""
+    from compress.pruning.compact.graph import compact_graph
+
+    plain = fold_masks(model).cpu().eval()
+    inputs = example_inputs.cpu() if torch.is_tensor(example_inputs) else [x.cpu() for x in example_inputs]
+    for _ in range(ROUNDS):
+        pruned = [g for g in groups if rates.get(g.name, 0.0) > 0]
+        if not pruned:
+            return
+        masked = deepcopy_module(plain)
+        apply_masks(masked, _one_unit_masks(masked, pruned))
+        try:
+            compact_graph(masked, inputs)
+            return
+        except UserError:
+            raise
+        except Exception as error:  # a forward of the compacted copy, or the exactness check, failed
+            found = _failing_type(error)
+            first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            if found is None or found == type(model).__name__:
+                raise UserError(f"prune.granularity: channel: {type(model).__name__} does not compact exactly "
+                                f"once its channel groups shrink ({type(error).__name__}: {first}); keep the "
+                                "offending modules whole with prune.keep (e.g. prune.keep: ['type:<Module>'])"
+                                ) from None
+            inside = {name for name, module in model.named_modules() if type(module).__name__ == found}
+            left = 0
+            for group in pruned:
+                if any(member.module == name or member.module.startswith(name + ".")
+                       for member in group.members for name in inside):
+                    rates[group.name] = 0.0
+                    reasons[group.name] = (f"touches {found}, which breaks when its channels are removed "
+                                           f"({first}); kept whole")
+                    left += 1
+            if not left:
+                raise UserError(f"prune.granularity: channel: {type(model).__name__}: removing channels breaks "
+                                f"{found} ({type(error).__name__}: {first}); keep it whole with prune.keep: "
+                                f"['type:{found}']") from None
+            print(f"channel plan: {left} groups touching {found} left whole ({first})", file=sys.stderr)
+    raise UserError(f"prune.granularity: channel: {type(model).__name__} still does not compact exactly after "
+                    f"leaving {ROUNDS} module types whole; keep them with prune.keep")
