@@ -59,3 +59,18 @@ def one_thread_per_training(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("COMPRESS_THREADS", "1")
     yield
     torch.set_num_threads(before)
+
+
+
+# Tests that run OpenVINO's runtime in the test process run last: after OpenVINO has run in a process,
+# joining DataLoader worker processes there crashed (SIGSEGV in poll; seen with the streamed-folder tests).
+# compress itself measures export.json's OpenVINO accuracies in a child process for that reason; the bench
+# tests time OpenVINO in-process on purpose. Known issue, to be isolated properly (see the stop note).
+_OPENVINO_IN_PROCESS = ("tests/bench/", "tests/export/test_export_openvino.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def runs_openvino(item) -> bool:
+        return item.path.relative_to(REPO).as_posix().startswith(_OPENVINO_IN_PROCESS)
+
+    items[:] = [item for item in items if not runs_openvino(item)] + [item for item in items if runs_openvino(item)]

@@ -66,6 +66,12 @@ def _one_line_from_workers(batches: Iterator[tuple[Tensor, Tensor]]) -> Iterator
         except TypeError:
             error = UserError(message)
         raise error from None
+    finally:
+        # stop the workers now, not whenever the garbage collector finalizes the iterator: a late
+        # finalizer joined dead workers' sentinels from inside unrelated code (seen as a crash in poll())
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 class _TrainOrder:
@@ -112,7 +118,10 @@ class FolderSplit:
     def _loader(self, batch_sampler) -> DataLoader:
         return DataLoader(_Files(self.samples, self.channels, self.size, self.where), batch_sampler=batch_sampler,
                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+                          persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
+                          # not fork: the training process has threads (OpenVINO's, TensorBoard's writer,
+                          # torch's pools), and a forked copy of a threaded process may crash or hang
+                          multiprocessing_context="spawn" if self.num_workers else None)
 
     def _normalise(self, images: Tensor) -> Tensor:
         images = images.to(self.device, non_blocking=True).float().div_(255.0)

@@ -294,11 +294,24 @@ def _accuracies(model: nn.Module, data, recipe, target: Path, compact: bool, tic
 
 def _openvino_accuracies(target: Path, recipe) -> dict:
     """OpenVINO f32 and bf16 accuracy from raw images, and the precision bf16 really ran at (a CPU without
-    bf16 kernels runs it as f32); nothing when OpenVINO is not installed."""
+    bf16 kernels runs it as f32); nothing when OpenVINO is not installed.
+
+    Measured in a child process: once OpenVINO's runtime (its TBB allocator and thread pool) has run in a
+    process, joining DataLoader worker processes there later crashed (SIGSEGV in poll), and one process
+    may run several experiments (tools/reproduce.py)."""
     from compress.export.onnx import openvino
 
     if openvino.available() is not None:
         return {"openvino_note": openvino.available()}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_openvino_accuracies_here, Path(target), recipe).result()
+
+
+def _openvino_accuracies_here(target: Path, recipe) -> dict:
+    from compress.export.onnx import openvino
     from compress.export.onnx.accuracy import onnx_test_accuracy
 
     ran = openvino.inference_precision(openvino.compile_onnx(target, "bf16", threads=1))
