@@ -56,10 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {script} not found: the compress command runs the tools/ scripts of a source checkout "
               "(pip install -e .)", file=sys.stderr)
         return USAGE_ERROR
+    # loaded as a module, not run as __main__: runpy would set argv[0] to the script's path, and argparse
+    # would print 'usage: pack_ticket.py' instead of 'usage: compress pack'
+    namespace = runpy.run_path(str(script), run_name=f"compress_{command}")
     saved = sys.argv
     sys.argv = [f"compress {command}", *rest]
     try:
-        runpy.run_path(str(script), run_name="__main__")
+        namespace["run_cli"](namespace["main"])
     except SystemExit as done:  # the scripts end through run_cli's sys.exit
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)

@@ -3,4 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-exec "${COMPRESS_VENV:-.venv}/bin/python" -m pytest -q "$@"
+python="${COMPRESS_VENV:-.venv}/bin/python"
+if [ $# -gt 0 ]; then
+  exec "$python" -m pytest -q "$@"
+fi
+# The tests that run OpenVINO's runtime in their own process go in a pytest process of their own: once it
+# has run, other native code in the same process crashed (SIGSEGV in poll) -- a known issue, see
+# tests/conftest.py. compress itself measures export.json's OpenVINO accuracies in a child process.
+openvino_tests=(tests/bench tests/export/test_export_openvino.py)
+"$python" -m pytest -q "${openvino_tests[@]/#/--ignore=}"
+exec "$python" -m pytest -q "${openvino_tests[@]}"
