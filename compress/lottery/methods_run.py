@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -14,8 +14,8 @@ from compress.lottery.strategies import EarlyBird, at_init_masks
 from compress.pruning import Masks
 from compress.pruning.scorers import masks_from_scores
 
-if TYPE_CHECKING:
-    from compress.lottery.runner import LotteryRun
+# a LotteryRun (not imported: runner.py imports this module)
+LotteryRun = Any
 
 
 def early_bird_hooks(run: LotteryRun, folder: Path, inner: Callable | None) -> tuple[Callable, dict]:

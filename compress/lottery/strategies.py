@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -23,8 +23,8 @@ from compress.pruning.at_init import init_masks
 from compress.pruning.scorers import NEEDS_DATA, Batch
 from compress.recipe.schema import EarlyBirdConfig, ScheduleConfig, TrainConfig
 
-if TYPE_CHECKING:
-    from compress.lottery.search import LotterySearch
+# a LotterySearch (not imported: search.py imports this module)
+LotterySearch = Any
 
 
 def level_rates(rates: dict[str, float], level: int) -> dict[str, float]:
