@@ -74,3 +74,46 @@ def pytest_collection_modifyitems(config, items):
         return item.path.relative_to(REPO).as_posix().startswith(_OPENVINO_IN_PROCESS)
 
     items[:] = [item for item in items if not runs_openvino(item)] + [item for item in items if runs_openvino(item)]
+
+
+@pytest.fixture(scope="session")
+def write_lenet_run_dir():
+    """``write(folder, name, round_files=False)``: a run dir as LotteryRun leaves it after round 2, with a
+    90%-pruned LeNet-300-100 ticket (untrained weights: export does not care) on synthetic data; with
+    ``round_files`` also round_02's mask.pt and final.pt. Returns the folder."""
+    import torch
+
+    from compress import paths
+    from compress.io import save_text, save_torch
+    from compress.models import build_model
+    from compress.pruning import (
+        apply_masks,
+        effective_weights,
+        folded_state_dict,
+        magnitude_masks,
+        ones_masks,
+        prunable_modules,
+    )
+    from compress.recipe import DataConfig, ModelConfig, Recipe, dump_recipe, recipe_to_dict
+    from compress.ticket import save_ticket
+
+    def write(folder: Path, name: str, round_files: bool = False) -> Path:
+        recipe = Recipe(name=name, model=ModelConfig(name="lenet300_100"),
+                        data=DataConfig(name="synthetic", validation_size=100))
+        torch.manual_seed(0)
+        model = build_model(recipe.model, 10, 1, 28)
+        names = [module for module, _ in prunable_modules(model)]
+        masks = magnitude_masks(effective_weights(model, names), ones_masks(model, names),
+                                dict.fromkeys(names, 0.9), {n: n for n in names})
+        apply_masks(model, masks)
+        save_text(dump_recipe(recipe), folder / paths.RECIPE)
+        if round_files:
+            save_torch(masks, paths.round_dir(folder, 2) / paths.MASK)
+            save_torch(model.state_dict(), paths.round_dir(folder, 2) / paths.FINAL)
+        save_ticket(folder / paths.TICKET, model_config=recipe_to_dict(recipe)["model"],
+                    shape={"num_classes": 10, "in_channels": 1, "image_size": 28}, masks=masks,
+                    rewind_state=folded_state_dict(model), trained_state=folded_state_dict(model),
+                    info={"round": 2})
+        return folder
+
+    return write

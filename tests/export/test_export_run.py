@@ -12,19 +12,9 @@ import pytest
 import torch
 
 from compress import paths
-from compress.io import save_text, save_torch
-from compress.models import build_model
+from compress.io import save_torch
 from compress.pipeline import export_run
 from compress.pipeline.export import stored_paths
-from compress.pruning import (
-    apply_masks,
-    effective_weights,
-    folded_state_dict,
-    magnitude_masks,
-    ones_masks,
-    prunable_modules,
-)
-from compress.recipe import DataConfig, ModelConfig, Recipe, dump_recipe, recipe_to_dict
 from compress.ticket import save_ticket
 
 torch.set_num_threads(1)
@@ -33,24 +23,9 @@ TOOL = Path(__file__).resolve().parents[2] / "tools" / "export_onnx.py"
 
 
 @pytest.fixture()
-def run_dir(tmp_path: Path) -> Path:
+def run_dir(tmp_path: Path, write_lenet_run_dir) -> Path:
     """A run dir as LotteryRun leaves it after round 2 (untrained weights: export does not care)."""
-    recipe = Recipe(name="export-test", model=ModelConfig(name="lenet300_100"),
-                    data=DataConfig(name="synthetic", validation_size=100))
-    torch.manual_seed(0)
-    model = build_model(recipe.model, 10, 1, 28)
-    names = [name for name, _ in prunable_modules(model)]
-    masks = magnitude_masks(effective_weights(model, names), ones_masks(model, names),
-                            {n: 0.9 for n in names}, {n: n for n in names})
-    apply_masks(model, masks)
-    folder = tmp_path / "run"
-    save_text(dump_recipe(recipe), folder / paths.RECIPE)
-    save_torch(masks, paths.round_dir(folder, 2) / paths.MASK)
-    save_torch(model.state_dict(), paths.round_dir(folder, 2) / paths.FINAL)
-    save_ticket(folder / paths.TICKET, model_config=recipe_to_dict(recipe)["model"],
-                shape={"num_classes": 10, "in_channels": 1, "image_size": 28}, masks=masks,
-                rewind_state=folded_state_dict(model), trained_state=folded_state_dict(model), info={"round": 2})
-    return folder
+    return write_lenet_run_dir(tmp_path / "run", "export-test", round_files=True)
 
 
 def test_export_run_ticket_on_test_data(run_dir):

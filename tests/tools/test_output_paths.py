@@ -18,18 +18,7 @@ import torch
 
 from compress import paths
 from compress.errors import UserError
-from compress.io import check_target, save_bytes, save_json
-from compress.models import build_model
-from compress.pruning import (
-    apply_masks,
-    effective_weights,
-    folded_state_dict,
-    magnitude_masks,
-    ones_masks,
-    prunable_modules,
-)
-from compress.recipe import DataConfig, ModelConfig, Recipe, dump_recipe, recipe_to_dict
-from compress.ticket import save_ticket
+from compress.io import check_target, save_json
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
@@ -46,22 +35,9 @@ def _tool(monkeypatch, capsys, tool: Path, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, write_lenet_run_dir) -> Path:
     """A run dir with a ticket of LeNet-300-100 (untrained: the export does not care), no dataset files."""
-    recipe = Recipe(name="paths-test", model=ModelConfig(name="lenet300_100"),
-                    data=DataConfig(name="synthetic", validation_size=100))
-    torch.manual_seed(0)
-    model = build_model(recipe.model, 10, 1, 28)
-    names = [name for name, _ in prunable_modules(model)]
-    masks = magnitude_masks(effective_weights(model, names), ones_masks(model, names),
-                            {n: 0.9 for n in names}, {n: n for n in names})
-    apply_masks(model, masks)
-    folder = tmp_path_factory.mktemp("paths") / "run"
-    save_bytes(dump_recipe(recipe).encode(), folder / paths.RECIPE)
-    save_ticket(folder / paths.TICKET, model_config=recipe_to_dict(recipe)["model"],
-                shape={"num_classes": 10, "in_channels": 1, "image_size": 28}, masks=masks,
-                rewind_state=folded_state_dict(model), trained_state=folded_state_dict(model), info={"round": 2})
-    return folder
+    return write_lenet_run_dir(tmp_path_factory.mktemp("paths") / "run", "paths-test")
 
 
 @pytest.fixture(scope="module")
