@@ -286,13 +286,6 @@ def open_executor(name: str, workers: int = AUTO_WORKERS, **options: Any) -> Exe
     return EXECUTORS.get(name)(workers, **options)
 
 
-def raise_failed(futures: list[Future]) -> None:
-    """A training that failed stops the run at once (not when its round's turn comes)."""
-    for future in futures:
-        if future.done() and not future.cancelled() and future.exception() is not None:
-            future.result()
-
-
 class threads_for:  # noqa: N801  (used as a context manager, like a function)
     """While parallel workers train, this process (the ticket chain) takes one worker's share of the cores."""
 

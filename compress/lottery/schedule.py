@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
 from compress.errors import WorkerDied, one_line
-from compress.lottery.executors import Executor, raise_failed
+from compress.lottery.executors import Executor
 
 
 class SlotQueue:
@@ -170,14 +170,19 @@ def _raise_failed(warming: list[Future], started: list[tuple[dict, dict[str, Fut
     named = [(f"round {entry['round']} {name}", future) for entry, controls, _ in started
              for name, future in controls.items()]
     named += [("a worker starting up (loading the data)", future) for future in warming]
-    if any(_died(future) for _, future in named):
+    # one look at the futures: a worker dying between two looks must not escape as a raw BrokenProcessPool
+    failed = [future for _, future in named if future.done() and not future.cancelled()
+              and future.exception() is not None]
+    if not failed:
+        return
+    if any(_died(future) for future in failed):
         # the pool fails the futures it held one by one (a control's reaches us through the slot queue's
         # callback): give them a moment, so the line names the training the worker was on
         wait([future for _, future in named if not future.done()], timeout=5)
         what, error = next((what, future.exception()) for what, future in named if _died(future))
         raise WorkerDied(f"{what}: its worker process died ({one_line(error, limit=120)}); every finished "
                          "training is saved: run the same command again to resume it") from None
-    raise_failed([future for _, future in named])
+    failed[0].result()
 
 
 def _died(future: Future) -> bool:
