@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.pruning.pools import rate_pools
 from compress.pruning.selectors import Selector, names_under, prunable_modules
 from compress.recipe.schema import GRANULARITIES, LAYER_KINDS, SCOPES, PruneConfig
 from compress.registry import PRUNE_METHOD_NAMES
@@ -206,11 +207,10 @@ def plan_layers(model: nn.Module, config: PruneConfig,
 def build_plan(model: nn.Module, config: PruneConfig,
                where: Callable[[str], str] | None = None) -> list[Target]:
     """The pruned modules of ``plan_layers``, as targets; see there."""
-    scope_global = config.scope == "global"
-    # global: one pool per rate *value* (to 6 significant digits: 0.2 and 0.2000001 are one pool)
-    return [Target(name=layer.name, kind=layer.kind, rate=layer.rate, role=layer.role,
-                   group=f"rate={float(layer.rate):.6g}" if scope_global else layer.name)
-            for layer in plan_layers(model, config, where) if layer.rate > 0.0]
+    layers = [layer for layer in plan_layers(model, config, where) if layer.rate > 0.0]
+    pools = rate_pools({layer.name: layer.rate for layer in layers}, config.scope == "global")
+    return [Target(name=layer.name, kind=layer.kind, rate=layer.rate, role=layer.role, group=pools[layer.name])
+            for layer in layers]
 
 
 def expected_remaining(counts: dict[str, int], targets: list[Target], rounds: int) -> list[float]:

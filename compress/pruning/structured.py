@@ -26,6 +26,7 @@ import torch.nn as nn
 from compress.errors import UserError
 from compress.pruning.groups import ChannelGroup, find_groups, per_unit
 from compress.pruning.masks import Masks, normalized
+from compress.pruning.pools import rate_pools
 from compress.pruning.unit_masks import masks_for
 from compress.pruning.widths import aligned_keep, count_to_prune, resolve_multiple
 
@@ -221,7 +222,7 @@ def channel_plan(model: nn.Module, config, example_inputs: torch.Tensor | Sequen
     layers = {layer.name: layer for layer in plan_layers(model, config, where)}
     multiple = resolve_multiple(config.channel_multiple)
     groups = find_groups(model, example_inputs)
-    rates, reasons, pools = {}, {}, {}
+    rates, reasons = {}, {}
     for group in groups:
         kept = [layers[name] for name in group.modules if name in layers and layers[name].reason.startswith("kept")]
         idle = [layers[name] for name in group.producers if name in layers and layers[name].rate <= 0]
@@ -235,10 +236,10 @@ def channel_plan(model: nn.Module, config, example_inputs: torch.Tensor | Sequen
         if rates[group.name] > 0 and aligned_keep(group.units, rates[group.name], step) == group.units:
             reasons[group.name] = (f"{group.units} units cannot shrink in steps of {step} "
                                    f"(prune.channel_multiple = {multiple}): stays whole")
-        pools[group.name] = f"rate={rates[group.name]:.6g}" if config.scope == "global" else group.name
     from compress.pruning.probe import probe_plan
 
     probe_plan(model, groups, rates, reasons, example_inputs)  # before anything trains: compacts exactly?
+    pools = rate_pools(rates, config.scope == "global")
     return StructuredPlan(groups, rates, reasons, pools, multiple,
                           normalize=config.scope == "global" and bool(getattr(config, "global_normalize", False)))
 

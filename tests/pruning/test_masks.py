@@ -96,3 +96,13 @@ def test_global_scope_pools_rates_that_differ_only_by_float_noise():
     targets = build_plan(model, PruneConfig(scope="global", rates={"1": 0.2, "3": 0.2000001, "output": 0.1}))
     groups = {target.name: target.group for target in targets}
     assert groups["1"] == groups["3"] != groups["5"]
+
+
+def test_global_pools_are_keyed_by_rate_closeness_not_by_its_printed_digits():
+    from compress.pruning.pools import rate_pools
+
+    # one rate computed two ways is one pool; a rate written differently is another
+    pools = rate_pools({"a": 0.2, "b": 1 - 0.8, "c": 0.21, "d": 0.1234565, "e": 0.1234565 * (1 + 1e-8)}, True)
+    assert pools["a"] == pools["b"] != pools["c"]
+    assert pools["d"] == pools["e"] not in (pools["a"], pools["c"])
+    assert rate_pools({"a": 0.2, "b": 0.2}, False) == {"a": "a", "b": "b"}
