@@ -7,9 +7,9 @@
 Families: ``timm.list_models()`` grouped by the module that defines each model; the family's model is
 the one with the fewest parameters (counted on the meta device, no memory) among the ``CANDIDATES``
 names that look smallest, at the smallest input it
-runs at (``zoo_case.smallest_input``). Each model runs ``benchmarks/zoo_case.py`` in a child process
-with a wall-clock timeout and a resident-memory cap (polled; the child is killed past it), so one
-model cannot hurt the shared machine; its peak RSS is the child's ``ru_maxrss`` (``os.wait4``).
+runs at (``zoo_case.smallest_input``). Each model runs ``benchmarks/zoo_case.py`` once per granularity,
+each in a child process with a wall-clock timeout and a resident-memory cap (polled; the child is killed
+past it), so one model cannot hurt the shared machine; its peak RSS is the child's ``ru_maxrss`` (``os.wait4``).
 Writes ``benchmarks/results/structured_zoo.json`` after every model and ``structured_zoo.md``.
 """
 
@@ -86,16 +86,17 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_one(model: str, family: str) -> dict:
-    """Run ``zoo_case.py`` for ``model`` under the timeout and the memory cap; its record."""
-    out = RESULTS / f".zoo_{model}.json"
+def run_case(model: str, granularity: str) -> dict:
+    """Run ``zoo_case.py`` for one model and granularity under the timeout and the memory cap; its row, with
+    the child's peak RSS and wall time."""
+    out = RESULTS / f".zoo_{model}_{granularity}.json"
     out.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COMPRESS_THREADS": "1", "PYTHONPATH": str(ROOT)}
     began = time.time()
-    log = RESULTS / f".zoo_{model}.stderr"
+    log = RESULTS / f".zoo_{model}_{granularity}.stderr"
     with log.open("wb") as stderr_file:
-        child = subprocess.Popen([sys.executable, str(HERE / "zoo_case.py"), model, str(out)], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=stderr_file, start_new_session=True)
+        child = subprocess.Popen([sys.executable, str(HERE / "zoo_case.py"), model, str(out), granularity],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=stderr_file, start_new_session=True)
         killed = ""
         while True:
             # reaped by wait4 itself, so the rusage is the child's own (ru_maxrss: peak resident set, KiB)
@@ -111,16 +112,31 @@ def run_one(model: str, family: str) -> dict:
                 os.killpg(child.pid, signal.SIGKILL)
                 _, status, usage = os.wait4(child.pid, 0)
                 break
-        child.returncode = status
     stderr = log.read_text(errors="replace")
     log.unlink(missing_ok=True)
-    record = json.loads(out.read_text()) if out.exists() else {"model": model}
+    result = json.loads(out.read_text()) if out.exists() else {}
     out.unlink(missing_ok=True)
-    record.update(family=family, peak_rss_mb=round(usage.ru_maxrss / 1024, 1), wall_s=round(time.time() - began, 1))
+    row = result.get(granularity) or {
+        "status": "failed", "stage": "process",
+        "reason": killed or result.get("input_error") or f"child exited {status}: {stderr.strip()[-300:]}"}
+    row.update(peak_rss_mb=round(usage.ru_maxrss / 1024, 1), wall_s=round(time.time() - began, 1))
+    for key in ("input_side", "img_size_arg"):
+        if key in result:
+            row[key] = result[key]
+    return row
+
+
+def run_one(model: str, family: str) -> dict:
+    """Both granularities of ``model``, each in its own process (its own timeout, memory cap and peak)."""
+    record: dict = {"model": model, "family": family}
     for granularity in ("channel", "weight"):
-        if granularity not in record:
-            why = killed or record.get("input_error") or f"child exited {status}: {stderr.strip()[-300:]}"
-            record[granularity] = {"status": "failed", "reason": why, "stage": "process"}
+        row = run_case(model, granularity)
+        for key in ("input_side", "img_size_arg"):
+            if key in row:
+                record[key] = row.pop(key)
+        record[granularity] = row
+    record["peak_rss_mb"] = max(record[g]["peak_rss_mb"] for g in ("channel", "weight"))
+    record["wall_s"] = round(sum(record[g]["wall_s"] for g in ("channel", "weight")), 1)
     record["status"] = record["channel"]["status"]
     record["reason"] = record["channel"]["reason"]
     return record
@@ -151,9 +167,11 @@ def write_markdown(data: dict) -> None:
     m = data["machine"]
     lines = ["# Structured tickets on the timm zoo", "",
              "`nice -n 10 python benchmarks/structured_zoo.py` (benchmarks/structured_zoo.py, benchmarks/zoo_case.py): "
-             "one model per timm family (the fewest parameters), random init, the smallest input it runs at; each in "
-             "its own process: LotterySearch (2 levels of 2 SGD steps, rates 0.3, channel_multiple 8 for channels), "
-             "compact_model, export_onnx + onnxruntime check; then the same with weight granularity.", "",
+             "one model per timm family (the fewest parameters), random init, the smallest input it runs at; each "
+             f"granularity in its own process (killed past {TIMEOUT_S} s or {RSS_CAP_MB} MB resident): LotterySearch "
+             "(2 levels of 2 SGD steps, rates 0.3, channel_multiple 8 for channels), then what ships: **channel** "
+             "compact_model + export_onnx of the compacted model, **weight** export_onnx of the masked model (no "
+             "whole channel to remove), each checked with onnxruntime.", "",
              f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['vector_extensions'])}), {m['memory_gb']} GB, "
              f"shared with other jobs (load average {m['load_average']} when the table was written).", ""]
     total = len(records)

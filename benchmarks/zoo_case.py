@@ -1,10 +1,13 @@
-"""One model of the structured zoo sweep, in its own process: ``python benchmarks/zoo_case.py MODEL OUT.json``.
+"""One model and granularity of the structured zoo sweep, in its own process:
+``python benchmarks/zoo_case.py MODEL OUT.json channel|weight``.
 
-What a user would do with a timm model and an own training loop, once per granularity (``channel``,
-then ``weight``): ``LotterySearch(model, recipe, example_inputs=x)`` with 2 levels of a few SGD steps
-on random data, ``compact_model(model, x)``, ``export_onnx`` of the result (onnxruntime checked against
-torch). A ``UserError`` is a refusal (its one line is the reason), anything else a failure. The
-result (one JSON object) is written to OUT even when a step fails; the parent records peak memory.
+What a user would do with a timm model and an own training loop: ``LotterySearch(model, recipe,
+example_inputs=x)`` with 2 levels of a few SGD steps on random data, then what ships: for ``channel``
+``compact_model(model, x)`` and ``export_onnx`` of the compacted model, for ``weight`` ``export_onnx`` of
+the masked model (a weight ticket has no whole channel to remove: compaction is not its path), each
+checked with onnxruntime against torch. A ``UserError`` is a refusal (its one line is the reason),
+anything else a failure. The result (one JSON object) is written to OUT even when a step fails; the
+parent records peak memory.
 """
 
 from __future__ import annotations
@@ -107,18 +110,19 @@ def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict
         optimizer.zero_grad(set_to_none=True)
         del search, optimizer  # the rewind point and the gradients: not needed for the rest
         model.eval()
-        stage = "compact"
-        began = time.perf_counter()
-        compaction = compact_graph(model, x)
-        row["compact_s"] = round(time.perf_counter() - began, 2)
-        small = compaction.module
-        row["params_after"], row["macs_after"] = count_params(small), count_macs(small, x)
-        row["compact_diff"] = compaction.max_abs_diff
-        del compaction
+        exported = model
+        if granularity == "channel":
+            stage = "compact"
+            began = time.perf_counter()
+            compaction = compact_graph(model, x)
+            row["compact_s"] = round(time.perf_counter() - began, 2)
+            exported = compaction.module
+            row["compact_diff"] = compaction.max_abs_diff
+            del compaction, model
+        # weight: the nonzero weights (a dense forward still multiplies by the zeros: MACs stay)
+        row["params_after"] = count_params(exported, nonzero=granularity == "weight")
+        row["macs_after"] = count_macs(exported, x)
         stage = "export"
-        # channel: the compacted model (what ships); weight: the masked model (compaction removes nothing)
-        exported = small if granularity == "channel" else model
-        del small
         with tempfile.TemporaryDirectory() as folder:
             report = export_onnx(exported, Path(folder) / "ticket.onnx", example_input=x)
         row["ort_diff"] = report.max_abs_diff
@@ -130,19 +134,18 @@ def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict
     return row
 
 
-def main(name: str, out: Path) -> None:
+def main(name: str, out: Path, granularity: str) -> None:
     torch.set_num_threads(1)
     result: dict = {"model": name}
     try:
         side, built = smallest_input(name)
         result.update(input_side=side, img_size_arg=built)
-        for granularity in ("channel", "weight"):
-            result[granularity] = run_granularity(name, side, built, granularity)
-            out.write_text(json.dumps(result))  # partial results survive a kill during the next step
+        out.write_text(json.dumps(result))
+        result[granularity] = run_granularity(name, side, built, granularity)
     except Exception as error:  # noqa: BLE001 -- no input the model runs on: the model, not compress
         result.update(input_error=f"{type(error).__name__}: {str(error).strip()[:300]}")
     out.write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3])
