@@ -160,3 +160,13 @@ def test_a_model_with_nothing_prunable_is_refused_up_front_in_one_line():
     with pytest.raises(UserError, match="no channel group of _NormOnly can be pruned") as error:
         LotterySearch(_NormOnly(), _recipe(), example_inputs=torch.randn(2, 8))
     assert "\n" not in str(error.value)
+
+
+def test_timm_attention_that_does_not_trace_fused_exports_on_its_explicit_path(tmp_path):
+    # DINOv3's fused attention passes a traced is_causal to scaled_dot_product_attention: the export
+    # retries with timm's own fused_attn switch off, and onnxruntime is checked against the fused model
+    model = _model("vit_tiny_patch16_dinov3_qkvb", img_size=32)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    report = export_onnx(model, tmp_path / "dinov3.onnx", example_input=x, verify_inputs=x)
+    assert report.max_abs_diff <= allowed(float(model(x).abs().max()))
+    assert all(module.fused_attn for module in model.modules() if hasattr(module, "fused_attn")), "restored"

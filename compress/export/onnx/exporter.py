@@ -85,12 +85,34 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, opset: int, outputs: 
     try:
         return _export(model, (example_input,), opset, outputs)
     except Exception as error:  # the exporter raises many types (RuntimeError, OnnxExporterError, ...)
+        exported = _export_unfused(model, example_input, opset, outputs)
+        if exported is not None:
+            return exported
         reason = _first_line(error)
         culprit = failing_module(model, example_input, opset)
         if culprit:
             name, kind = culprit
             raise UserError(f"cannot export module {name!r} ({kind}) to ONNX opset {opset}: {reason}") from error
         raise UserError(f"ONNX export (opset {opset}) failed: {reason}") from error
+
+
+def _export_unfused(model: nn.Module, example_input: torch.Tensor, opset: int, outputs: int) -> bytes | None:
+    """The export again with timm's attention on its explicit (matmul, softmax) path: timm's switch for
+    export, since ``scaled_dot_product_attention`` with a traced ``is_causal`` does not trace (DINOv3,
+    EVA). The same function, so the onnxruntime check against the (fused) torch model still applies.
+    None when no module has the switch or the export fails again."""
+    fused = [module for module in model.modules() if getattr(module, "fused_attn", None) is True]
+    if not fused:
+        return None
+    for module in fused:
+        module.fused_attn = False
+    try:
+        return _export(model, (example_input,), opset, outputs)
+    except Exception:  # noqa: BLE001  (the first error is the one reported)
+        return None
+    finally:
+        for module in fused:
+            module.fused_attn = True
 
 
 def failing_module(model: nn.Module, example_input: torch.Tensor, opset: int) -> tuple[str, str] | None:
