@@ -135,6 +135,8 @@ def run_one(model: str, family: str) -> dict:
             if key in row:
                 record[key] = row.pop(key)
         record[granularity] = row
+    record["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                      text=True).stdout.strip()  # the code this record measured
     record["peak_rss_mb"] = max(record[g]["peak_rss_mb"] for g in ("channel", "weight"))
     record["wall_s"] = round(sum(record[g]["wall_s"] for g in ("channel", "weight")), 1)
     record["status"] = record["channel"]["status"]
