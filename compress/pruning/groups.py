@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.pruning.tp_graph import all_groups, tolerant_concat
+from compress.pruning.tp_graph import all_groups, tolerant_mappings
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with tolerant_concat():
+            with tolerant_mappings():
                 return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     except UserError:
         raise

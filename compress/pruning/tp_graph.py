@@ -31,33 +31,40 @@ class TooWide(Exception):
 
 
 @contextlib.contextmanager
-def tolerant_concat() -> Iterator[None]:
-    """Torch-Pruning 1.6 sums a concat's input widths before checking them for None (a width it cannot
-    infer: CSPDarkNet, CoaT), and the TypeError aborts the whole graph. Such a concat keeps Torch-Pruning's
-    default (identity) mapping instead; the groups through it are then checked like every other
-    (``compress.pruning.groups._consistent``, the plan-time probe ``compress.pruning.probe``)."""
+def tolerant_mappings() -> Iterator[None]:
+    """Torch-Pruning 1.6 aborts the whole graph on two index mappings it cannot compute: a concat whose
+    input widths it sums before checking them for None (a width it cannot infer: CSPDarkNet, CoaT; a
+    TypeError), and a reshape whose inferred channel count is 0 (SHViT's partial-channel attention; a
+    ZeroDivisionError). Such a node keeps Torch-Pruning's default (identity) mapping instead; the groups
+    through it are then checked like every other (``compress.pruning.groups._consistent``, the plan-time
+    probe ``compress.pruning.probe``), so a wrong mapping is refused, never used."""
     from torch_pruning.dependency import index_mapping
 
-    original = index_mapping.update_concat_index_mapping
+    originals = {"update_concat_index_mapping": (index_mapping.update_concat_index_mapping, TypeError),
+                 "update_reshape_index_mapping": (index_mapping.update_reshape_index_mapping, ArithmeticError)}
 
-    def update(graph, node) -> None:
-        try:
-            original(graph, node)
-        except TypeError:  # ``sum(chs)`` with an unknown width: leave this concat's mapping as it is
-            pass
+    def tolerant(original, errors):
+        def update(graph, node) -> None:
+            try:
+                original(graph, node)
+            except errors:  # this node's mapping stays as it is
+                pass
+        return update
 
-    index_mapping.update_concat_index_mapping = update
+    for name, (original, errors) in originals.items():
+        setattr(index_mapping, name, tolerant(original, errors))
     try:
         yield
     finally:
-        index_mapping.update_concat_index_mapping = original
+        for name, (original, _) in originals.items():
+            setattr(index_mapping, name, original)
 
 
 def _prepared(graph) -> None:
     from torch_pruning.dependency import index_mapping
 
     if not getattr(graph, "_compress_mapped", False):
-        with tolerant_concat():
+        with tolerant_mappings():
             index_mapping.update_index_mapping(graph)
         graph._compress_mapped = True
 
