@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.pruning.affine import is_affine_in_weight
 from compress.pruning.pools import rate_pools
 from compress.pruning.selectors import Selector, names_under, prunable_modules
 from compress.recipe.schema import GRANULARITIES, LAYER_KINDS, SCOPES, PruneConfig
@@ -184,7 +185,7 @@ def plan_layers(model: nn.Module, config: PruneConfig,
             for key in ("keep", "exclude") for i, text in enumerate(getattr(config, key))]
     by_selector = [(check_matches(key, f"prune.rates.{key}"), rate)
                    for key, rate in config.rates.items() if key not in LAYER_KINDS]
-    layers = []
+    layers, transforming = [], set()
     for name, module in modules:
         role = "output" if name in output else "stem" if name in stem else "hidden"
         kind = "output" if role == "output" else "conv" if isinstance(module, nn.Conv2d) else "linear"
@@ -200,7 +201,15 @@ def plan_layers(model: nn.Module, config: PruneConfig,
             rate, reason = 0.0, "output (channel pruning would remove classes)"
         elif rate <= 0.0:
             rate, reason = 0.0, "rate 0"
+        elif not is_affine_in_weight(module):
+            rate, reason = 0.0, (f"kept ({type(module).__name__} transforms its weight in forward: a pruned "
+                                 "zero would not stay zero)")
+            transforming.add(type(module).__name__)
         layers.append(LayerPlan(name=name, kind=kind, role=role, rate=rate, reason=reason))
+    if transforming:
+        warnings.warn(f"prune: {', '.join(sorted(transforming))} transform their weight in forward (e.g. "
+                      "standardise it), so masking does not prune them: kept whole (--dry-run lists them)",
+                      stacklevel=3)
     return layers
 
 
