@@ -1,5 +1,6 @@
 """One model and granularity of the structured zoo sweep, in its own process:
-``python benchmarks/zoo_case.py MODEL OUT.json channel|weight``.
+``python benchmarks/zoo_case.py MODEL OUT.json input`` (the smallest input it runs at), then
+``python benchmarks/zoo_case.py MODEL OUT.json channel|weight SIDE BUILT``.
 
 What a user would do with a timm model and an own training loop: ``LotterySearch(model, recipe,
 example_inputs=x)`` with 2 levels of a few SGD steps on random data, then what ships: for ``channel``
@@ -134,18 +135,22 @@ def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict
     return row
 
 
-def main(name: str, out: Path, granularity: str) -> None:
+def main(name: str, out: Path, what: str, side: str = "", built: str = "") -> None:
+    """``what``: ``input`` finds the smallest input (its own process, so the models built to find it do not
+    count towards a granularity's memory); ``channel`` / ``weight`` run at ``side`` (``built``: 1 when
+    the model is built for it)."""
     torch.set_num_threads(1)
     result: dict = {"model": name}
     try:
-        side, built = smallest_input(name)
-        result.update(input_side=side, img_size_arg=built)
-        out.write_text(json.dumps(result))
-        result[granularity] = run_granularity(name, side, built, granularity)
+        if what == "input":
+            found, made_for = smallest_input(name)
+            result.update(input_side=found, img_size_arg=made_for)
+        else:
+            result[what] = run_granularity(name, int(side), built == "1", what)
     except Exception as error:  # noqa: BLE001 -- no input the model runs on: the model, not compress
         result.update(input_error=f"{type(error).__name__}: {str(error).strip()[:300]}")
     out.write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3])
+    main(sys.argv[1], Path(sys.argv[2]), *sys.argv[3:])

@@ -73,22 +73,39 @@ def refresh_weights(model: nn.Module) -> None:
             setattr(module, PARAM, module.weight_orig * module.weight_mask)
 
 
-def deepcopy_module(model: nn.Module) -> nn.Module:
+def deepcopy_module(model: nn.Module, memo: dict[int, object] | None = None) -> nn.Module:
     """``copy.deepcopy(model)``, with tensors cached outside parameters and buffers (LeViT's attention-bias
-    cache after an eval forward) copied detached: deepcopy refuses tensors that are not graph leaves."""
-    memo: dict[int, object] = {}
+    cache after an eval forward) copied detached: deepcopy refuses tensors that are not graph leaves.
+    ``memo``: objects (by ``id``) the copy uses as they are, as in ``copy.deepcopy``."""
+    memo = dict(memo or {})
     for module in model.modules():
         for value in vars(module).values():
             for item in value.values() if isinstance(value, dict) and not isinstance(value, nn.Module) else [value]:
-                if isinstance(item, torch.Tensor) and not isinstance(item, nn.Parameter) and item.grad_fn is not None:
+                if isinstance(item, torch.Tensor) and not isinstance(item, nn.Parameter) and item.grad_fn is not None \
+                        and id(item) not in memo:
                     memo[id(item)] = item.detach().clone()
     return copy.deepcopy(model, memo)
 
 
+@torch.no_grad()
 def fold_masks(model: nn.Module) -> nn.Module:
-    """A copy with masks folded into plain weights (``prune.remove``); ``model`` keeps its masks."""
-    refresh_weights(model)
-    folded = deepcopy_module(model)
+    """A copy with masks folded into plain weights (``prune.remove``); ``model`` keeps its masks.
+
+    The copy never holds a pruned weight three times (``weight_orig``, ``weight_mask``, ``weight``): its
+    ``weight_orig`` is the folded weight, its mask a broadcast 1 and its cached ``weight`` empty, so
+    ``prune.remove`` leaves the folded weight -- one copy of the model, not three (an 86M-parameter ViT:
+    ~0.35 GB, not ~1 GB, at the peak)."""
+    refresh_weights(model)  # the given model's cached weights are current afterwards, as before
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        if is_pruned(module):
+            orig, mask = module.weight_orig, module.weight_mask
+            memo[id(orig)] = nn.Parameter(orig * mask, requires_grad=orig.requires_grad)
+            memo[id(mask)] = torch.ones(1, dtype=mask.dtype, device=mask.device)
+            cached = vars(module).get(PARAM)
+            if isinstance(cached, torch.Tensor):
+                memo[id(cached)] = torch.empty(0, dtype=cached.dtype, device=cached.device)
+    folded = deepcopy_module(model, memo)
     for module in folded.modules():
         if is_pruned(module):
             prune.remove(module, PARAM)

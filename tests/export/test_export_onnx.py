@@ -178,3 +178,29 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="cannot run on inputs"):
         export_onnx(model, tmp_path / "x.onnx", torch.randn(2, 5))
     assert not list(tmp_path.iterdir())
+
+
+def test_sparsify_copies_all_but_the_moved_initializers_and_never_copies_for_nothing(tmp_path):
+    from compress.export.onnx.storage import sparsify
+
+    torch.manual_seed(0)
+    export_onnx(pruned(create_model("lenet300_100")), tmp_path / "m.onnx", torch.randn(2, 1, 28, 28))
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    proto.metadata_props.add(key="k", value="v")
+    sparse, converted = sparsify(proto)
+    moved = {t.values.name for t in sparse.graph.sparse_initializer}
+    assert converted == len(moved) > 0
+    # everything but the moved initializers equal: what a full CopyFrom, then a move, would give
+    dense_rest, sparse_rest = onnx.ModelProto(), onnx.ModelProto()
+    for source, target in ((proto, dense_rest), (sparse, sparse_rest)):
+        target.CopyFrom(source)
+        kept = [init for init in target.graph.initializer if init.name not in moved]
+        del target.graph.initializer[:], target.graph.sparse_initializer[:]
+        target.graph.initializer.extend(kept)
+    assert dense_rest.SerializeToString() == sparse_rest.SerializeToString()
+    unpruned = onnx.load(str(tmp_path / "m.onnx"))
+    for init in unpruned.graph.initializer:  # dense weights: nothing is smaller sparse, nothing is copied
+        init.CopyFrom(onnx.numpy_helper.from_array(np.ones(onnx.numpy_helper.to_array(init).shape, np.float32),
+                                                   init.name))
+    same, none = sparsify(unpruned)
+    assert same is unpruned and none == 0

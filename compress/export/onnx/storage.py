@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,36 +33,49 @@ SPARSE_TOLERANCE = 1e-6  # the same values densified again: any difference would
 _FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 
 
-def _weights(proto: onnx.ModelProto) -> list[tuple[onnx.TensorProto, np.ndarray]]:
-    """Float initializers with at least one dimension (scalars and shape constants are not weights)."""
-    return [(init, numpy_helper.to_array(init)) for init in proto.graph.initializer
-            if init.data_type in _FLOAT_TYPES and len(init.dims) >= 1]
+def _weights(proto: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, np.ndarray]]:
+    """Float initializers with at least one dimension (scalars and shape constants are not weights), one
+    array at a time (all at once would be a second copy of the model)."""
+    for init in proto.graph.initializer:
+        if init.data_type in _FLOAT_TYPES and len(init.dims) >= 1:
+            yield init, numpy_helper.to_array(init)
 
 
 def sparsify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """A copy with every float initializer that is smaller sparse moved to ``graph.sparse_initializer``."""
-    result = onnx.ModelProto()
-    result.CopyFrom(proto)
-    dense: list[onnx.TensorProto] = []
-    converted = 0
-    candidates = {init.name: array for init, array in _weights(proto)}
-    for init in result.graph.initializer:
-        array = candidates.get(init.name)
-        if array is None:
-            dense.append(init)
-            continue
+    """``proto`` with every float initializer that is smaller sparse moved to ``graph.sparse_initializer``:
+    a new model sharing nothing with ``proto``, or ``proto`` itself when no initializer is smaller sparse
+    (below ~1/3 nonzeros none is): a model of hundreds of MB is not copied to change nothing."""
+    sparse: dict[str, onnx.SparseTensorProto] = {}
+    for init, array in _weights(proto):
+        name = init.name
         flat = array.reshape(-1)
         positions = np.flatnonzero(flat)
-        if positions.size * (array.itemsize + INDEX_BYTES) >= flat.size * array.itemsize:
-            dense.append(init)
+        if positions.size * (array.itemsize + INDEX_BYTES) < flat.size * array.itemsize:
+            values = numpy_helper.from_array(flat[positions], name)
+            indices = numpy_helper.from_array(positions.astype(np.int64), f"{name}.indices")
+            sparse[name] = helper.make_sparse_tensor(values, indices, list(array.shape))
+    if not sparse:
+        return proto, 0
+    result = onnx.ModelProto()
+    _copy_fields(proto, result, skip={"graph"})
+    _copy_fields(proto.graph, result.graph, skip={"initializer", "sparse_initializer"})  # not copied to be dropped
+    result.graph.initializer.extend(init for init in proto.graph.initializer if init.name not in sparse)
+    result.graph.sparse_initializer.extend(proto.graph.sparse_initializer)
+    result.graph.sparse_initializer.extend(sparse.values())
+    return result, len(sparse)
+
+
+def _copy_fields(source, target, skip: set[str]) -> None:
+    """``target.CopyFrom(source)`` but for the fields named in ``skip``."""
+    for field, value in source.ListFields():
+        if field.name in skip:
             continue
-        values = numpy_helper.from_array(flat[positions], init.name)
-        indices = numpy_helper.from_array(positions.astype(np.int64), f"{init.name}.indices")
-        result.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(array.shape)))
-        converted += 1
-    del result.graph.initializer[:]
-    result.graph.initializer.extend(dense)
-    return result, converted
+        if hasattr(value, "extend"):  # a repeated field (protobuf's descriptor API differs across versions)
+            getattr(target, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # a message
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 def bitmask_bytes(proto: onnx.ModelProto, raw_size: int) -> int:
