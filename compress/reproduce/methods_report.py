@@ -90,6 +90,16 @@ def cheapest_match(rows: list[dict], model: str, max_weights: float = 0.07) -> d
             "accuracy_vs_imp_points": best["accuracy_vs_imp"] * 100, "seeds": best["seeds"]}
 
 
+def describe_match(answer: dict) -> str:
+    """``cheapest_match``'s answer as a sentence."""
+    if "target" not in answer:
+        compared = ", ".join(f"{method} at {target}" for method, target in answer.get("compared", []))
+        return answer["answer"] + (f" (compared: {compared})" if compared else "")
+    return (f"{answer['answer']} at {answer['target']} of weights: {answer['accuracy_vs_imp_points']:+.2f} points "
+            f"against IMP's ticket at {answer['compute_vs_imp']:.2f}x its compute "
+            f"(seeds {', '.join(map(str, answer['seeds']))})")
+
+
 def _pm(stat: dict | None, scale: float = 100.0) -> str:
     if stat is None:
         return "–"
@@ -162,7 +172,7 @@ def write_methods_results(experiments: list[Experiment], runs_root: Path, out: P
             f"**Subset**: {len(ran)} of the suite's {len(planned)} (experiment, seed) runs finished; rows show "
             "which seeds each mean is over.", *([note] if note else []), "",
             "## Cheapest method within 0.5 points of IMP's ticket at <= 7% of weights", "",
-            *[f"- {model}: {answer[model]}" for model in answer], "", "## Table", "", table(rows), "",
+            *[f"- {model}: {describe_match(answer[model])}" for model in answer], "", "## Table", "", table(rows), "",
             "## Plots", "", *plots, ""]
     save_text("\n".join(text), out / "methods.md")
     return out
