@@ -14,6 +14,7 @@ parent records peak memory.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tempfile
 import time
@@ -79,6 +80,7 @@ def recipe(granularity: str):
 def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict:
     from compress.errors import UserError
     from compress.export import export_onnx
+    from compress.export.onnx.export import OPSET_RANGE
     from compress.lottery import LotterySearch
     from compress.pruning.compact.graph import compact_graph
     from compress.pruning.macs import count_macs, count_params
@@ -125,7 +127,15 @@ def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict
         row["macs_after"] = count_macs(exported, x)
         stage = "export"
         with tempfile.TemporaryDirectory() as folder:
-            report = export_onnx(exported, Path(folder) / "ticket.onnx", example_input=x)
+            try:
+                report = export_onnx(exported, Path(folder) / "ticket.onnx", example_input=x)
+            except UserError as error:
+                # what a user does when torch says an operator exists from a later opset: ask for that one
+                later = re.search(r"added in (?:opset )?version (\d+)", str(error))
+                if later is None or int(later.group(1)) > OPSET_RANGE[1]:
+                    raise
+                row["opset"] = int(later.group(1))
+                report = export_onnx(exported, Path(folder) / "ticket.onnx", example_input=x, opset=row["opset"])
         row["ort_diff"] = report.max_abs_diff
     except UserError as error:
         row.update(status="refused", stage=stage, reason=str(error).strip().splitlines()[0][:300])
