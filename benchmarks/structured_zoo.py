@@ -168,6 +168,10 @@ def _ratio(row: dict, key: str) -> str:
     return f"{after / before:.2f}" if before and after is not None else ""
 
 
+def _status(row: dict) -> str:
+    return row["status"] + (f" (opset {row['opset']})" if "opset" in row else "")
+
+
 def write_markdown(data: dict) -> None:
     records = sorted(data["records"], key=lambda r: r["family"])
     m = data["machine"]
@@ -193,9 +197,9 @@ def write_markdown(data: dict) -> None:
     for r in records:
         ch, w = r["channel"], r["weight"]
         reason = (ch["reason"] or (w["reason"] if w["status"] != "pass" else "")).replace("|", "/")[:160]
-        lines.append(f"| {r['family']} | {r['model']} | {r.get('input_side', '')} | {ch['status']} | {reason} | "
+        lines.append(f"| {r['family']} | {r['model']} | {r.get('input_side', '')} | {_status(ch)} | {reason} | "
                      f"{_ratio(ch, 'params')} | {_ratio(ch, 'macs')} | {ch.get('plan_s', '')} | "
-                     f"{ch.get('compact_s', '')} | {w['status']} | {r['peak_rss_mb']:.0f} | {r['wall_s']} |")
+                     f"{ch.get('compact_s', '')} | {_status(w)} | {r['peak_rss_mb']:.0f} | {r['wall_s']} |")
     save_text("\n".join(lines) + "\n", MARKDOWN)
 
 
