@@ -11,5 +11,5 @@ fi
 # has run, other native code in the same process crashed (SIGSEGV in poll) -- a known issue, see
 # tests/conftest.py. compress itself measures export.json's OpenVINO accuracies in a child process.
 openvino_tests=(tests/bench tests/export/test_export_openvino.py)
-"$python" -m pytest -q "${openvino_tests[@]/#/--ignore=}"
+"$python" -m pytest -q --durations=20 "${openvino_tests[@]/#/--ignore=}"
 exec "$python" -m pytest -q "${openvino_tests[@]}"
