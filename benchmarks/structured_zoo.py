@@ -188,10 +188,16 @@ def write_markdown(data: dict) -> None:
     for granularity in ("channel", "weight"):
         c = counts(records, granularity)
         lines.append(f"- **{granularity}**: {c.get('pass', 0)} of {total} families pass "
-                     f"({c.get('pass', 0) / max(1, total):.0%}), {c.get('refused', 0)} refused up front, "
-                     f"{c.get('failed', 0)} failed")
+                     f"({c.get('pass', 0) / max(1, total):.0%}), {c.get('refused', 0)} refused with a one-line "
+                     f"reason (at plan time or at export), {c.get('failed', 0)} failed (killed by the cap), "
+                     f"{c.get('skipped', 0)} skipped (over {MAX_PARAMS / 1e6:.0f}M parameters)")
     peak = max((r["peak_rss_mb"] for r in records), default=0)
-    lines += [f"- peak resident memory of any model: {peak:.0f} MB", "",
+    over = sorted((r for r in records if r["peak_rss_mb"] > 4096), key=lambda r: -r["peak_rss_mb"])
+    commits = sorted({r["commit"] for r in records if "commit" in r})
+    lines += [f"- peak resident memory of any model: {peak:.0f} MB; {len(over)} over 4096 MB: "
+              + ", ".join(f"{r['model']} {r['peak_rss_mb']:.0f}" for r in over),
+              f"- children run with {' '.join(f'{k}={v}' for k, v in ALLOCATOR.items())} (glibc returns freed "
+              "blocks, so RSS is live memory); records made at commit(s) " + ", ".join(commits), "",
               "| family | model | side | channel | reason | params after | MACs after | plan s | compact s | "
               "weight | peak RSS MB | wall s |", "|" + "---|" * 12]
     for r in records:
