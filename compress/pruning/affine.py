@@ -15,13 +15,12 @@ import torch.nn as nn
 from torch.func import functional_call
 
 
-def _probe_input(module: nn.Module) -> torch.Tensor | None:
-    weight = module.weight
+def _probe_shape(module: nn.Module) -> tuple[int, ...] | None:
     if isinstance(module, nn.Conv2d):
         side = max(3, max((k - 1) * d + 1 for k, d in zip(module.kernel_size, module.dilation, strict=True)))
-        return torch.randn(1, module.in_channels, side, side, dtype=weight.dtype, device=weight.device)
+        return (1, module.in_channels, side, side)
     if isinstance(module, nn.Linear):
-        return torch.randn(2, module.in_features, dtype=weight.dtype, device=weight.device)
+        return (2, module.in_features)
     return None
 
 
@@ -36,14 +35,16 @@ def is_affine_in_weight(module: nn.Module) -> bool:
     if not isinstance(weight, torch.Tensor) or isinstance(weight, nn.parameter.UninitializedParameter) \
             or weight.is_meta:
         return True
-    x = _probe_input(module)
-    if x is None:
+    shape = _probe_shape(module)
+    if shape is None:
         return True
+    # its own generator: a plan must not move the global RNG the user's seed set
     generator = torch.Generator(device="cpu").manual_seed(0)
 
-    def draw(like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(like.shape, generator=generator).to(like)
+    def draw(like: torch.Tensor, size: tuple[int, ...] | None = None) -> torch.Tensor:
+        return torch.randn(size or like.shape, generator=generator).to(like)
 
+    x = draw(weight, shape)
     w1, w2 = draw(weight), draw(weight)
     # the other parameters random too: a gain initialised to zero (NFNet's last conv of a block) would
     # make any forward look affine

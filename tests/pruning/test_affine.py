@@ -53,3 +53,10 @@ def test_timm_weight_standardized_convs_are_refused_by_the_probe():
     nn.init.zeros_(zero_gain.gain)
     assert not is_affine_in_weight(zero_gain)
     assert is_affine_in_weight(timm.layers.create_conv2d(3, 4, 3, stride=2, padding="same"))
+
+
+def test_the_probe_leaves_the_global_rng_alone():
+    conv = StandardizedConv(3, 4, 3)  # (its init draws from the global RNG; the probe must not)
+    before = torch.get_rng_state()
+    assert not is_affine_in_weight(conv)
+    assert torch.equal(torch.get_rng_state(), before)
