@@ -132,7 +132,11 @@ def run_rounds(run, executor: Executor, slots: int, round_done: Callable[[dict, 
             if not all(future.done() for future in controls.values()):
                 return
             if controls:
-                entry["controls"] = {name: _fields(controls[name].result()) for name in controls}
+                try:
+                    entry["controls"] = {name: _fields(controls[name].result()) for name in controls}
+                except Exception:
+                    _raise_failed(warming, started[len(rounds):])  # failed since the look above: one line
+                    raise
             rounds.append(entry)
             round_done(entry, finished_before)
 
