@@ -130,11 +130,12 @@ def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict
             try:
                 report = export_onnx(exported, Path(folder) / "ticket.onnx", example_input=x)
             except UserError as error:
-                # what a user does when torch says an operator exists from a later opset: ask for that one
-                later = re.search(r"added in (?:opset )?version (\d+)", str(error))
-                if later is None or int(later.group(1)) > OPSET_RANGE[1]:
+                # what a user does when told an operator exists from a later opset (torch), or that the
+                # dynamo exporter writes this model at a later one (compress): ask for that one
+                later = re.search(r"added in (?:opset )?version (\d+)|set export\.opset: (\d+)", str(error))
+                if later is None or int(later.group(1) or later.group(2)) > OPSET_RANGE[1]:
                     raise
-                row["opset"] = int(later.group(1))
+                row["opset"] = int(later.group(1) or later.group(2))
                 report = export_onnx(exported, Path(folder) / "ticket.onnx", example_input=x, opset=row["opset"])
         row["ort_diff"] = report.max_abs_diff
     except UserError as error:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.export.onnx.exporter import EXPORTER, to_onnx
+from compress.export.onnx.exporter import EXPORTER, export_graph
 from compress.export.onnx.inputs import as_batch, export_flat, needs_flat, returns_mapping
 from compress.export.onnx.preprocess import Preprocess, add_metadata, embed_normalisation
 from compress.export.onnx.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
@@ -131,7 +131,7 @@ def _export_checked(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
 
     The parsed graph is dropped before onnxruntime loads the bytes: an 86M-parameter model would otherwise
     be resident four times at once (folded model, bytes, parsed graph, session)."""
-    data = to_onnx(model, example, opset, outputs=len(reference))
+    data, exporter = export_graph(model, example, opset, outputs=len(reference))
     proto = onnx.load_from_string(data)
     check_onnx(proto, what)
     zeros = check_zero_counts(proto, weights, pruned, what)
@@ -148,7 +148,8 @@ def _export_checked(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
         (sparse_out,) = ort_outputs(sparse_bytes, [inputs], f"{what} (sparse initializers)")
         sparse_diff = max_abs_diff(sparse_out, [torch.from_numpy(o) for o in full])
         check_close(sparse_diff, f"{what} (sparse initializers)", SPARSE_TOLERANCE, "|sparse - dense|")
-    return {"bytes": data, "diff": diff, "zeros": zeros, "sizes": sizes, "sparse_diff": sparse_diff}
+    return {"bytes": data, "diff": diff, "zeros": zeros, "sizes": sizes, "sparse_diff": sparse_diff,
+            "exporter": exporter}
 
 
 def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path,
@@ -225,7 +226,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     if compact_report is not None:
         save_bytes(compact_bytes, Path(compact_report.path))
     return ExportReport(
-        path=str(path), opset=opset, exporter=EXPORTER, inputs=source, input_shape=list(inputs.shape[1:]),
+        path=str(path), opset=opset, exporter=dense["exporter"], inputs=source, input_shape=list(inputs.shape[1:]),
         verify_batch=int(inputs.shape[0]), max_abs_diff=dense["diff"], tolerance=allowed(reference_scale(reference)),
         params=params, nonzero_params=count_params(folded, nonzero=True),
         macs=macs, nonzero_macs=nonzero_macs,

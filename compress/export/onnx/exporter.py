@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 
 import torch
@@ -34,6 +35,7 @@ from compress.errors import UserError
 from compress.models.unwrap import unwrap_model
 
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript)"
+DYNAMO_EXPORTER = "torch.onnx.export(dynamo=True) (torch.export)"
 INPUT_NAME = "input"
 
 
@@ -76,24 +78,67 @@ def _log_to_stderr():
 
 
 def to_onnx(model: nn.Module, example_input: torch.Tensor, opset: int, outputs: int = 1) -> bytes:
-    """Serialised ONNX of ``model`` (in eval mode, on CPU) with batch dimension 0 dynamic.
+    """Serialised ONNX of ``model`` (in eval mode, on CPU) with batch dimension 0 dynamic (``export_graph``)."""
+    return export_graph(model, example_input, opset, outputs)[0]
 
-    On failure: ValueError naming the innermost module that cannot be exported on its own.
+
+def export_graph(model: nn.Module, example_input: torch.Tensor, opset: int, outputs: int = 1) -> tuple[bytes, str]:
+    """ONNX bytes of ``model`` with batch dimension 0 dynamic, and the exporter that made them.
+
+    The TorchScript exporter first (see the module docstring); then the same with timm's explicit attention;
+    then the dynamo exporter, which traces through ``torch.export`` and so handles what the TorchScript
+    symbolics cannot with a dynamic batch (``nn.Unfold``, adaptive pools of non-divisible sizes, ``F.fold``,
+    antialiased bicubic resizes: timm HaloNet, CSATv2, VOLO, NaFlexViT). It only writes opset >= 18 for those,
+    so a lower ``opset`` is refused naming the opset that works, never silently raised.
+    On failure: UserError naming the innermost module that cannot be exported on its own.
     A torch.compile / DDP / DataParallel / EMA wrapper is unwrapped first.
     """
     model = unwrap_model(model)
     try:
-        return _export(model, (example_input,), opset, outputs)
+        return _export(model, (example_input,), opset, outputs), EXPORTER
     except Exception as error:  # the exporter raises many types (RuntimeError, OnnxExporterError, ...)
         exported = _export_unfused(model, example_input, opset, outputs)
         if exported is not None:
-            return exported
+            return exported, EXPORTER
         reason = _first_line(error)
+        dynamo = _export_dynamo(model, example_input, opset, outputs)
+        if dynamo is not None:
+            data, written = dynamo
+            if written == opset:
+                return data, DYNAMO_EXPORTER
+            raise UserError(f"ONNX export at opset {opset} failed ({reason}); the dynamo exporter exports this "
+                             f"model at opset {written}: set export.opset: {written} (or --opset {written})"
+                             ) from error
         culprit = failing_module(model, example_input, opset)
         if culprit:
             name, kind = culprit
             raise UserError(f"cannot export module {name!r} ({kind}) to ONNX opset {opset}: {reason}") from error
         raise UserError(f"ONNX export (opset {opset}) failed: {reason}") from error
+
+
+def _export_dynamo(model: nn.Module, example_input: torch.Tensor, opset: int,
+                   outputs: int) -> tuple[bytes, int] | None:
+    """The dynamo exporter's bytes and the opset it wrote, or None when it fails too (the TorchScript error is the one reported)."""
+    inputs = [INPUT_NAME]
+    names = output_names(outputs)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            # its progress lines ("[torch.onnx] Obtain model graph ...") go to stdout; keep stdout for our report
+            warnings.simplefilter("ignore")
+            # asked for an opset below 18 it exports at 18 and down-converts, keeping 18 when that fails
+            program = torch.onnx.export(model, (example_input,), dynamo=True, opset_version=opset,
+                                        input_names=inputs, output_names=names, verbose=False,
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},))
+        proto = program.model_proto
+    except Exception:  # noqa: BLE001  (the TorchScript error is the one reported)
+        return None
+    finally:
+        quiet.setLevel(level)
+    written = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), opset)
+    return proto.SerializeToString(), int(written)
 
 
 def _export_unfused(model: nn.Module, example_input: torch.Tensor, opset: int, outputs: int) -> bytes | None:
@@ -158,5 +203,7 @@ def failing_module(model: nn.Module, example_input: torch.Tensor, opset: int) ->
 
 
 def _first_line(error: BaseException) -> str:
+    """The error's first line, without torch's "Please feel free to request support ..." tail."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line.split(" Please feel free to request support")[0]
