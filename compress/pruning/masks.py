@@ -23,7 +23,13 @@ Masks = dict[str, torch.Tensor]
 def prune_lowest(scores: torch.Tensor, mask: torch.Tensor, amount: int | float) -> torch.Tensor:
     """Zero the ``amount`` lowest-scoring surviving entries of ``mask`` (any shape; flattened)."""
     alive = mask.flatten().bool()
-    k = count_to_prune(amount, int(alive.sum()))
+    survivors = int(alive.sum())
+    k = count_to_prune(amount, survivors)
+    if k and survivors == alive.numel():
+        # nothing pruned yet: the survivors are the whole tensor, so torch ranks it as is -- the same
+        # ranking without the int64 index, gathered copy and ones that cost ~5x the tensor at 100M entries
+        del alive
+        return prune.L1Unstructured(amount=k).compute_mask(scores.flatten(), mask.flatten()).view_as(mask)
     new_mask = mask.flatten().clone()
     if k:
         alive_index = alive.nonzero().squeeze(1)
