@@ -269,8 +269,9 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
         """Masks for the next level from the current (trained) weights; pure, nothing is applied."""
         if self.strategy == "at_init":
             return at_init_masks(self, self.level + 1)
-        current = {name: module.weight_mask.detach().clone() for name, module in zip(self.names, self._modules,
-                                                                                   strict=True)}
+        # the live buffers, not copies: the methods are pure (they return new tensors), and a copy of every
+        # mask would be one more copy of the model in memory while the next masks are computed
+        current = {name: module.weight_mask.detach() for name, module in zip(self.names, self._modules, strict=True)}
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.level)
         if self.structure is not None:
             rates = one_shot_rates(self.structure.rates, self.total_rounds) if self.one_shot else None

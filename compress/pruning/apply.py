@@ -6,6 +6,7 @@ Masks are keyed by module name; the pruned tensor is always the module's ``weigh
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn as nn
@@ -26,15 +27,30 @@ def get_masks(model: nn.Module) -> Masks:
     return {name: module.weight_mask.detach().clone() for name, module in model.named_modules() if is_pruned(module)}
 
 
-def effective_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    """The weights the forward pass uses (orig * mask once pruned)."""
-    modules = dict(model.named_modules())
-    weights = {}
-    for name in names:
-        module = modules[name]
+class EffectiveWeights(Mapping[str, torch.Tensor]):
+    """The weights the forward pass uses (orig * mask once pruned), by module name, each computed when it is
+    read: a dict of all of them would be one more copy of the model while the next masks are computed
+    (330 MB for an 86M-parameter ViT), where a layer-by-layer method needs one layer's at a time."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        modules = dict(model.named_modules())
+        self._modules = {name: modules[name] for name in names}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        module = self._modules[name]
         weight = module.weight_orig * module.weight_mask if is_pruned(module) else module.weight
-        weights[name] = weight.detach()
-    return weights
+        return weight.detach()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+
+def effective_weights(model: nn.Module, names: list[str]) -> Mapping[str, torch.Tensor]:
+    """The weights the forward pass uses (orig * mask once pruned), computed when read (``EffectiveWeights``)."""
+    return EffectiveWeights(model, names)
 
 
 def ones_masks(model: nn.Module, names: list[str]) -> Masks:

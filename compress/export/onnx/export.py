@@ -15,7 +15,7 @@ from compress.errors import UserError
 from compress.export.onnx.exporter import EXPORTER, export_graph
 from compress.export.onnx.inputs import as_batch, export_flat, needs_flat, returns_mapping
 from compress.export.onnx.preprocess import Preprocess, add_metadata, embed_normalisation
-from compress.export.onnx.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
+from compress.export.onnx.storage import SPARSE_TOLERANCE, sizes_and_sparse
 from compress.export.onnx.verify import (
     check_close,
     check_onnx,
@@ -133,12 +133,10 @@ def _export_checked(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
     be resident four times at once (folded model, bytes, parsed graph, session)."""
     data, exporter = export_graph(model, example, opset, outputs=len(reference))
     proto = onnx.load_from_string(data)
-    check_onnx(proto, what)
+    check_onnx(proto, what, data=data)
     zeros = check_zero_counts(proto, weights, pruned, what)
-    sparse, converted = sparsify(proto)
-    sizes = storage_sizes(data, proto, sparse)
-    sparse_bytes = sparse.SerializeToString() if converted else None
-    del proto, sparse
+    sizes, sparse_bytes = sizes_and_sparse(data, proto)
+    del proto
     # a second batch size besides the traced one, so a batch dimension baked in anywhere shows up
     full, single = ort_outputs(data, [inputs, inputs[:1]], what)
     diff = max(max_abs_diff(full, reference), max_abs_diff(single, [r[:1] for r in reference]))

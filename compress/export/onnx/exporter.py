@@ -43,8 +43,26 @@ def output_names(count: int) -> list[str]:
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
+class _Captured:
+    """A writable file that keeps the bytes object it is given instead of copying it into a buffer:
+    ``BytesIO`` would hold the model twice more (its buffer, then ``getvalue``'s copy)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def getvalue(self) -> bytes:
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+
+
 def _export(model: nn.Module, args: tuple, opset: int, outputs: int) -> bytes:
-    buffer = io.BytesIO()
+    buffer = _Captured()
     inputs = [INPUT_NAME] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
     names = output_names(outputs)
     with warnings.catch_warnings():
@@ -131,7 +149,7 @@ def _export_dynamo(model: nn.Module, example_input: torch.Tensor, opset: int,
             # asked for an opset below 18 it exports at 18 and down-converts, keeping 18 when that fails
             program = torch.onnx.export(model, (example_input,), dynamo=True, opset_version=opset,
                                         input_names=inputs, output_names=names, verbose=False,
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},))
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},), optimize=False)
         proto = program.model_proto
     except Exception:  # noqa: BLE001  (the TorchScript error is the one reported)
         return None

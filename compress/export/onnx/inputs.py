@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.export.onnx.storage import SPARSE_TOLERANCE, sparsify, storage_sizes
+from compress.export.onnx.storage import SPARSE_TOLERANCE, sizes_and_sparse
 from compress.export.onnx.verify import check_close, check_onnx, check_zero_counts, reference_scale, session
 from compress.io import save_bytes
 from compress.tolerance import RULE, allowed
@@ -156,7 +156,7 @@ def export_flat(folded: nn.Module, path: Path, inputs: Any, opset: int, masks: d
             raise UserError(f"ONNX export (opset {opset}) failed: {str(error).strip().splitlines()[0]}") from error
     data = buffer.getvalue()
     proto = onnx.load_from_string(data)
-    check_onnx(proto, what)
+    check_onnx(proto, what, data=data)
     diff = max(diff_of(ort_run(data, batch, what), reference),
                diff_of(ort_run(data, tuple(t[:1] for t in batch), what), tuple(r[:1] for r in reference)))
     tolerance = allowed(reference_scale([r for r in reference if torch.is_floating_point(r)]))
@@ -165,15 +165,15 @@ def export_flat(folded: nn.Module, path: Path, inputs: Any, opset: int, masks: d
     weights = {f"{name}.weight": modules[name].weight.detach() for name in masks}
     pruned = {f"{name}.weight": int((mask == 0).sum()) for name, mask in masks.items()}
     zeros = check_zero_counts(proto, weights, pruned, what)
-    sparse, converted = sparsify(proto)
+    sizes, sparse_bytes = sizes_and_sparse(data, proto)
+    del proto
     sparse_diff = 0.0  # nothing converted: the sparse-initializer file is this file
-    if converted:
-        sparse_diff = diff_of(ort_run(sparse.SerializeToString(), batch, f"{what} (sparse initializers)"),
-                              reference)
+    if sparse_bytes is not None:
+        sparse_diff = diff_of(ort_run(sparse_bytes, batch, f"{what} (sparse initializers)"), reference)
         check_close(sparse_diff, f"{what} (sparse initializers)", SPARSE_TOLERANCE, "|sparse - dense|")
     save_bytes(data, path)
     return {"inputs": "given", "input_shape": [list(t.shape[1:]) for t in batch],
             "input_dtypes": [str(t.dtype).removeprefix("torch.") for t in batch], "input_names": in_names,
             "verify_batch": int(batch[0].shape[0]), "max_abs_diff": diff, "tolerance": tolerance,
             "tolerance_rule": RULE,
-            "zeros": zeros, "sizes": storage_sizes(data, proto, sparse), "sparse_max_abs_diff": sparse_diff}
+            "zeros": zeros, "sizes": sizes, "sparse_max_abs_diff": sparse_diff}

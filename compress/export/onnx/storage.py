@@ -14,8 +14,8 @@
 
 from __future__ import annotations
 
-import gzip
 import math
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,10 +41,8 @@ def _weights(proto: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, np.ndar
             yield init, numpy_helper.to_array(init)
 
 
-def sparsify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """``proto`` with every float initializer that is smaller sparse moved to ``graph.sparse_initializer``:
-    a new model sharing nothing with ``proto``, or ``proto`` itself when no initializer is smaller sparse
-    (below ~1/3 nonzeros none is): a model of hundreds of MB is not copied to change nothing."""
+def _sparse_tensors(proto: onnx.ModelProto) -> dict[str, onnx.SparseTensorProto]:
+    """Each float initializer that is smaller stored sparse, as its sparse tensor (by name)."""
     sparse: dict[str, onnx.SparseTensorProto] = {}
     for init, array in _weights(proto):
         name = init.name
@@ -54,6 +52,14 @@ def sparsify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             values = numpy_helper.from_array(flat[positions], name)
             indices = numpy_helper.from_array(positions.astype(np.int64), f"{name}.indices")
             sparse[name] = helper.make_sparse_tensor(values, indices, list(array.shape))
+    return sparse
+
+
+def sparsify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """``proto`` with every float initializer that is smaller sparse moved to ``graph.sparse_initializer``:
+    a new model sharing nothing with ``proto``, or ``proto`` itself when no initializer is smaller sparse
+    (below ~1/3 nonzeros none is): a model of hundreds of MB is not copied to change nothing."""
+    sparse = _sparse_tensors(proto)
     if not sparse:
         return proto, 0
     result = onnx.ModelProto()
@@ -63,6 +69,36 @@ def sparsify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     result.graph.sparse_initializer.extend(proto.graph.sparse_initializer)
     result.graph.sparse_initializer.extend(sparse.values())
     return result, len(sparse)
+
+
+def sparsify_in_place(proto: onnx.ModelProto) -> int:
+    """``sparsify`` without the copy: ``proto`` itself becomes the sparse-initializer model. The number of
+    tensors converted."""
+    sparse = _sparse_tensors(proto)
+    initializers = proto.graph.initializer
+    for index in reversed([i for i, init in enumerate(initializers) if init.name in sparse]):
+        del initializers[index]
+    proto.graph.sparse_initializer.extend(sparse.values())
+    return len(sparse)
+
+
+def gzip_size(data: bytes, chunk: int = 1 << 24) -> int:
+    """``len(gzip.compress(data, GZIP_LEVEL))`` without holding the compressed copy (streamed in chunks)."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    view = memoryview(data)
+    size = sum(len(compressor.compress(view[start:start + chunk])) for start in range(0, len(view), chunk))
+    return size + len(compressor.flush())
+
+
+def sizes_and_sparse(data: bytes, proto: onnx.ModelProto) -> tuple[dict[str, int], bytes | None]:
+    """``storage_sizes`` of the exported ``data`` (parsed as ``proto``) and the sparse-initializer file's bytes
+    (None: no initializer is smaller sparse, that file is ``data``). ``proto`` is turned into the sparse
+    model in place, so the weights are held once more at most, not twice (the bitmask estimate reads the
+    dense initializers first)."""
+    bitmask = bitmask_bytes(proto, len(data))
+    converted = sparsify_in_place(proto)
+    sizes = {"raw": len(data), "gzip": gzip_size(data), "sparse": proto.ByteSize(), "bitmask": bitmask}
+    return sizes, proto.SerializeToString() if converted else None
 
 
 def _copy_fields(source, target, skip: set[str]) -> None:
@@ -93,7 +129,7 @@ def storage_sizes(model_bytes: bytes, proto: onnx.ModelProto | None = None,
     """Bytes: ``raw``, ``gzip``, ``sparse`` (sparse-initializer file) and ``bitmask`` (limit estimate)."""
     proto = proto if proto is not None else onnx.load_from_string(model_bytes)
     sparse = sparse if sparse is not None else sparsify(proto)[0]
-    return {"raw": len(model_bytes), "gzip": len(gzip.compress(model_bytes, GZIP_LEVEL)),
+    return {"raw": len(model_bytes), "gzip": gzip_size(model_bytes),
             "sparse": sparse.ByteSize(), "bitmask": bitmask_bytes(proto, len(model_bytes))}
 
 
