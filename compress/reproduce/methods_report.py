@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import matplotlib
+import matplotlib.ticker
 from matplotlib.figure import Figure
 
 from compress.io import save_bytes, save_json, save_text
@@ -127,16 +129,24 @@ def _plot(rows: list[dict], model: str, x_key: str, path: Path, xlabel: str, log
         return False
     figure = Figure(figsize=(7, 4.5))
     axis = figure.subplots()
-    for method in sorted({r["method"] for r in chosen}):
+    # IMP and its variants solid, the one-step methods dashed, each its own colour (tab20: more methods
+    # than the default cycle has colours) and marker
+    colours, markers = matplotlib.colormaps["tab20"].colors, "osD^v<>pP*Xh"
+    for i, method in enumerate(sorted({r["method"] for r in chosen})):
         points = sorted((r for r in chosen if r["method"] == method), key=lambda r: -r["weights_remaining"]["mean"])
         xs = [r[x_key]["mean"] * (100 if x_key == "weights_remaining" else 1) for r in points]
         ys = [r["accuracy"]["mean"] * 100 for r in points]
         errors = [(r["accuracy"]["std"] or 0.0) * 100 for r in points]
-        axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=method)
+        one_step = method.startswith(("init_", "oneshot_"))
+        axis.errorbar(xs, ys, yerr=errors, marker=markers[i % len(markers)], capsize=3, label=method,
+                      color=colours[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], linestyle="--" if one_step else "-")
     if log:
         axis.set_xscale("log")
     if x_key == "weights_remaining":
         axis.invert_xaxis()
+        ticks = sorted({round(r["weights_remaining"]["mean"] * 100, 1) for r in chosen}, reverse=True)
+        axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.set_xlabel(xlabel)
     axis.set_ylabel("early-stop test accuracy (%)")
     axis.set_title(model)
