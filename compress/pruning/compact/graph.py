@@ -121,6 +121,42 @@ def _remove_heads(model: nn.Module) -> int:
     return removed
 
 
+def _follow_widths(model: nn.Module) -> list[nn.Module]:
+    """Modules that hold one fixed filter repeated per channel (timm's ``BlurPool2d``: a depthwise blur
+    whose buffer has a row per channel) switched to their own channel-agnostic mode (``channels=None``:
+    the one filter expanded to whatever width arrives), so they follow the surgery instead of breaking
+    it. The same filter on every channel: the output is unchanged. Only when every row is the first."""
+    switched = []
+    for module in model.modules():
+        filt = getattr(module, "filt", None)
+        if type(module).__name__ == "BlurPool2d" and getattr(module, "channels", None) is not None \
+                and isinstance(filt, torch.Tensor) and filt.dim() == 4 and bool((filt == filt[:1]).all()):
+            module.channels = None
+            module.filt = filt[:1].clone()
+            switched.append(module)
+    return switched
+
+
+def _pin_widths(model: nn.Module, switched: list[nn.Module], inputs) -> None:
+    """``_follow_widths`` undone at the widths the compacted model feeds them: a fixed channel count is
+    what the ONNX exporters need for the grouped convolution."""
+    widths: dict[nn.Module, int] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:  # returns None: the input stays as is
+        widths.setdefault(module, int(args[0].shape[1]))
+
+    hooks = [module.register_forward_pre_hook(record) for module in switched]
+    try:
+        _outputs(model, inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for module in switched:
+        if module in widths:
+            module.channels = widths[module]
+            module.filt = module.filt.expand(widths[module], -1, -1, -1).clone()
+
+
 def _outputs(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     with torch.no_grad():
         out = model(inputs) if torch.is_tensor(inputs) else model(*inputs)
@@ -142,6 +178,7 @@ def compact_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
         for module, mode in modes.items():
             module.training = mode
     small = fold_masks(model).eval()  # a deep copy; ``model`` keeps its masks
+    switched = _follow_widths(small)
     before = _widths(small)
     graph = build_graph(small, inputs)
     modules = dict(small.named_modules())
@@ -152,6 +189,7 @@ def compact_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
                 _prune_units(graph, parts, dead)
     heads = _remove_heads(small)
     small.eval()
+    _pin_widths(small, switched, inputs)
     actual = _outputs(small, inputs)
     scale = output_scale(float(r.abs().max()) for r in reference if r.numel())
     diff = max(float((a.float() - r.float()).abs().max()) for a, r in zip(actual, reference, strict=True))
