@@ -50,11 +50,11 @@ from compress.lottery.search_state import StateMixin, WatchMixin
 from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches, remember_for_invert
 from compress.models.unwrap import unwrap_model
 from compress.pruning import (
+    EffectiveWeights,
     Masks,
     apply_masks,
     build_plan,
     check_shrinks,
-    effective_weights,
     folded_state_dict,
     get_masks,
     load_plain_state_dict,
@@ -275,11 +275,11 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.level)
         if self.structure is not None:
             rates = one_shot_rates(self.structure.rates, self.total_rounds) if self.one_shot else None
-            new = self.structure.step(effective_weights(self.model, self.names), current, rates,
+            new = self.structure.step(EffectiveWeights(self.model, self.names), current, rates,
                                       method=self.prune_config.method, generator=generator)
             check_shrinks(current, new)
             return new
-        new = self.method(effective_weights(self.model, self.names), current, self.rates(),
+        new = self.method(EffectiveWeights(self.model, self.names), current, self.rates(),
                           groups={t.name: t.group for t in self.targets},
                           granularity=self.prune_config.granularity, generator=generator,
                           **self._multiple)

@@ -1,6 +1,7 @@
 """Pruning on torch.nn.utils.prune: selectors, plans, pure mask computation, module surgery, reports."""
 
 from compress.pruning.apply import (
+    EffectiveWeights,
     apply_masks,
     effective_weights,
     fold_masks,
@@ -28,7 +29,7 @@ from compress.pruning.selectors import PRUNABLE_TYPES, Selector, prunable_module
 
 __all__ = [
     "Masks", "PRUNABLE_TYPES", "count_macs", "count_params", "mac_counts", "Selector", "Target", "apply_masks", "build_plan", "check_shrinks",
-    "count_to_prune", "effective_weights", "expected_remaining", "fold_masks", "folded_state_dict", "get_masks", "is_pruned",
+    "EffectiveWeights", "count_to_prune", "effective_weights", "expected_remaining", "fold_masks", "folded_state_dict", "get_masks", "is_pruned",
     "load_plain_state_dict", "magnitude_masks", "ones_masks", "plain_state_dict", "prunable_modules",
     "prune_lowest", "random_masks_like", "refresh_weights", "random_step_masks", "sparsity_report",
 ]

@@ -48,9 +48,10 @@ class EffectiveWeights(Mapping[str, torch.Tensor]):
         return len(self._modules)
 
 
-def effective_weights(model: nn.Module, names: list[str]) -> Mapping[str, torch.Tensor]:
-    """The weights the forward pass uses (orig * mask once pruned), computed when read (``EffectiveWeights``)."""
-    return EffectiveWeights(model, names)
+def effective_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The weights the forward pass uses (orig * mask once pruned), all computed now (a plain dict a caller
+    may keep or save); the search reads them lazily through ``EffectiveWeights``."""
+    return dict(EffectiveWeights(model, names).items())
 
 
 def ones_masks(model: nn.Module, names: list[str]) -> Masks:

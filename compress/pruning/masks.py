@@ -15,9 +15,11 @@ from compress.registry import PRUNING_METHODS
 
 Masks = dict[str, torch.Tensor]
 
-# ``prune.method`` names a function here. Each gets the effective weights, the current masks, the rate per
-# target, the pool (group) of each target, the granularity and a generator seeded per (seed, level), and
-# returns the next masks (pure: nothing is applied). Adding a method is one registered function.
+# ``prune.method`` names a function here. Each gets the effective weights (a mapping read layer by layer),
+# the current masks, the rate per target, the pool (group) of each target, the granularity and a generator
+# seeded per (seed, level), and returns the next masks as new tensors (pure: nothing is applied, and the
+# current masks -- the model's live buffers, not copies -- are never written). Adding a method is one
+# registered function.
 
 
 def prune_lowest(scores: torch.Tensor, mask: torch.Tensor, amount: int | float) -> torch.Tensor:

@@ -94,3 +94,18 @@ def test_apply_mask_shape_mismatch_is_an_error():
     model = create_model("lenet300_100")
     with pytest.raises(ValueError, match="shape"):
         apply_masks(model, {"1": torch.ones(3, 3)})
+
+
+def test_effective_weights_are_read_when_asked_and_a_plain_dict_when_returned():
+    from compress.pruning import EffectiveWeights
+
+    model, names = _pruned_lenet(rounds=1)
+    lazy = EffectiveWeights(model, names)
+    kept = effective_weights(model, names)
+    assert type(kept) is dict and list(lazy) == names == list(kept)
+    layer = dict(model.named_modules())[names[0]]
+    with torch.no_grad():
+        layer.weight_orig.add_(1.0)  # an optimizer step after the last forward: the weight attribute is stale
+    assert torch.equal(lazy[names[0]], layer.weight_orig * layer.weight_mask)  # read now: the new values
+    assert not torch.equal(kept[names[0]], lazy[names[0]])  # the dict holds the values of when it was made
+    assert bool((lazy[names[0]][layer.weight_mask == 0] == 0).all())
