@@ -139,7 +139,7 @@ def _plot(rows: list[dict], model: str, x_key: str, path: Path, xlabel: str, log
         errors = [(r["accuracy"]["std"] or 0.0) * 100 for r in points]
         one_step = method.startswith(("init_", "oneshot_"))
         axis.errorbar(xs, ys, yerr=errors, marker=markers[i % len(markers)], capsize=3, label=method,
-                      color=colours[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], linestyle="--" if one_step else "-")
+                      color=colours[2 * (i % 10) + (i // 10) % 2], linestyle="--" if one_step else "-")
     if log:
         axis.set_xscale("log")
     if x_key == "weights_remaining":

@@ -106,8 +106,8 @@ def export_graph(model: nn.Module, example_input: torch.Tensor, opset: int, outp
     The TorchScript exporter first (see the module docstring); then the same with timm's explicit attention;
     then the dynamo exporter, which traces through ``torch.export`` and so handles what the TorchScript
     symbolics cannot with a dynamic batch (``nn.Unfold``, adaptive pools of non-divisible sizes, ``F.fold``,
-    antialiased bicubic resizes: timm HaloNet, CSATv2, VOLO, NaFlexViT). It only writes opset >= 18 for those,
-    so a lower ``opset`` is refused naming the opset that works, never silently raised.
+    antialiased bicubic resizes: timm HaloNet, CSATv2, VOLO, NaFlexViT). It exports at opset 18 and
+    down-converts; where that fails the export is refused naming the opset that works, never silently raised.
     On failure: UserError naming the innermost module that cannot be exported on its own.
     A torch.compile / DDP / DataParallel / EMA wrapper is unwrapped first.
     """

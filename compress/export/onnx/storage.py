@@ -97,8 +97,11 @@ def sizes_and_sparse(data: bytes, proto: onnx.ModelProto) -> tuple[dict[str, int
     dense initializers first)."""
     bitmask = bitmask_bytes(proto, len(data))
     converted = sparsify_in_place(proto)
-    sizes = {"raw": len(data), "gzip": gzip_size(data), "sparse": proto.ByteSize(), "bitmask": bitmask}
-    return sizes, proto.SerializeToString() if converted else None
+    return _size_table(data, proto.ByteSize(), bitmask), proto.SerializeToString() if converted else None
+
+
+def _size_table(data: bytes, sparse: int, bitmask: int) -> dict[str, int]:
+    return {"raw": len(data), "gzip": gzip_size(data), "sparse": sparse, "bitmask": bitmask}
 
 
 def _copy_fields(source, target, skip: set[str]) -> None:
@@ -129,8 +132,7 @@ def storage_sizes(model_bytes: bytes, proto: onnx.ModelProto | None = None,
     """Bytes: ``raw``, ``gzip``, ``sparse`` (sparse-initializer file) and ``bitmask`` (limit estimate)."""
     proto = proto if proto is not None else onnx.load_from_string(model_bytes)
     sparse = sparse if sparse is not None else sparsify(proto)[0]
-    return {"raw": len(model_bytes), "gzip": gzip_size(model_bytes),
-            "sparse": sparse.ByteSize(), "bitmask": bitmask_bytes(proto, len(model_bytes))}
+    return _size_table(model_bytes, sparse.ByteSize(), bitmask_bytes(proto, len(model_bytes)))
 
 
 def random_feed(proto: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:

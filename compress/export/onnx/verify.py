@@ -110,8 +110,7 @@ def check_zero_counts(proto: onnx.ModelProto, weights: dict[str, torch.Tensor],
         tensors[sparse.values.name] = sparse
     sizes: dict[int, list[str]] = {}
     for key, tensor in tensors.items():
-        dims = tensor.dims
-        sizes.setdefault(int(np.prod(dims, dtype=np.int64)) if len(dims) else 1, []).append(key)
+        sizes.setdefault(int(np.prod(tensor.dims, dtype=np.int64)), []).append(key)
 
     def array(key: str) -> np.ndarray:
         return numpy_helper.to_array(tensors[key])

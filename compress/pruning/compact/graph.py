@@ -140,6 +140,8 @@ def _follow_widths(model: nn.Module) -> list[nn.Module]:
 def _pin_widths(model: nn.Module, switched: list[nn.Module], inputs) -> None:
     """``_follow_widths`` undone at the widths the compacted model feeds them: a fixed channel count is
     what the ONNX exporters need for the grouped convolution."""
+    if not switched:
+        return
     widths: dict[nn.Module, int] = {}
 
     def record(module: nn.Module, args: tuple) -> None:  # returns None: the input stays as is
