@@ -74,8 +74,20 @@ def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
             module.weight_mask.copy_(mask)
         else:
             prune.custom_from_mask(module, PARAM, mask.to(module.weight.device, module.weight.dtype))
+            _hook_reads_buffer(module)
     refresh_weights(model)
     return model
+
+
+def _hook_reads_buffer(module: nn.Module) -> None:
+    """Point torch's ``CustomFromMask`` hook at the module's ``weight_mask`` buffer.
+
+    The hook keeps the mask it was created with for its lifetime, though nothing reads it after the
+    buffer is installed: one more copy of every pruned weight for as long as the model lives (343 MB for
+    an 86M-parameter ViT), and one more in every ``copy.deepcopy``. The buffer holds the same values."""
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, prune.CustomFromMask) and hook._tensor_name == PARAM:
+            hook.mask = module.weight_mask
 
 
 @torch.no_grad()

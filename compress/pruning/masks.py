@@ -23,23 +23,62 @@ Masks = dict[str, torch.Tensor]
 
 
 def prune_lowest(scores: torch.Tensor, mask: torch.Tensor, amount: int | float) -> torch.Tensor:
-    """Zero the ``amount`` lowest-scoring surviving entries of ``mask`` (any shape; flattened)."""
-    alive = mask.flatten().bool()
-    survivors = int(alive.sum())
-    k = count_to_prune(amount, survivors)
-    if k and survivors == alive.numel():
-        # nothing pruned yet: the survivors are the whole tensor, so torch ranks it as is -- the same
-        # ranking without the int64 index, gathered copy and ones that cost ~5x the tensor at 100M entries
-        del alive
-        return prune.L1Unstructured(amount=k).compute_mask(scores.flatten(), mask.flatten()).view_as(mask)
+    """Zero the ``amount`` lowest-scoring surviving entries of ``mask`` (any shape; flattened), ranked by
+    |score| as torch's ``L1Unstructured`` ranks them -- the same mask, ties included."""
+    alive = mask.flatten() != 0
+    k = count_to_prune(amount, int(alive.sum()))
     new_mask = mask.flatten().clone()
     if k:
-        alive_index = alive.nonzero().squeeze(1)
-        # torch's own L1Unstructured picks what to prune among the survivors, so ties break as torch does.
-        partial = prune.L1Unstructured(amount=k).compute_mask(scores.flatten()[alive_index],
-                                                              torch.ones(len(alive_index), device=mask.device))
-        new_mask[alive_index] = partial
+        pruned = _lowest_by_threshold(scores.flatten(), alive, k)
+        if pruned is not None:
+            new_mask.masked_fill_(pruned, 0)
+        else:
+            alive_index = alive.nonzero().squeeze(1)
+            partial = prune.L1Unstructured(amount=k).compute_mask(scores.flatten()[alive_index],
+                                                                  torch.ones(len(alive_index), device=mask.device))
+            new_mask[alive_index] = partial
     return new_mask.view_as(mask)
+
+
+_CHUNK = 1 << 24  # entries compared at a time (a 64 MB |score| copy), and the largest layer torch ranks itself
+
+
+def _lowest_by_threshold(flat: torch.Tensor, alive: torch.Tensor, k: int) -> torch.Tensor | None:
+    """Where the ``k`` lowest |score| survivors are, found from the k-th smallest value t: every survivor
+    below t, and as many equal to t as make ``k``. When exactly ``k`` survivors are <= t that set is the
+    only answer any ranking gives, torch's topk included. When tied values straddle t, a layer of up to
+    ``_CHUNK`` entries gets None (torch's own tie order decides); a larger one prunes the tied survivors
+    at the lowest positions first. None for a NaN score, and off the CPU.
+
+    Why not topk: it pairs every value with an int64 index, ~5 copies of a 100M-entry layer at once (3.9 GB
+    for VGG's 102M-weight classifier conv); a numpy partition of the survivors' copy works in place."""
+    if flat.device.type != "cpu":
+        return None
+    survivors = torch.empty(int(alive.sum()), dtype=flat.dtype)
+    filled = 0
+    for start in range(0, flat.numel(), _CHUNK):  # masked_select builds an int64 index of what it reads
+        part = torch.masked_select(flat[start:start + _CHUNK], alive[start:start + _CHUNK])
+        survivors[filled:filled + len(part)] = part.abs()
+        filled += len(part)
+    if bool(torch.isnan(survivors).any()):
+        return None
+    values = survivors.numpy()
+    values.partition(k - 1)
+    threshold = float(values[k - 1])
+    del survivors, values
+    pruned = torch.empty_like(alive)
+    for start in range(0, flat.numel(), _CHUNK):
+        pruned[start:start + _CHUNK] = flat[start:start + _CHUNK].abs() <= threshold
+    pruned &= alive
+    excess = int(pruned.sum()) - k
+    if excess and flat.numel() <= _CHUNK:
+        return None
+    if excess:
+        tied = torch.cat([(flat[start:start + _CHUNK].abs() == threshold).nonzero().squeeze(1) + start
+                          for start in range(0, flat.numel(), _CHUNK)])
+        tied = tied[alive[tied]]
+        pruned[tied[len(tied) - excess:]] = False
+    return pruned
 
 
 def channel_scores(weight: torch.Tensor, norm: int = 2) -> torch.Tensor:
@@ -70,6 +109,11 @@ def normalized(scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
     live = alive.bool()
     mean = scores[live].mean() if bool(live.any()) else scores.new_tensor(1.0)
     return scores / mean if float(mean) > 0 else scores
+
+
+def _pooled(flat: list[torch.Tensor]) -> torch.Tensor:
+    """One tensor of a group's entries; a layer alone is used as it is (``torch.cat`` would copy it)."""
+    return flat[0] if len(flat) == 1 else torch.cat(flat)
 
 
 def magnitude_masks(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[str, float],
@@ -107,9 +151,9 @@ def magnitude_masks(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[
                     channel_mask[order[:keep]] = 1
                 new_masks[name] = masks[name] * channel_mask.view(-1, *([1] * (masks[name].dim() - 1)))
             continue
-        scores = torch.cat([normalized((weights[n] * masks[n]).abs().flatten(), masks[n].flatten()) if normalize
-                            else (weights[n] * masks[n]).abs().flatten() for n in names])
-        pooled = prune_lowest(scores, torch.cat([masks[n].flatten() for n in names]), rate)
+        scores = _pooled([normalized((weights[n] * masks[n]).abs().flatten(), masks[n].flatten()) if normalize
+                          else (weights[n] * masks[n]).abs_().flatten() for n in names])
+        pooled = prune_lowest(scores, _pooled([masks[n].flatten() for n in names]), rate)
         for name, part in zip(names, pooled.split([masks[n].numel() for n in names]), strict=True):
             new_masks[name] = part.view_as(masks[name])
     return new_masks

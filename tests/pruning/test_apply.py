@@ -109,3 +109,22 @@ def test_effective_weights_are_read_when_asked_and_a_plain_dict_when_returned():
     assert torch.equal(lazy[names[0]], layer.weight_orig * layer.weight_mask)  # read now: the new values
     assert not torch.equal(kept[names[0]], lazy[names[0]])  # the dict holds the values of when it was made
     assert bool((lazy[names[0]][layer.weight_mask == 0] == 0).all())
+
+
+def test_a_pruned_model_holds_each_mask_once():
+    """torch's CustomFromMask hook keeps the mask it was made with; it reads the module's buffer instead, so
+    the mask is not a second copy of every weight for the model's lifetime (nor in every deepcopy)."""
+    model, names = _pruned_lenet(rounds=1)
+    for name in names:
+        layer = model.get_submodule(name)
+        (hook,) = [h for h in layer._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+        assert hook.mask is layer.weight_mask
+    # the reparametrisation still works: torch prune stacks on it, the forward uses the masked weights
+    layer = model.get_submodule(names[0])
+    before = int((layer.weight_mask == 0).sum())
+    prune.l1_unstructured(layer, "weight", amount=0.1)
+    assert int((layer.weight_mask == 0).sum()) > before
+    assert torch.equal(layer.weight, layer.weight_orig * layer.weight_mask)
+    folded = fold_masks(model)
+    assert torch.equal(folded.get_submodule(names[1]).weight,
+                       model.get_submodule(names[1]).weight_orig * model.get_submodule(names[1]).weight_mask)

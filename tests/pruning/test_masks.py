@@ -28,6 +28,53 @@ def test_prune_lowest_only_prunes_survivors():
     assert new.sum() == mask.sum() - 2
 
 
+def _torch_ranking(scores: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """torch's L1Unstructured over the survivors: the ranking prune_lowest must give, ties included."""
+    import torch.nn.utils.prune as prune
+
+    alive = mask.flatten().nonzero().squeeze(1)
+    new = mask.flatten().clone()
+    new[alive] = prune.L1Unstructured(amount=k).compute_mask(scores.flatten()[alive], torch.ones(len(alive)))
+    return new.view_as(mask)
+
+
+@pytest.mark.parametrize("values", ["distinct", "tied", "signed"])
+def test_prune_lowest_ranks_as_torch_does(values):
+    generator = torch.Generator().manual_seed(1)
+    scores = {"distinct": torch.rand(40, 30, generator=generator),
+              "tied": torch.randint(0, 6, (40, 30), generator=generator).float(),  # ties straddle the threshold
+              "signed": torch.randn(40, 30, generator=generator)}[values]
+    for mask in (torch.ones(40, 30), (torch.rand(40, 30, generator=generator) > 0.4).float()):
+        for amount in (0.3, 7, 0.99):
+            k = count_to_prune(amount, int(mask.sum()))
+            assert torch.equal(prune_lowest(scores, mask, amount), _torch_ranking(scores, mask, k))
+
+
+def test_prune_lowest_on_a_huge_layer_breaks_ties_by_position(monkeypatch):
+    """Above ``_CHUNK`` entries topk's memory is not paid: tied survivors at the threshold are pruned at the
+    lowest positions first; the pruned set is still exactly the k lowest |score| survivors."""
+    import compress.pruning.masks as masks_module
+
+    monkeypatch.setattr(masks_module, "_CHUNK", 64)
+    generator = torch.Generator().manual_seed(2)
+    scores = torch.randint(-5, 6, (1000,), generator=generator).float()
+    mask = (torch.rand(1000, generator=generator) > 0.3).float()
+    survivors = int(mask.sum())
+    for amount in (0.25, 0.5, 101):
+        new = prune_lowest(scores, mask, amount)
+        k = count_to_prune(amount, survivors)
+        pruned = (mask == 1) & (new == 0)
+        assert int(pruned.sum()) == k and torch.equal(new[mask == 0], mask[mask == 0])
+        kept = (new == 1)
+        assert float(scores[pruned].abs().max()) <= float(scores[kept].abs().min())
+        threshold = float(scores[pruned].abs().max())
+        tied = ((scores.abs() == threshold) & (mask == 1)).nonzero().squeeze(1)
+        tied_pruned = int(pruned[tied].sum())
+        assert pruned[tied[:tied_pruned]].all() and not pruned[tied[tied_pruned:]].any()
+    distinct = torch.randperm(1000, generator=generator).float()  # no ties: the one answer, torch's
+    assert torch.equal(prune_lowest(distinct, mask, 0.4), _torch_ranking(distinct, mask, count_to_prune(0.4, survivors)))
+
+
 def test_layerwise_rates_compound_per_round():
     torch.manual_seed(0)
     weights = {"a": torch.randn(100, 50), "b": torch.randn(10, 100)}

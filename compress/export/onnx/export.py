@@ -22,6 +22,7 @@ from compress.export.onnx.verify import (
     check_zero_counts,
     max_abs_diff,
     ort_outputs,
+    parse_checked,
     reference_scale,
 )
 from compress.io import save_bytes
@@ -132,8 +133,7 @@ def _export_checked(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
     The parsed graph is dropped before onnxruntime loads the bytes: an 86M-parameter model would otherwise
     be resident four times at once (folded model, bytes, parsed graph, session)."""
     data, exporter = export_graph(model, example, opset, outputs=len(reference))
-    proto = onnx.load_from_string(data)
-    check_onnx(proto, what, data=data)
+    proto = parse_checked(data, what)
     zeros = check_zero_counts(proto, weights, pruned, what)
     sizes, sparse_bytes = sizes_and_sparse(data, proto)
     del proto
@@ -264,7 +264,7 @@ def _plain_zeros(model: nn.Module) -> nn.Module:
     """-0.0 -> +0.0 in every parameter. Folding ``weight_orig * mask`` leaves -0.0 wherever a pruned
     weight was negative; numerically the same, but the random sign bits cost ~30% of the gzip size."""
     for param in model.parameters():
-        param.copy_(torch.where(param == 0, torch.zeros_like(param), param))
+        param.masked_fill_(param == 0, 0.0)  # in place: where() would hold two more copies of the largest layer
     return model
 
 

@@ -16,13 +16,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 import torch.nn as nn
 
 from compress.errors import UserError
 from compress.export.onnx.storage import SPARSE_TOLERANCE, sizes_and_sparse
-from compress.export.onnx.verify import check_close, check_onnx, check_zero_counts, reference_scale, session
+from compress.export.onnx.verify import (
+    check_close,
+    check_zero_counts,
+    parse_checked,
+    reference_scale,
+    session,
+)
 from compress.io import save_bytes
 from compress.tolerance import RULE, allowed
 
@@ -155,8 +160,7 @@ def export_flat(folded: nn.Module, path: Path, inputs: Any, opset: int, masks: d
         except Exception as error:
             raise UserError(f"ONNX export (opset {opset}) failed: {str(error).strip().splitlines()[0]}") from error
     data = buffer.getvalue()
-    proto = onnx.load_from_string(data)
-    check_onnx(proto, what, data=data)
+    proto = parse_checked(data, what)
     diff = max(diff_of(ort_run(data, batch, what), reference),
                diff_of(ort_run(data, tuple(t[:1] for t in batch), what), tuple(r[:1] for r in reference)))
     tolerance = allowed(reference_scale([r for r in reference if torch.is_floating_point(r)]))
