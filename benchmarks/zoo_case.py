@@ -80,10 +80,10 @@ def recipe(granularity: str):
 def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict:
     from compress.errors import UserError
     from compress.export import export_onnx
-    from compress.export.onnx.export import OPSET_RANGE
     from compress.lottery import LotterySearch
     from compress.pruning.compact.graph import compact_graph
     from compress.pruning.macs import count_macs, count_params
+    from compress.recipe.checks import OPSET_RANGE
 
     row: dict = {"status": "pass", "reason": "", "stage": ""}
     generator = torch.Generator().manual_seed(0)
@@ -127,15 +127,18 @@ def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict
         row["macs_after"] = count_macs(exported, x)
         stage = "export"
         with tempfile.TemporaryDirectory() as folder:
+            report = None
             try:
                 report = export_onnx(exported, Path(folder) / "ticket.onnx", example_input=x)
             except UserError as error:
                 # what a user does when told an operator exists from a later opset (torch), or that the
-                # dynamo exporter writes this model at a later one (compress): ask for that one
+                # dynamo exporter writes this model at a later one (compress): ask for that one -- after
+                # this block, so the failed attempt's frames are gone before the next export
                 later = re.search(r"added in (?:opset )?version (\d+)|set export\.opset: (\d+)", str(error))
                 if later is None or int(later.group(1) or later.group(2)) > OPSET_RANGE[1]:
                     raise
                 row["opset"] = int(later.group(1) or later.group(2))
+            if report is None:
                 report = export_onnx(exported, Path(folder) / "ticket.onnx", example_input=x, opset=row["opset"])
         row["ort_diff"] = report.max_abs_diff
     except UserError as error:

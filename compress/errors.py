@@ -34,3 +34,11 @@ def one_line(exc: BaseException, limit: int | None = 200) -> str:
         lines = [lines[0], "...", lines[-1]]
     text = " ".join(lines) or type(exc).__name__
     return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The exception's first line (its type's name when it has no text), cut at ``limit`` characters, without
+    torch's "Please feel free to request support ..." tail."""
+    text = str(exc).strip()
+    line = text.splitlines()[0].split(" Please feel free to request support")[0] if text else type(exc).__name__
+    return line if limit is None else line[:limit]

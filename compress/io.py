@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from compress.errors import ArtifactError, UserError
+from compress.errors import ArtifactError, UserError, first_line
 
 
 def _temp_file(folder: Path, name: str) -> tuple[int, str]:
@@ -166,12 +166,8 @@ def load_torch(path: Path, map_location: str | torch.device | None = "cpu") -> A
         if "weights only load failed" in str(error).lower():
             raise ArtifactError(path, "refused: it holds Python objects other than tensors and plain data, "
                                       "which compress never writes (loading it could run code)") from None
-        raise CorruptArtifactError(path, f"truncated or corrupt ({_first_line(error)})") from None
+        raise CorruptArtifactError(path, f"truncated or corrupt ({first_line(error, 160)})") from None
     except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
         # torch's zip reader raises RuntimeError for a cut file; the unpickler EOFError and friends
-        raise CorruptArtifactError(path, f"truncated or corrupt ({_first_line(error)})") from None
+        raise CorruptArtifactError(path, f"truncated or corrupt ({first_line(error, 160)})") from None
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:160] if text else type(error).__name__

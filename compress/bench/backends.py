@@ -31,7 +31,7 @@ import torch.nn as nn
 from compress.bench.runners import Backend, OpenVinoBackend, OrtBackend, TorchBackend, _user_onnx
 from compress.bench.source import Source, SourceLike, resolve_source
 from compress.bench.sparse import linear_chains
-from compress.errors import UserError
+from compress.errors import UserError, first_line
 from compress.pruning import fold_masks
 from compress.registry import BACKENDS
 
@@ -77,7 +77,7 @@ class BuildPlan:
                 self._export = export_onnx(self.source.model, self.folder / ONNX_NAME, example,
                                            compact="ort_compact" in self.wanted and self.compacts())
             except ValueError as error:
-                self._export = Unavailable(f"ONNX export failed: {str(error).splitlines()[0]}")
+                self._export = Unavailable(f"ONNX export failed: {first_line(error)}")
         if isinstance(self._export, Unavailable):
             raise self._export
         return self._export

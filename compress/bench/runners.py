@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from compress.errors import UserError
+from compress.errors import UserError, first_line
 
 # torch's thread count is process-wide: backends that change it for a call take turns, so that
 # concurrent calls (threads of a server sharing one ``auto``) each restore the count they found
@@ -122,6 +122,5 @@ def _user_onnx(name: str, path: Path, threads: int) -> OrtBackend:
     try:
         return OrtBackend(name, path, threads)
     except refused as error:
-        text = str(error).strip()
-        raise UserError(f"{path}: onnxruntime cannot load it ({text.splitlines()[0] if text else type(error).__name__})"
+        raise UserError(f"{path}: onnxruntime cannot load it ({first_line(error)})"
                         ) from error

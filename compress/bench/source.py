@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from compress import paths
-from compress.errors import UserError
+from compress.errors import UserError, first_line
 from compress.pruning import PRUNABLE_TYPES, apply_masks, fold_masks, magnitude_masks, prunable_modules
 
 
@@ -34,7 +34,7 @@ class Source:
             try:
                 self._compact = compact_model(self.model).cpu().float().eval()
             except ValueError as error:
-                self._compact = str(error).splitlines()[0]
+                self._compact = first_line(error)
         if isinstance(self._compact, str):
             raise UserError(self._compact)
         return self._compact
@@ -105,8 +105,7 @@ def _onnx_graph(path: Path):
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, UnicodeDecodeError, ValueError, OSError) as error:
-        text = str(error).strip()
-        reason = text.splitlines()[0] if text else type(error).__name__
+        reason = first_line(error)
         raise UserError(f"{path}: not an ONNX model ({reason})") from None
     if model.ir_version <= 0 or not model.graph.node or not model.graph.input:
         raise UserError(f"{path}: not an ONNX model (no graph with inputs and nodes in it)")

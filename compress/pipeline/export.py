@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from compress import paths
-from compress.errors import UserError
+from compress.errors import UserError, first_line
 from compress.export.onnx.export import compact_path, export_onnx
 from compress.export.onnx.preprocess import preprocess_from_data
 from compress.io import check_target, file_sha256, load_torch, save_json
@@ -39,7 +39,7 @@ def _load_recipe(run_dir: Path):
     try:
         return load_recipe(path), ""
     except ValueError as error:  # RecipeError is a ValueError
-        return None, f"{paths.RECIPE} does not load ({str(error).strip().splitlines()[0]})"
+        return None, f"{paths.RECIPE} does not load ({first_line(error)})"
 
 
 def _test_batch(recipe, recipe_note: str, shape: tuple[int, ...] | None, batch: int):
@@ -58,8 +58,7 @@ def _test_batch(recipe, recipe_note: str, shape: tuple[int, ...] | None, batch: 
         # missing files, no network (OSError), a missing or corrupt dataset (UserError, a ValueError): no data,
         # said in the report and on stderr. Anything else is a bug and keeps its traceback: verification never
         # turns to random inputs silently.
-        text = str(error).strip()
-        note = f"{config.name} not loaded: {text.splitlines()[0] if text else type(error).__name__}"
+        note = f"{config.name} not loaded: {first_line(error)}"
         print(f"warning: export verification on random inputs: {note}", file=sys.stderr)
         return None, None, note
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
@@ -97,7 +96,7 @@ def _round_model(run_dir: Path, round_index: int, recipe, ticket: dict | None, d
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as error:
         raise UserError(f"{folder}: {paths.FINAL} / {paths.MASK} do not fit the run's model "
-                         f"({str(error).strip().splitlines()[0]})") from error
+                         f"({first_line(error)})") from error
     return model.eval()
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from compress.errors import UserError
+from compress.errors import UserError, first_line
 from compress.pruning.apply import apply_masks, deepcopy_module, fold_masks, ones_masks
 from compress.pruning.groups import ChannelGroup
 from compress.pruning.unit_masks import masks_for
@@ -73,7 +73,7 @@ def probe_plan(model: nn.Module, groups: Sequence[ChannelGroup], rates: dict[str
             raise
         except Exception as error:  # a forward of the compacted copy, or the exactness check, failed
             found = _failing_type(error)
-            first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            first = first_line(error, 160)
             if found is None or found == type(model).__name__:
                 raise UserError(f"prune.granularity: channel: {type(model).__name__} does not compact exactly "
                                 f"once its channel groups shrink ({type(error).__name__}: {first}); keep the "

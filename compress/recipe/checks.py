@@ -39,8 +39,10 @@ FRACTION: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
 TOLERANCE: Rule = (lambda v: 0 <= v <= 0.1, "must be in [0, 0.1], a fraction of accuracy (0.01 = 1 point)")
 # Larger sides only exhaust memory; 1024 covers every model family the toolkit targets.
 IMAGE_SIDE: Rule = (lambda v: 0 < v <= 1024, "must be in [1, 1024]")
-# Mirrors compress.export.onnx.export.OPSET_RANGE (the recipe layer does not import export);
-# checked at load so a bad value fails before training instead of after it.
+# Opsets exported (inclusive), for export.opset and export_onnx alike, checked at load so a bad value fails
+# before training. The TorchScript exporter goes down to 7, but below 9 it keeps every weight as a graph
+# input (ONNX IR 3), which the export checks (a dynamic batch dimension on every input) and onnxruntime's
+# int8 tools do not take.
 OPSET_RANGE = (9, 20)
 OPSET: Rule = (lambda v: OPSET_RANGE[0] <= v <= OPSET_RANGE[1],
                f"must be in [{OPSET_RANGE[0]}, {OPSET_RANGE[1]}] (below 9 the exporter keeps weights as graph "

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from compress.errors import UserError
+from compress.errors import UserError, first_line
 from compress.export.onnx.preprocess import apply_preprocess, read_metadata
 
 BATCH = 1000  # examples per onnxruntime call
@@ -127,7 +127,7 @@ def onnx_test_accuracy(onnx_path: str | Path | bytes | onnx.ModelProto, recipe_o
             logits = run(x)
         except Exception as error:  # the runtimes' own exception types
             raise UserError(f"{runtime} cannot run the model on preprocessed test images of shape {x.shape}: "
-                             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+                             f"{first_line(error)}"
                              ) from error
         correct += int((logits.argmax(1) == labels).sum())
         total += len(labels)

@@ -11,7 +11,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from compress.errors import UserError
+from compress.errors import UserError, first_line
 from compress.export.onnx.exporter import EXPORTER, export_graph
 from compress.export.onnx.inputs import as_batch, export_flat, needs_flat, returns_mapping
 from compress.export.onnx.preprocess import Preprocess, add_metadata, embed_normalisation
@@ -31,13 +31,10 @@ from compress.pruning import fold_masks, get_masks
 from compress.pruning.compact import Compaction
 from compress.pruning.compact import compact as run_compaction
 from compress.pruning.macs import count_params, mac_counts
+from compress.recipe.checks import OPSET_RANGE
 from compress.tolerance import RULE, allowed
 
 VERIFY_BATCH = 8  # random verification inputs when none are given
-# opsets exported (inclusive); the recipe layer mirrors this for export.opset. The TorchScript exporter
-# goes down to 7, but below 9 it keeps every weight as a graph input (ONNX IR 3), which the checks here
-# (a dynamic batch dimension on every input) and onnxruntime's int8 tools do not take
-OPSET_RANGE = (9, 20)
 
 
 @dataclass
@@ -113,7 +110,7 @@ def _outputs(model: nn.Module, x: torch.Tensor, what: str) -> list[torch.Tensor]
             out = model(x)
     except Exception as error:  # a wrong input shape surfaces as many types
         raise UserError(f"{what}: the model cannot run on inputs of shape {tuple(x.shape)}: "
-                         f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+                         f"{first_line(error)}"
                          ) from error
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if not all(isinstance(o, torch.Tensor) for o in outs):

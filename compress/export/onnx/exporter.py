@@ -31,7 +31,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from compress.errors import UserError
+from compress.errors import UserError, first_line
 from compress.models.unwrap import unwrap_model
 
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript)"
@@ -114,24 +114,40 @@ def export_graph(model: nn.Module, example_input: torch.Tensor, opset: int, outp
     model = unwrap_model(model)
     try:
         return _export(model, (example_input,), opset, outputs), EXPORTER
-    except Exception as error:  # the exporter raises many types (RuntimeError, OnnxExporterError, ...)
-        exported = _export_unfused(model, example_input, opset, outputs)
-        if exported is not None:
-            return exported, EXPORTER
-        reason = _first_line(error)
-        dynamo = _export_dynamo(model, example_input, opset, outputs)
-        if dynamo is not None:
-            data, written = dynamo
-            if written == opset:
-                return data, DYNAMO_EXPORTER
-            raise UserError(f"ONNX export at opset {opset} failed ({reason}); the dynamo exporter exports this "
-                             f"model at opset {written}: set export.opset: {written} (or --opset {written})"
-                             ) from error
-        culprit = failing_module(model, example_input, opset)
-        if culprit:
-            name, kind = culprit
-            raise UserError(f"cannot export module {name!r} ({kind}) to ONNX opset {opset}: {reason}") from error
-        raise UserError(f"ONNX export (opset {opset}) failed: {reason}") from error
+    except Exception as caught:  # the exporter raises many types (RuntimeError, OnnxExporterError, ...)
+        # the fallbacks run after this block: inside it the failed export's frames (its half-built graph,
+        # a copy of the weights) would stay alive through each further export
+        error = _without_frames(caught)
+    exported = _export_unfused(model, example_input, opset, outputs)
+    if exported is not None:
+        return exported, EXPORTER
+    reason = first_line(error)
+    dynamo = _export_dynamo(model, example_input, opset, outputs)
+    if dynamo is not None:
+        data, written = dynamo
+        if written == opset:
+            return data, DYNAMO_EXPORTER
+        del data, dynamo  # not held by the refusal's traceback while the caller exports again
+        raise UserError(f"ONNX export at opset {opset} failed ({reason}); the dynamo exporter exports this "
+                         f"model at opset {written}: set export.opset: {written} (or --opset {written})"
+                         ) from error
+    culprit = failing_module(model, example_input, opset)
+    if culprit:
+        name, kind = culprit
+        raise UserError(f"cannot export module {name!r} ({kind}) to ONNX opset {opset}: {reason}") from error
+    raise UserError(f"ONNX export (opset {opset}) failed: {reason}") from error
+
+
+def _without_frames(error: BaseException) -> BaseException:
+    """``error`` and the exceptions chained to it without their tracebacks: the message and types stay for
+    the report, the frames (and every tensor they reference) go."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return error
 
 
 def _export_dynamo(model: nn.Module, example_input: torch.Tensor, opset: int,
@@ -151,6 +167,7 @@ def _export_dynamo(model: nn.Module, example_input: torch.Tensor, opset: int,
                                         input_names=inputs, output_names=names, verbose=False,
                                         dynamic_shapes=({0: torch.export.Dim("batch")},), optimize=False)
         proto = program.model_proto
+        del program  # its exported graph is not needed to serialise the proto
     except Exception:  # noqa: BLE001  (the TorchScript error is the one reported)
         return None
     finally:
@@ -219,9 +236,3 @@ def failing_module(model: nn.Module, example_input: torch.Tensor, opset: int) ->
             return (name, type(module).__name__) if name else None
         name, module = culprit
 
-
-def _first_line(error: BaseException) -> str:
-    """The error's first line, without torch's "Please feel free to request support ..." tail."""
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
-    return line.split(" Please feel free to request support")[0]

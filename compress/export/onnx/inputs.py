@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from compress.errors import UserError
+from compress.errors import UserError, first_line
 from compress.export.onnx.storage import SPARSE_TOLERANCE, sizes_and_sparse
 from compress.export.onnx.verify import (
     check_close,
@@ -106,7 +106,7 @@ def run_torch(model: FlatModel, batch: Batch, what: str) -> tuple[torch.Tensor, 
     except UserError:
         raise
     except Exception as error:  # a wrong shape or dtype surfaces as many types
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = first_line(error)
         kind = "dtype" if any(w in text.lower() for w in ("dtype", "scalar type", "type", "long", "int")) else "shape"
         raise UserError(f"{what}: the model cannot run on inputs of {kind} "
                         f"{[(tuple(t.shape), str(t.dtype).removeprefix('torch.')) for t in batch]}: {text}") from error
@@ -120,7 +120,7 @@ def ort_run(data: bytes, batch: Batch, what: str) -> list:
     try:
         return runner.run(None, {feed.name: t.numpy() for feed, t in zip(feeds, batch, strict=True)})
     except Exception as error:  # onnxruntime's own types (InvalidArgument: unexpected input data type, ...)
-        text = str(error).strip().splitlines()[0]
+        text = first_line(error)
         kind = "dtype problem" if "type" in text.lower() else "onnxruntime cannot run it"
         raise UserError(f"{what}: {kind}: {text}") from error
 
@@ -158,7 +158,7 @@ def export_flat(folded: nn.Module, path: Path, inputs: Any, opset: int, masks: d
                               dynamic_axes={n: {0: "batch"} for n in [*in_names, *out_names]},
                               training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
         except Exception as error:
-            raise UserError(f"ONNX export (opset {opset}) failed: {str(error).strip().splitlines()[0]}") from error
+            raise UserError(f"ONNX export (opset {opset}) failed: {first_line(error)}") from error
     data = buffer.getvalue()
     proto = parse_checked(data, what)
     diff = max(diff_of(ort_run(data, batch, what), reference),

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compress.errors import UserError
+from compress.errors import UserError, first_line
 from compress.export.onnx.verify import check_onnx, session
 from compress.io import save_bytes
 
@@ -180,7 +180,7 @@ def compare_sessions(dense_bytes: bytes, sparse_bytes: bytes, feed: dict[str, np
         actual = session(sparse_bytes).run(None, feed)
     except Exception as error:  # onnxruntime's own exception types
         raise UserError(f"{what}: onnxruntime cannot load or run the sparse-initializer model: "
-                         f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+                         f"{first_line(error)}"
                          ) from error
     diff = max((float(np.abs(a.astype(np.float64) - e.astype(np.float64)).max(initial=0.0))
                 for a, e in zip(actual, expected, strict=True)), default=0.0)

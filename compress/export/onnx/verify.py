@@ -16,7 +16,7 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
-from compress.errors import UserError
+from compress.errors import UserError, first_line
 from compress.tolerance import RULE, output_scale
 
 
@@ -45,7 +45,7 @@ def _run_checker(model: onnx.ModelProto | bytes, what: str, full: bool) -> None:
     try:
         onnx.checker.check_model(model, full_check=full)
     except Exception as error:  # ValidationError, InferenceError, ...
-        raise UserError(f"{what}: onnx.checker rejected the model: {_first_line(error)}") from error
+        raise UserError(f"{what}: onnx.checker rejected the model: {first_line(error)}") from error
 
 
 def _check_dynamic_batch(proto: onnx.ModelProto, what: str) -> None:
@@ -71,7 +71,7 @@ def ort_outputs(model_bytes: bytes, batches: list[torch.Tensor], what: str) -> l
         name = runner.get_inputs()[0].name
         return [runner.run(None, {name: batch.detach().cpu().numpy()}) for batch in batches]
     except Exception as error:  # onnxruntime's own exception types (Fail, InvalidGraph, ...)
-        raise UserError(f"{what}: onnxruntime cannot run it: {_first_line(error)}") from error
+        raise UserError(f"{what}: onnxruntime cannot run it: {first_line(error)}") from error
 
 
 def max_abs_diff(actual: list[np.ndarray], expected: list[torch.Tensor]) -> float:
@@ -165,7 +165,3 @@ def check_zero_counts(proto: onnx.ModelProto, weights: dict[str, torch.Tensor],
                         "total": int(weight.size), "pruned": n_pruned, "zeros": zeros_onnx}
     return result
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
