@@ -91,6 +91,50 @@ def test_tolerance_rule_scales_and_rejects_nan():
     assert not within(float("nan"), 1.0)
 
 
+def test_float64_arbiter_accepts_an_export_as_accurate_as_torch_and_refuses_a_wrong_one():
+    """Hand-computed: a 2-layer net whose logits are differences of ~1e7 terms, so torch float32 itself is off
+    the exact (float64) outputs. Outputs on the other side of the exact values, as far off, fail the first
+    rule and pass the arbiter; outputs off by a bug's size fail both."""
+    from compress.export.onnx.export import _check_outputs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.Linear(256, 4)).eval()
+    with torch.no_grad():  # hidden units in equal pairs, read with opposite signs: partial sums ~1e8, logits ~1e5
+        model[0].weight.copy_(torch.cat([model[0].weight[:128], model[0].weight[:128]]) * 1e6)
+        model[0].bias.copy_(torch.cat([model[0].bias[:128], model[0].bias[:128]]))
+        half = torch.randn(4, 128)
+        model[1].weight.copy_(torch.cat([half, -half + 1e-3 * torch.randn(4, 128)], dim=1))
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(1))
+    reference = [model(x).detach()]
+    import copy
+
+    exact = copy.deepcopy(model).double()(x.double()).detach()
+    torch_error = float((reference[0].double() - exact).abs().max())
+    scale = float(reference[0].abs().max())
+    assert torch_error > allowed(scale) / 2, "the net is not ill-conditioned enough to test the arbiter"
+    mirrored = (2 * exact - reference[0].double()).float().numpy()  # as accurate as torch, other side
+    diff, errors = _check_outputs(model, x, [mirrored], [mirrored[:1]], reference, "t.onnx")
+    assert diff > allowed(scale) and errors is not None
+    assert errors["torch_float32_error"] == pytest.approx(torch_error)
+    assert errors["ort_error"] <= allowed(scale) + 2 * torch_error
+    wrong = (reference[0] + 0.01 * scale).numpy()  # a bug-sized offset
+    with pytest.raises(UserError, match=r"float64 ORT is off by .* where torch float32 is off by"):
+        _check_outputs(model, x, [wrong], [wrong[:1]], reference, "t.onnx")
+    close = reference[0].numpy()
+    assert _check_outputs(model, x, [close], [close[:1]], reference, "t.onnx") == (0.0, None)
+
+
+@pytest.mark.parametrize("granularity", ["channel", "weight"])
+def test_an_ill_conditioned_mixnet_ticket_exports_through_the_float64_arbiter(granularity, tmp_path):
+    # after 4 SGD steps on random data MixNet's logits are ~5e4 and torch float32 is ~140 off the exact
+    # outputs: the relative rule alone refused a correct file (max |ORT - torch| 295 > 0.69)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import zoo_case
+
+    row = zoo_case.run_granularity("mixnet_s", 32, False, granularity)
+    assert row["status"] == "pass", row.get("reason")
+
+
 @pytest.mark.slow
 def test_efficientformerv2_channel_plan_is_bounded_in_memory():
     # the channel plan at 64 px grew to 24 GB before the group traversal was bounded; here under a 6 GB
