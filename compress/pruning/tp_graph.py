@@ -30,17 +30,24 @@ class TooWide(Exception):
     """A pruning group that grows without bound (module docstring)."""
 
 
+class Unmappable(Exception):
+    """A pruning group through a node whose index mapping Torch-Pruning could not derive (a split's offsets
+    left short where the widths were not inferred): which channels it maps to is unknown, so the group is
+    not one we could prune exactly."""
+
+
 @contextlib.contextmanager
 def tolerant_mappings() -> Iterator[None]:
     """Torch-Pruning 1.6 aborts the whole graph on two index mappings it cannot compute: a concat whose
     input widths it sums before checking them for None (a width it cannot infer: CSPDarkNet, CoaT; a
-    TypeError), and a reshape whose inferred channel count is 0 (SHViT's partial-channel attention; a
-    ZeroDivisionError). Such a node keeps Torch-Pruning's default (identity) mapping instead; the groups
+    TypeError) or reads from a split's sizes past their end (a concat of slices of a split's part, as in
+    rotary embeddings: Gemma 4's ViT; an IndexError), and a reshape whose inferred channel count is 0
+    (SHViT's partial-channel attention; a ZeroDivisionError). Such a node keeps Torch-Pruning's default (identity) mapping instead; the groups
     through it are then checked like every other (``compress.pruning.groups._consistent``, the plan-time
     probe ``compress.pruning.probe``), so a wrong mapping is refused, never used."""
     from torch_pruning.dependency import index_mapping
 
-    originals = {"update_concat_index_mapping": (index_mapping.update_concat_index_mapping, TypeError),
+    originals = {"update_concat_index_mapping": (index_mapping.update_concat_index_mapping, (TypeError, IndexError)),
                  "update_reshape_index_mapping": (index_mapping.update_reshape_index_mapping, ArithmeticError)}
 
     def tolerant(original, errors):
@@ -106,7 +113,10 @@ def pruning_group(graph, module: nn.Module, pruning_fn, idxs: Sequence[int], *, 
                 if isinstance(mapping, _FlattenIndexMapping) and not mapping.reverse \
                         and entries + len(new) * mapping._stride > MAX_ENTRIES:
                     raise TooWide(f"{type(module).__name__} group: a flatten of {len(new)} x {mapping._stride}")
-                new = mapping(new)
+                try:
+                    new = mapping(new)
+                except IndexError as error:  # Torch-Pruning's split mapping indexes offsets it never set
+                    raise Unmappable(f"{type(module).__name__} group: {type(mapping).__name__}") from error
             if not new:
                 continue
             if new_dep.target in visited and group.has_pruning_op(new_dep, new):
@@ -145,7 +155,7 @@ def all_groups(graph, root_module_types: tuple = (nn.Conv2d, nn.Linear)) -> Iter
         try:
             group = pruning_group(graph, module, pruner.prune_out_channels,
                                   list(range(pruner.get_out_channels(module))), fresh=False)
-        except (TooWide, ArithmeticError):  # unbounded, or a mapping Torch-Pruning cannot compute (GCViT)
+        except (TooWide, Unmappable, ArithmeticError):  # unbounded, or a mapping Torch-Pruning cannot compute (GCViT)
             visited.add(id(module))
             continue
         prunable = True

@@ -135,6 +135,35 @@ def test_an_ill_conditioned_mixnet_ticket_exports_through_the_float64_arbiter(gr
     assert row["status"] == "pass", row.get("reason")
 
 
+class _RotaryHalves(nn.Module):
+    """Gemma 4's ViT pattern: a projection split into parts, each rotated (a concat of its own slices) and
+    concatenated back -- Torch-Pruning leaves the split's offsets short and indexed past them (IndexError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.mid, self.out = nn.Linear(8, 32), nn.Linear(32, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mid(torch.relu(self.stem(x)))
+        parts = torch.split(h, [8, 8], dim=-1)
+        rotated = [p + torch.cat((-p[..., p.shape[-1] // 2:], p[..., : p.shape[-1] // 2]), dim=-1) for p in parts]
+        return self.out(torch.cat(rotated, dim=-1))
+
+
+def test_a_split_whose_offsets_torch_pruning_cannot_derive_keeps_its_group_whole():
+    model = _RotaryHalves().eval()
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    groups = find_groups(model, x)  # raised "tracing ... failed (IndexError ...)" before
+    names = {member.module for group in groups for member in group.members}
+    assert "stem" in names and "mid" not in {g.name for g in groups}  # the rotary part stays whole
+    expected = model(x)
+    prune_channels(model, x, 0.5, groups=groups)
+    result = compact_graph(model, x)
+    assert result.module.stem.out_features < 32 and result.module.mid.out_features == 16
+    assert float((result.module(x) - model(x)).abs().max()) <= allowed(float(model(x).abs().max()))
+    assert not torch.equal(model(x), expected)
+
+
 @pytest.mark.slow
 def test_efficientformerv2_channel_plan_is_bounded_in_memory():
     # the channel plan at 64 px grew to 24 GB before the group traversal was bounded; here under a 6 GB
