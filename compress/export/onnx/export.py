@@ -17,6 +17,7 @@ from compress.export.onnx.inputs import as_batch, export_flat, needs_flat, retur
 from compress.export.onnx.preprocess import Preprocess, add_metadata, embed_normalisation
 from compress.export.onnx.storage import SPARSE_TOLERANCE, sizes_and_sparse
 from compress.export.onnx.verify import (
+    arbitrate,
     check_close,
     check_onnx,
     check_zero_counts,
@@ -33,7 +34,7 @@ from compress.pruning.compact import Compaction
 from compress.pruning.compact import compact as run_compaction
 from compress.pruning.macs import count_params, mac_counts
 from compress.recipe.checks import OPSET_RANGE
-from compress.tolerance import RULE, allowed, exact_outputs, max_abs, within_float32_error
+from compress.tolerance import RULE, allowed, exact_outputs
 
 VERIFY_BATCH = 8  # random verification inputs when none are given
 
@@ -151,22 +152,10 @@ def _export_checked(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
 
 def _check_outputs(model: nn.Module, inputs: torch.Tensor, full: list, single: list, reference: list[torch.Tensor],
                    what: str) -> tuple[float, dict | None]:
-    """onnxruntime's outputs (on the batch and on its first row) against torch's under ``compress.tolerance``:
-    max |ORT - torch|, and where that alone fails the float64 arbiter's two errors (else None)."""
+    """max |ORT - torch| on the batch and on its first row, under ``compress.tolerance`` (``arbitrate``)."""
     diff = max(max_abs_diff(full, reference), max_abs_diff(single, [r[:1] for r in reference]))
-    scale = reference_scale(reference)
-    if diff <= allowed(scale):
-        return diff, None
-    exact = exact_outputs(deepcopy_module(model), inputs, lambda m, x: _outputs(m, x, what))
-    if exact is None:
-        check_close(diff, what, allowed(scale))
-    ort_error = max(max_abs([torch.from_numpy(o) for o in full], exact),
-                    max_abs([torch.from_numpy(o) for o in single], [e[:1] for e in exact]))
-    errors = {"ort_error": ort_error, "torch_float32_error": max_abs(reference, exact)}
-    if not within_float32_error(ort_error, errors["torch_float32_error"], scale):
-        raise UserError(f"{what}: max |ORT - torch| = {diff:.3g} exceeds {allowed(scale):.3g}, and against the "
-                         f"model in float64 ORT is off by {ort_error:.3g} where torch float32 is off by "
-                         f"{errors['torch_float32_error']:.3g} ({RULE})")
+    errors = arbitrate(diff, reference_scale(reference), reference, full, single,
+                       lambda: exact_outputs(deepcopy_module(model), inputs, lambda m, x: _outputs(m, x, what)), what)
     return diff, errors
 
 

@@ -10,6 +10,8 @@ positions, not just their number.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -17,7 +19,7 @@ import torch
 from onnx import numpy_helper
 
 from compress.errors import UserError, first_line
-from compress.tolerance import RULE, output_scale
+from compress.tolerance import RULE, allowed, max_abs, output_scale, within_float32_error
 
 
 def check_onnx(proto: onnx.ModelProto, what: str, full: bool = True, data: bytes | None = None) -> None:
@@ -95,6 +97,27 @@ def check_close(diff: float, what: str, tolerance: float, label: str = "|ORT - t
     """``tolerance``: ``compress.tolerance.allowed(scale)`` for outputs compared with torch's."""
     if not diff <= tolerance:  # also catches NaN
         raise UserError(f"{what}: max {label} = {diff:.3g} exceeds {tolerance:.3g} ({RULE})")
+
+
+def arbitrate(diff: float, scale: float, reference: Sequence[torch.Tensor], full: list[np.ndarray],
+              single: list[np.ndarray], exact: Callable[[], list[torch.Tensor] | None], what: str) -> dict | None:
+    """``compress.tolerance`` for onnxruntime's outputs (``full``: on the batch, ``single``: on its first row)
+    at ``diff`` = max |ORT - torch|: None when the relative rule holds; else the float64 arbiter's two errors
+    when it accepts, a UserError naming both when it does not. ``exact()``: the outputs in float64 (the model
+    run again), called only then; None from it keeps the relative rule's verdict."""
+    if diff <= allowed(scale):
+        return None
+    outputs = exact()
+    if outputs is None:
+        check_close(diff, what, allowed(scale))
+    ort_error = max(max_abs([torch.from_numpy(o) for o in full], outputs),
+                    max_abs([torch.from_numpy(o) for o in single], [e[:1] for e in outputs]))
+    torch_error = max_abs(reference, outputs)
+    if not within_float32_error(ort_error, torch_error, scale):
+        raise UserError(f"{what}: max |ORT - torch| = {diff:.3g} exceeds {allowed(scale):.3g}, and against the "
+                        f"model in float64 ORT is off by {ort_error:.3g} where torch float32 is off by "
+                        f"{torch_error:.3g} ({RULE})")
+    return {"ort_error": ort_error, "torch_float32_error": torch_error}
 
 
 def _match(array: np.ndarray, weight: np.ndarray) -> str | None:
