@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 
@@ -59,3 +60,11 @@ def vector_block() -> int:
     8 with AVX2, else 1 (widths that are not multiples of it fall off the fast kernels)."""
     flags = cpu_flags()
     return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
+
+
+def release_cycles() -> None:
+    """Free what only reference cycles still hold, now. Torch-Pruning's dependency graph (nodes pointing at
+    each other and at the traced copy's modules) and a failed export's traceback frames are such cycles:
+    until the cyclic collector runs, the model copy they reference stays resident -- a model's worth of
+    memory, through training or into the next export."""
+    gc.collect()

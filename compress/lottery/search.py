@@ -230,6 +230,10 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
             raise UserError(f"this search was saved watching an {what}: call search.watch(optimizer, scheduler) "
                             "after load_state_dict (or load_state_dict(state, optimizer, scheduler)) so the rewind "
                             "resets them")
+        # the finished level's gradients belong to weights about to be pruned and rewound: dropped (as
+        # optimizer.zero_grad() does) before the masks are computed, not held beside them -- a model's worth
+        for parameter in self.model.parameters():
+            parameter.grad = None
         remember_for_invert(self)
         masks = self.early_bird.masks if self.early_bird is not None and self.early_bird.masks else self.next_masks()
         apply_masks(self.model, masks)

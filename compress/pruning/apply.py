@@ -38,8 +38,14 @@ class EffectiveWeights(Mapping[str, torch.Tensor]):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         module = self._modules[name]
-        weight = module.weight_orig * module.weight_mask if is_pruned(module) else module.weight
-        return weight.detach()
+        if not is_pruned(module):
+            return module.weight.detach()
+        with torch.no_grad():
+            weight = module.weight_orig * module.weight_mask
+        # kept as the module's cached ``weight`` (the value the prune hook computes at the next forward),
+        # which frees the stale one from the last training step: a layer is then held once, not twice
+        vars(module)[PARAM] = weight
+        return weight
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._modules)

@@ -23,7 +23,7 @@ unit per conv group, joining the channels that feed it and the channels it emits
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.pruning.tp_graph import all_groups, tolerant_mappings
+from compress.runtime import release_cycles
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,31 @@ def per_unit(member: Member, values: torch.Tensor, units: int) -> torch.Tensor:
     if flat:
         total.index_add_(0, torch.tensor(unit_ids, dtype=torch.long), values[torch.tensor(flat, dtype=torch.long)])
     return total
+
+
+_POSITION_CHUNK = 1 << 22  # entries reduced at a time: a float64 working copy of 32 MB, not of a whole layer
+
+
+def per_position(tensor: torch.Tensor, dim: int, reduce: Callable[[torch.Tensor, list[int]], torch.Tensor],
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``reduce(part, dims)`` of ``tensor`` (times ``mask``, when given) over every dim but ``dim``: one
+    value per position along ``dim``, on the CPU. A slab of positions at a time -- a transposed, flattened
+    float64 copy of VGG's 102M-weight layer would be 0.8 GB per intermediate."""
+    positions = tensor.shape[dim]
+    others = [d for d in range(tensor.dim()) if d != dim]
+    step = max(1, _POSITION_CHUNK // max(1, tensor.numel() // max(1, positions)))
+    parts = []
+    for start in range(0, positions, step):
+        part = tensor.narrow(dim, start, min(step, positions - start))
+        if mask is not None:
+            part = part * mask.narrow(dim, start, part.shape[dim])
+        parts.append(reduce(part, others).cpu())
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def any_nonzero(part: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """``per_position``'s reduction for "is any entry of this position nonzero"."""
+    return part.ne(0).any(dim=dims) if dims else part.ne(0)
 
 
 def _tp():
@@ -293,4 +319,7 @@ def find_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
     graph = build_graph(plain, inputs)
     order = {name: i for i, (name, _) in enumerate(plain.named_modules())}
     groups = [group for group, _ in graph_groups(graph, plain)] + head_groups(plain)
+    del graph, plain
+    release_cycles()  # Torch-Pruning's graph holds the traced copy in reference cycles
     return sorted(groups, key=lambda g: order.get(g.members[0].module, 0))
+

@@ -27,16 +27,18 @@ def prune_lowest(scores: torch.Tensor, mask: torch.Tensor, amount: int | float) 
     |score| as torch's ``L1Unstructured`` ranks them -- the same mask, ties included."""
     alive = mask.flatten() != 0
     k = count_to_prune(amount, int(alive.sum()))
+    if not k:
+        return mask.clone()
+    # the threshold search's working copy is freed before the new mask exists: one layer-sized copy at a time
+    pruned = _lowest_by_threshold(scores.flatten(), alive, k)
     new_mask = mask.flatten().clone()
-    if k:
-        pruned = _lowest_by_threshold(scores.flatten(), alive, k)
-        if pruned is not None:
-            new_mask.masked_fill_(pruned, 0)
-        else:
-            alive_index = alive.nonzero().squeeze(1)
-            partial = prune.L1Unstructured(amount=k).compute_mask(scores.flatten()[alive_index],
-                                                                  torch.ones(len(alive_index), device=mask.device))
-            new_mask[alive_index] = partial
+    if pruned is not None:
+        new_mask.masked_fill_(pruned, 0)
+    else:
+        alive_index = alive.nonzero().squeeze(1)
+        partial = prune.L1Unstructured(amount=k).compute_mask(scores.flatten()[alive_index],
+                                                              torch.ones(len(alive_index), device=mask.device))
+        new_mask[alive_index] = partial
     return new_mask.view_as(mask)
 
 
@@ -151,8 +153,10 @@ def magnitude_masks(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[
                     channel_mask[order[:keep]] = 1
                 new_masks[name] = masks[name] * channel_mask.view(-1, *([1] * (masks[name].dim() - 1)))
             continue
+        # prune_lowest ranks |score| among the survivors only: a layer's own weights serve as they are (a
+        # view, not a masked |copy| -- 400 MB for VGG's largest layer), unless normalising divides them
         scores = _pooled([normalized((weights[n] * masks[n]).abs().flatten(), masks[n].flatten()) if normalize
-                          else (weights[n] * masks[n]).abs_().flatten() for n in names])
+                          else weights[n].flatten() for n in names])
         pooled = prune_lowest(scores, _pooled([masks[n].flatten() for n in names]), rate)
         for name, part in zip(names, pooled.split([masks[n].numel() for n in names]), strict=True):
             new_masks[name] = part.view_as(masks[name])

@@ -19,9 +19,10 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError, first_line
-from compress.pruning.apply import apply_masks, deepcopy_module, fold_masks, ones_masks
+from compress.pruning.apply import fold_masks
 from compress.pruning.groups import ChannelGroup
-from compress.pruning.unit_masks import masks_for
+from compress.pruning.unit_masks import zero_units
+from compress.runtime import release_cycles
 
 ROUNDS = 4  # module types left whole before giving up
 # layers shared by whole model families (a conv + norm + act block): the construct that broke is the
@@ -42,56 +43,70 @@ def _failing_type(error: BaseException) -> str | None:
     return found
 
 
-def _one_unit_masks(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, torch.Tensor]:
-    names = list(dict.fromkeys(m.module for g in groups for m in g.members))
+def _one_unit_zeroed(model: nn.Module, groups: Sequence[ChannelGroup]) -> nn.Module:
+    """A plain copy of ``model`` with the last unit of every group zeroed in its weights: what compaction
+    sees of a masked model (it reads the zeros), without a mask and a masked weight per layer -- the probe
+    then holds two copies of the model at its peak (this one and compaction's), not five."""
+    zeroed = fold_masks(model).cpu().eval()
+    modules = dict(zeroed.named_modules())
     kept = {}
     for group in groups:
         if group.units > 1:
             keep = torch.ones(group.units, dtype=torch.bool)
             keep[-1] = False
             kept[group.name] = keep
-    return masks_for(groups, ones_masks(model, names), kept)
+    with torch.no_grad():
+        zero_units(groups, {name: module.weight for name, module in modules.items()
+                            if isinstance(getattr(module, "weight", None), torch.Tensor)}, kept)
+    return zeroed
+
+
+def _compaction_failure(model: nn.Module, pruned: Sequence[ChannelGroup], inputs) -> tuple[str | None, str, str] | None:
+    """None when removing one unit of every ``pruned`` group compacts exactly; else the innermost module
+    type whose forward failed, the error's type and its first line (strings: the failure's frames, which
+    hold the probe's copies, are gone when this returns)."""
+    from compress.pruning.compact.graph import compact_graph
+
+    try:
+        compact_graph(_one_unit_zeroed(model, pruned), inputs)
+        return None
+    except UserError:
+        raise
+    except Exception as error:  # a forward of the compacted copy, or the exactness check, failed
+        return _failing_type(error), type(error).__name__, first_line(error, 160)
+    finally:
+        release_cycles()  # the probe's copies, held by the compaction's dependency graph
 
 
 def probe_plan(model: nn.Module, groups: Sequence[ChannelGroup], rates: dict[str, float],
                reasons: dict[str, str], example_inputs) -> None:
     """Run the probe (module docstring); groups left whole get rate 0 and a reason (in place)."""
-    from compress.pruning.compact.graph import compact_graph
-
-    plain = fold_masks(model).cpu().eval()
     inputs = example_inputs.cpu() if torch.is_tensor(example_inputs) else [x.cpu() for x in example_inputs]
     for _ in range(ROUNDS):
         pruned = [g for g in groups if rates.get(g.name, 0.0) > 0]
         if not pruned:
             return
-        masked = deepcopy_module(plain)
-        apply_masks(masked, _one_unit_masks(masked, pruned))
-        try:
-            compact_graph(masked, inputs)
+        failure = _compaction_failure(model, pruned, inputs)
+        if failure is None:
             return
-        except UserError:
-            raise
-        except Exception as error:  # a forward of the compacted copy, or the exactness check, failed
-            found = _failing_type(error)
-            first = first_line(error, 160)
-            if found is None or found == type(model).__name__:
-                raise UserError(f"prune.granularity: channel: {type(model).__name__} does not compact exactly "
-                                f"once its channel groups shrink ({type(error).__name__}: {first}); keep the "
-                                "offending modules whole with prune.keep (e.g. prune.keep: ['type:<Module>'])"
-                                ) from None
-            inside = {name for name, module in model.named_modules() if type(module).__name__ == found}
-            left = 0
-            for group in pruned:
-                if any(member.module == name or member.module.startswith(name + ".")
-                       for member in group.members for name in inside):
-                    rates[group.name] = 0.0
-                    reasons[group.name] = (f"touches {found}, which breaks when its channels are removed "
-                                           f"({first}); kept whole")
-                    left += 1
-            if not left:
-                raise UserError(f"prune.granularity: channel: {type(model).__name__}: removing channels breaks "
-                                f"{found} ({type(error).__name__}: {first}); keep it whole with prune.keep: "
-                                f"['type:{found}']") from None
-            print(f"channel plan: {left} groups touching {found} left whole ({first})", file=sys.stderr)
+        found, error_type, first = failure
+        if found is None or found == type(model).__name__:
+            raise UserError(f"prune.granularity: channel: {type(model).__name__} does not compact exactly "
+                            f"once its channel groups shrink ({error_type}: {first}); keep the "
+                            "offending modules whole with prune.keep (e.g. prune.keep: ['type:<Module>'])")
+        inside = {name for name, module in model.named_modules() if type(module).__name__ == found}
+        left = 0
+        for group in pruned:
+            if any(member.module == name or member.module.startswith(name + ".")
+                   for member in group.members for name in inside):
+                rates[group.name] = 0.0
+                reasons[group.name] = (f"touches {found}, which breaks when its channels are removed "
+                                       f"({first}); kept whole")
+                left += 1
+        if not left:
+            raise UserError(f"prune.granularity: channel: {type(model).__name__}: removing channels breaks "
+                            f"{found} ({error_type}: {first}); keep it whole with prune.keep: "
+                            f"['type:{found}']")
+        print(f"channel plan: {left} groups touching {found} left whole ({first})", file=sys.stderr)
     raise UserError(f"prune.granularity: channel: {type(model).__name__} still does not compact exactly after "
                     f"leaving {ROUNDS} module types whole; keep them with prune.keep")

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.pruning.groups import ChannelGroup, find_groups, per_unit
+from compress.pruning.groups import ChannelGroup, any_nonzero, find_groups, per_position, per_unit
 from compress.pruning.masks import Masks, normalized
 from compress.pruning.pools import rate_pools
 from compress.pruning.unit_masks import masks_for
@@ -54,19 +54,21 @@ def unit_alive(group: ChannelGroup, masks: Masks) -> torch.Tensor:
         mask = masks.get(member.module)
         if mask is None:
             return torch.ones(group.units, dtype=torch.bool)
-        per_position = mask.transpose(0, member.dim).flatten(1).ne(0).any(1).cpu()
-        alive |= per_unit(member, per_position.double(), group.units) > 0
+        live = per_position(mask, member.dim, any_nonzero)
+        alive |= per_unit(member, live.double(), group.units) > 0
     return alive
+
+
+def _sum_of_squares(part: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    squares = part.double().pow(2)
+    return squares.sum(dim=dims) if dims else squares
 
 
 def group_scores(group: ChannelGroup, weights: dict[str, torch.Tensor], masks: Masks) -> torch.Tensor:
     """Per unit: mean over members of the L2 norm of its (masked) slice."""
     score = torch.zeros(group.units, dtype=torch.float64)
     for member in group.members:
-        weight = weights[member.module].detach()
-        if member.module in masks:
-            weight = weight * masks[member.module]
-        squares = weight.double().transpose(0, member.dim).flatten(1).pow(2).sum(1).cpu()
+        squares = per_position(weights[member.module].detach(), member.dim, _sum_of_squares, masks.get(member.module))
         score += per_unit(member, squares, group.units).sqrt()
     return score / max(1, len(group.members))
 

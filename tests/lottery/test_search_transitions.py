@@ -147,3 +147,17 @@ def test_rewind_scheduler_restarts_the_schedule_at_rewind_to(make_recipe):
         search.on_step()
     assert search.level == 1 and not optimizer.state
     assert optimizer.param_groups[0]["lr"] == lrs[1] == 0.25  # the lr after step rewind_to = 2
+
+
+def test_a_finished_level_drops_its_gradients(make_recipe):
+    """They belong to weights that are pruned and rewound: not held (a model's worth) while masks are computed."""
+    search = _search(make_recipe, rewind_to=1)
+    optimizer = torch.optim.SGD(search.model.parameters(), lr=0.1)
+    for step in range(1, 6):
+        _train_step(search.model, optimizer, step)
+        search.step(step)
+    assert all(p.grad is not None for p in search.model.parameters())
+    search.prune_and_rewind()
+    assert all(p.grad is None for p in search.model.parameters())
+    _train_step(search.model, optimizer, 9)  # the next level trains as before
+    assert all(p.grad is not None for p in search.model.parameters())

@@ -128,3 +128,20 @@ def test_a_pruned_model_holds_each_mask_once():
     folded = fold_masks(model)
     assert torch.equal(folded.get_submodule(names[1]).weight,
                        model.get_submodule(names[1]).weight_orig * model.get_submodule(names[1]).weight_mask)
+
+
+def test_reading_an_effective_weight_replaces_the_stale_cached_one():
+    """The mask methods read each layer's weight once, computed now; it becomes the module's cached ``weight``
+    (what the prune hook computes at the next forward) instead of a second copy beside the stale one."""
+    from compress.pruning import EffectiveWeights
+
+    model, names = _pruned_lenet(rounds=1)
+    layer = dict(model.named_modules())[names[0]]
+    with torch.no_grad():
+        layer.weight_orig.add_(1.0)  # the cached weight is now stale
+    read = EffectiveWeights(model, names)[names[0]]
+    assert read is layer.weight and not read.requires_grad
+    assert torch.equal(layer.weight, layer.weight_orig * layer.weight_mask)
+    out = model(torch.randn(2, 1, 28, 28)).sum()
+    out.backward()  # the hook recomputes it with autograd at the next forward, as before
+    assert layer.weight_orig.grad is not None

@@ -128,3 +128,26 @@ def test_sequential_channel_tickets_align_too(scope):
     assert all(w % 16 == 0 and w >= 16 for w in widths.values()), widths
     if scope == "layerwise":
         assert widths["0"] == 16 and widths["11"] == 96  # the --dry-run widths: 64 48 32 16 / 256 176 128 96
+
+
+def test_the_channel_plan_leaves_no_copy_of_the_model_behind():
+    """The traced copy and the probe's copies sit in Torch-Pruning's reference cycles: freed when the plan is
+    made, not whenever the cyclic collector next runs (a model's worth of memory through training)."""
+    import gc
+
+    from compress.pruning.structured import channel_plan
+
+    torch.manual_seed(987654)  # values no other test's model has: a tensor equal to one of its weights is a copy
+    model = create_model("resnet20")
+    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weights = {tuple(p.shape): p.detach() for p in model.parameters() if p.dim() > 1}
+    gc.collect()
+    gc.disable()  # what keeps a copy alive is then only what the plan itself did not free
+    try:
+        plan = channel_plan(model, _recipe().prune, torch.randn(2, 3, 32, 32))
+        copies = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)
+                  and not isinstance(o, torch.nn.parameter.UninitializedTensorMixin) and tuple(o.shape) in weights
+                  and o.untyped_storage().data_ptr() not in own and torch.equal(o, weights[tuple(o.shape)])]
+    finally:
+        gc.enable()
+    assert plan.pruned and not copies, f"{len(copies)} weight-shaped tensors outlive the plan"

@@ -34,6 +34,7 @@ from compress.pruning.compact import Compaction
 from compress.pruning.compact import compact as run_compaction
 from compress.pruning.macs import count_params, mac_counts
 from compress.recipe.checks import OPSET_RANGE
+from compress.runtime import release_cycles
 from compress.tolerance import RULE, allowed, exact_outputs
 
 VERIFY_BATCH = 8  # random verification inputs when none are given
@@ -197,6 +198,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
             if isinstance(opset, int) and 7 <= opset < low else ""
         raise UserError(f"opset must be an int from {low} to {high}, got {opset!r}{below}")
     masks = get_masks(model)
+    release_cycles()  # a failed export's frames (an earlier call) may still hold its copy of the model
     folded = _plain_zeros(fold_masks(model).cpu().float().eval())
     compaction = _compact_first(model, example_input) if compact else None  # fail on an unsupported model before any work
 

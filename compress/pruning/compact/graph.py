@@ -24,10 +24,12 @@ from compress.pruning.compact.sequential import Compaction
 from compress.pruning.groups import (
     ChannelGroup,
     Part,
+    any_nonzero,
     build_graph,
     example_inputs_for,
     graph_groups,
     is_attention,
+    per_position,
     per_unit,
 )
 from compress.pruning.tp_graph import pruning_group
@@ -42,8 +44,7 @@ def _dead_units(group: ChannelGroup, modules: dict[str, nn.Module]) -> list[int]
     for member in group.members:
         if member.dim != 1:
             continue
-        weight = modules[member.module].weight.detach()
-        nonzero = weight.transpose(0, 1).flatten(1).ne(0).any(1).cpu().double()
+        nonzero = per_position(modules[member.module].weight.detach(), 1, any_nonzero).double()
         live += per_unit(member, nonzero, group.units)
     dead = live == 0
     for member in group.members:
