@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -80,3 +81,28 @@ def max_abs(actual: Sequence[torch.Tensor], exact: Sequence[torch.Tensor]) -> fl
     """max |actual - exact| over paired outputs (float64 arithmetic); NaN propagates."""
     return max((float((torch.as_tensor(a).double() - e).abs().max()) if e.numel() else 0.0
                 for a, e in zip(actual, exact, strict=True)), default=0.0)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``judge``'s answer: ``passes``, and where the relative rule failed and the model ran in float64, the
+    checked computation's error and torch float32's against the exact outputs (else None)."""
+
+    passes: bool
+    error: float | None = None
+    reference_error: float | None = None
+
+
+def judge(diff: float, scale: float, reference: Sequence[torch.Tensor],
+          error_against: Callable[[list[torch.Tensor]], float],
+          exact: Callable[[], list[torch.Tensor] | None]) -> Verdict:
+    """The whole rule for one check at ``diff`` = max |checked - reference| on outputs of magnitude ``scale``:
+    the relative rule, and where it fails the float64 arbiter. ``exact()`` (the model run again in float64,
+    ``exact_outputs``) is called only then; ``error_against(exact)`` is the checked computation's error."""
+    if within(diff, scale):
+        return Verdict(True)
+    outputs = exact()
+    if outputs is None:  # no float64 run: the relative rule's verdict stands
+        return Verdict(False)
+    error, reference_error = error_against(outputs), max_abs(reference, outputs)
+    return Verdict(within_float32_error(error, reference_error, scale), error, reference_error)

@@ -19,7 +19,7 @@ import torch
 from onnx import numpy_helper
 
 from compress.errors import UserError, first_line
-from compress.tolerance import RULE, allowed, max_abs, output_scale, within_float32_error
+from compress.tolerance import RULE, allowed, judge, max_abs, output_scale
 
 
 def check_onnx(proto: onnx.ModelProto, what: str, full: bool = True, data: bytes | None = None) -> None:
@@ -105,19 +105,17 @@ def arbitrate(diff: float, scale: float, reference: Sequence[torch.Tensor], full
     at ``diff`` = max |ORT - torch|: None when the relative rule holds; else the float64 arbiter's two errors
     when it accepts, a UserError naming both when it does not. ``exact()``: the outputs in float64 (the model
     run again), called only then; None from it keeps the relative rule's verdict."""
-    if diff <= allowed(scale):
-        return None
-    outputs = exact()
-    if outputs is None:
+    verdict = judge(diff, scale, reference, lambda exact_out: max(
+        max_abs([torch.from_numpy(o) for o in full], exact_out),
+        max_abs([torch.from_numpy(o) for o in single], [e[:1] for e in exact_out])), exact)
+    if verdict.error is None:  # the relative rule held, or no float64 run: it decides
         check_close(diff, what, allowed(scale))
-    ort_error = max(max_abs([torch.from_numpy(o) for o in full], outputs),
-                    max_abs([torch.from_numpy(o) for o in single], [e[:1] for e in outputs]))
-    torch_error = max_abs(reference, outputs)
-    if not within_float32_error(ort_error, torch_error, scale):
+        return None
+    if not verdict.passes:
         raise UserError(f"{what}: max |ORT - torch| = {diff:.3g} exceeds {allowed(scale):.3g}, and against the "
-                        f"model in float64 ORT is off by {ort_error:.3g} where torch float32 is off by "
-                        f"{torch_error:.3g} ({RULE})")
-    return {"ort_error": ort_error, "torch_float32_error": torch_error}
+                        f"model in float64 ORT is off by {verdict.error:.3g} where torch float32 is off by "
+                        f"{verdict.reference_error:.3g} ({RULE})")
+    return {"ort_error": verdict.error, "torch_float32_error": verdict.reference_error}
 
 
 def _match(array: np.ndarray, weight: np.ndarray) -> str | None:

@@ -33,7 +33,7 @@ from compress.pruning.groups import (
     per_unit,
 )
 from compress.pruning.tp_graph import pruning_group
-from compress.tolerance import RULE, allowed, exact_outputs, max_abs, output_scale, within_float32_error
+from compress.tolerance import RULE, allowed, exact_outputs, judge, max_abs, output_scale
 
 
 def _dead_units(group: ChannelGroup, modules: dict[str, nn.Module]) -> list[int]:
@@ -196,9 +196,8 @@ def compact_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     actual = _outputs(small, inputs)
     scale = output_scale(float(r.abs().max()) for r in reference if r.numel())
     diff = max(float((a.float() - r.float()).abs().max()) for a, r in zip(actual, reference, strict=True))
-    exact = None if diff <= allowed(scale) else exact_outputs(fold_masks(model).eval(), inputs, _outputs)
-    if not diff <= allowed(scale) and not (exact is not None and within_float32_error(
-            max_abs(actual, exact), max_abs(reference, exact), scale)):
+    if not judge(diff, scale, reference, lambda exact: max_abs(actual, exact),
+                 lambda: exact_outputs(fold_masks(model).eval(), inputs, _outputs)).passes:
         raise RuntimeError(f"compact_model: compacted {type(model).__name__} differs from the masked model by "
                            f"{diff:.3g} (> {allowed(scale):.3g}: {RULE}); this is a bug in compress")
     after = _widths(small)
