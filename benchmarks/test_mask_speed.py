@@ -101,7 +101,7 @@ def _markdown(results: dict) -> str:
              "(a numpy partition for the threshold, chunked compares). Same mask, same process; time: best of 5 "
              "at one thread; memory: transient resident memory of one call, each in its own process.", "",
              "| layer | entries | torch_ranking | prune_lowest | ratio | load (1 min) |", "|---|---|---|---|---|---|"]
-    for _key, record in sorted(results["records"].items()):
+    for record in sorted(results["records"].values(), key=lambda r: (r["kind"], r["entries"], r["layer"])):
         unit = "MB" if record["kind"] == "memory" else "ms"
         lines.append(f"| {record['layer']} ({record['kind']}) | {record['entries']:,} | "
                      f"{record['torch_ranking']:.1f} {unit} | {record['prune_lowest']:.1f} {unit} | "

@@ -27,6 +27,11 @@ def get_masks(model: nn.Module) -> Masks:
     return {name: module.weight_mask.detach().clone() for name, module in model.named_modules() if is_pruned(module)}
 
 
+def pruned_counts(model: nn.Module) -> dict[str, int]:
+    """Masked-out entries of every pruned module's weight, read from its buffer (``get_masks`` copies them)."""
+    return {name: int((module.weight_mask == 0).sum()) for name, module in model.named_modules() if is_pruned(module)}
+
+
 class EffectiveWeights(Mapping[str, torch.Tensor]):
     """The weights the forward pass uses (orig * mask once pruned), by module name, each computed when it is
     read: a dict of all of them would be one more copy of the model while the next masks are computed

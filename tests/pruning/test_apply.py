@@ -12,6 +12,7 @@ from compress.pruning import (
     magnitude_masks,
     ones_masks,
     plain_state_dict,
+    pruned_counts,
     sparsity_report,
 )
 from compress.recipe.schema import PruneConfig
@@ -145,3 +146,9 @@ def test_reading_an_effective_weight_replaces_the_stale_cached_one():
     out = model(torch.randn(2, 1, 28, 28)).sum()
     out.backward()  # the hook recomputes it with autograd at the next forward, as before
     assert layer.weight_orig.grad is not None
+
+
+def test_pruned_counts_read_the_buffers_without_copying_them():
+    model, names = _pruned_lenet(rounds=2)
+    assert pruned_counts(model) == {name: int((mask == 0).sum()) for name, mask in get_masks(model).items()}
+    assert set(pruned_counts(model)) == set(names) and all(count > 0 for count in pruned_counts(model).values())

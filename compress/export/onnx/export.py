@@ -15,20 +15,19 @@ from compress.errors import UserError, first_line
 from compress.export.onnx.exporter import EXPORTER, export_graph
 from compress.export.onnx.inputs import as_batch, export_flat, needs_flat, returns_mapping
 from compress.export.onnx.preprocess import Preprocess, add_metadata, embed_normalisation
-from compress.export.onnx.storage import SPARSE_TOLERANCE, sizes_and_sparse
+from compress.export.onnx.storage import SPARSE_TOLERANCE, zeros_and_storage
 from compress.export.onnx.verify import (
     arbitrate,
     check_close,
+    check_file,
     check_onnx,
-    check_zero_counts,
     max_abs_diff,
     ort_outputs,
-    parse_checked,
     reference_scale,
 )
 from compress.io import save_bytes
 from compress.models.unwrap import unwrap_model
-from compress.pruning import fold_masks, get_masks
+from compress.pruning import fold_masks, pruned_counts
 from compress.pruning.apply import deepcopy_module
 from compress.pruning.compact import Compaction
 from compress.pruning.compact import compact as run_compaction
@@ -132,16 +131,14 @@ def _export_checked(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
                     opset: int, weights: dict[str, torch.Tensor], pruned: dict[str, int], what: str) -> dict:
     """Export, check, compare with ``reference``, check zeros, measure sizes; nothing written yet.
 
-    The parsed graph is dropped before onnxruntime loads the bytes: an 86M-parameter model would otherwise
-    be resident four times at once (folded model, bytes, parsed graph, session)."""
+    While onnxruntime loads the bytes nothing else holds the weights but the folded model and the bytes (no
+    parsed graph, no sparse-initializer bytes): an 86M-parameter model would otherwise be resident five times."""
     data, exporter = export_graph(model, example, opset, outputs=len(reference))
-    proto = parse_checked(data, what)
-    zeros = check_zero_counts(proto, weights, pruned, what)
-    sizes, sparse_bytes = sizes_and_sparse(data, proto)
-    del proto
+    check_file(data, what)
     # a second batch size besides the traced one, so a batch dimension baked in anywhere shows up
     full, single = ort_outputs(data, [inputs, inputs[:1]], what)
     diff, float64 = _check_outputs(model, inputs, full, single, reference, what)
+    zeros, sizes, sparse_bytes = zeros_and_storage(data, weights, pruned, what)
     sparse_diff = 0.0  # nothing converted: the sparse-initializer file is this file
     if sparse_bytes is not None:
         (sparse_out,) = ort_outputs(sparse_bytes, [inputs], f"{what} (sparse initializers)")
@@ -197,13 +194,13 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
         below = " (opsets 7 and 8 keep the weights as graph inputs, which this export does not verify)" \
             if isinstance(opset, int) and 7 <= opset < low else ""
         raise UserError(f"opset must be an int from {low} to {high}, got {opset!r}{below}")
-    masks = get_masks(model)
+    pruned = pruned_counts(model)  # names and counts: a copy of every mask is not needed
     release_cycles()  # a failed export's frames (an earlier call) may still hold its copy of the model
     folded = _plain_zeros(fold_masks(model).cpu().float().eval())
     compaction = _compact_first(model, example_input) if compact else None  # fail on an unsupported model before any work
 
     if verify_inputs is not None and (needs_flat(verify_inputs) or returns_mapping(folded, verify_inputs)):
-        return _export_flat(folded, path, verify_inputs, opset, masks, example_input, compaction, preprocess)
+        return _export_flat(folded, path, verify_inputs, opset, pruned, example_input, compaction, preprocess)
     generator = torch.Generator().manual_seed(0)
     if verify_inputs is not None:
         inputs, source = verify_inputs.detach().cpu().float(), "given"
@@ -220,9 +217,9 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
 
     reference = _outputs(folded, inputs, path.name)
     modules = dict(folded.named_modules())
-    weights = {f"{name}.weight": modules[name].weight.detach() for name in masks}
-    pruned = {f"{name}.weight": int((mask == 0).sum()) for name, mask in masks.items()}
-    dense = _export_checked(folded, example, inputs, reference, opset, weights, pruned, path.name)
+    weights = {f"{name}.weight": modules[name].weight.detach() for name in pruned}
+    dense = _export_checked(folded, example, inputs, reference, opset, weights,
+                            {f"{name}.weight": count for name, count in pruned.items()}, path.name)
 
     params, (macs, nonzero_macs) = count_params(folded), mac_counts(folded, example)
     compact_report, compact_bytes = None, None
@@ -317,12 +314,12 @@ class _FirstInput(nn.Module):
         return self.model(**dict(zip(self.names, tensors, strict=True))) if self.names else self.model(*tensors)
 
 
-def _export_flat(folded: nn.Module, path: Path, verify_inputs: Any, opset: int, masks: dict,
+def _export_flat(folded: nn.Module, path: Path, verify_inputs: Any, opset: int, pruned: dict[str, int],
                  example_input: Any, compaction: Any, preprocess: Preprocess | None) -> ExportReport:
     if example_input is not None or compaction is not None or preprocess is not None:
         raise UserError("export_onnx: example_input, compact and preprocess are for a model of one float input; "
                         "with integer, several or named inputs (or dict outputs) give verify_inputs only")
-    fields = export_flat(folded, path, verify_inputs, opset, masks)
+    fields = export_flat(folded, path, verify_inputs, opset, pruned)
     batch, names = as_batch(verify_inputs)
     macs, nonzero_macs = mac_counts(_FirstInput(folded, batch[1:], names), batch[0])
     return ExportReport(path=str(path), opset=opset, exporter=EXPORTER, params=count_params(folded),

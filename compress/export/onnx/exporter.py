@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from compress.errors import UserError, first_line
 from compress.models.unwrap import unwrap_model
+from compress.runtime import release_cycles
 
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript)"
 DYNAMO_EXPORTER = "torch.onnx.export(dynamo=True) (torch.export)"
@@ -118,10 +119,12 @@ def export_graph(model: nn.Module, example_input: torch.Tensor, opset: int, outp
         # the fallbacks run after this block: inside it the failed export's frames (its half-built graph,
         # a copy of the weights) would stay alive through each further export
         error = _without_frames(caught)
+    release_cycles()  # what the failed export built (a copy of the weights) sits in reference cycles
     exported = _export_unfused(model, example_input, opset, outputs)
     if exported is not None:
         return exported, EXPORTER
     reason = first_line(error)
+    release_cycles()
     dynamo = _export_dynamo(model, example_input, opset, outputs)
     if dynamo is not None:
         data, written = dynamo

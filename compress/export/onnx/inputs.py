@@ -20,12 +20,11 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError, first_line
-from compress.export.onnx.storage import SPARSE_TOLERANCE, sizes_and_sparse
+from compress.export.onnx.storage import SPARSE_TOLERANCE, zeros_and_storage
 from compress.export.onnx.verify import (
     arbitrate,
     check_close,
-    check_zero_counts,
-    parse_checked,
+    check_file,
     reference_scale,
     session,
 )
@@ -139,9 +138,10 @@ def diff_of(actual: list, expected: tuple[torch.Tensor, ...]) -> float:
     return diff
 
 
-def export_flat(folded: nn.Module, path: Path, inputs: Any, opset: int, masks: dict) -> dict:
+def export_flat(folded: nn.Module, path: Path, inputs: Any, opset: int, pruned: dict[str, int]) -> dict:
     """Export and verify ``folded`` (masks folded, float32, eval) on ``inputs`` of their own dtypes; writes
-    ``path`` only after every check passed. Returns the fields ``ExportReport`` needs."""
+    ``path`` only after every check passed. ``pruned``: masked-out entries per module (``pruned_counts``).
+    Returns the fields ``ExportReport`` needs."""
     batch, names = as_batch(inputs)
     flat = FlatModel(folded, names).eval()
     what = path.name
@@ -162,7 +162,7 @@ def export_flat(folded: nn.Module, path: Path, inputs: Any, opset: int, masks: d
         except Exception as error:
             raise UserError(f"ONNX export (opset {opset}) failed: {first_line(error)}") from error
     data = buffer.getvalue()
-    proto = parse_checked(data, what)
+    check_file(data, what)
     full, single = ort_run(data, batch, what), ort_run(data, tuple(t[:1] for t in batch), what)
     diff = max(diff_of(full, reference), diff_of(single, tuple(r[:1] for r in reference)))
     scale = reference_scale([r for r in reference if torch.is_floating_point(r)])
@@ -171,11 +171,9 @@ def export_flat(folded: nn.Module, path: Path, inputs: Any, opset: int, masks: d
                         lambda: exact_outputs(deepcopy_module(flat), batch, lambda m, b: list(run_torch(m, tuple(b), what))),
                         what)
     modules = dict(folded.named_modules())
-    weights = {f"{name}.weight": modules[name].weight.detach() for name in masks}
-    pruned = {f"{name}.weight": int((mask == 0).sum()) for name, mask in masks.items()}
-    zeros = check_zero_counts(proto, weights, pruned, what)
-    sizes, sparse_bytes = sizes_and_sparse(data, proto)
-    del proto
+    weights = {f"{name}.weight": modules[name].weight.detach() for name in pruned}
+    pruned = {f"{name}.weight": count for name, count in pruned.items()}
+    zeros, sizes, sparse_bytes = zeros_and_storage(data, weights, pruned, what)
     sparse_diff = 0.0  # nothing converted: the sparse-initializer file is this file
     if sparse_bytes is not None:
         sparse_diff = diff_of(ort_run(sparse_bytes, batch, f"{what} (sparse initializers)"), reference)

@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.errors import UserError, first_line
-from compress.export.onnx.verify import check_onnx, session
+from compress.export.onnx.verify import check_onnx, check_zero_counts, session
 from compress.io import save_bytes
 
 GZIP_LEVEL = 6
@@ -98,6 +98,17 @@ def sizes_and_sparse(data: bytes, proto: onnx.ModelProto) -> tuple[dict[str, int
     bitmask = bitmask_bytes(proto, len(data))
     converted = sparsify_in_place(proto)
     return _size_table(data, proto.ByteSize(), bitmask), proto.SerializeToString() if converted else None
+
+
+def zeros_and_storage(data: bytes, weights: dict, pruned: dict[str, int], what: str
+                      ) -> tuple[dict, dict[str, int], bytes | None]:
+    """After onnxruntime's check of ``data``: ``check_zero_counts`` and ``sizes_and_sparse`` on one parse of it.
+    Not before: the parsed graph and the sparse-initializer bytes would each hold the weights once more
+    while the session loads."""
+    proto = onnx.load_from_string(data)
+    zeros = check_zero_counts(proto, weights, pruned, what)
+    sizes, sparse_bytes = sizes_and_sparse(data, proto)
+    return zeros, sizes, sparse_bytes
 
 
 def _size_table(data: bytes, sparse: int, bitmask: int) -> dict[str, int]:
