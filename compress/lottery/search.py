@@ -211,7 +211,8 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
                 raise UserError(f"level {level} ended without prune_and_rewind(): call it after training each level")
 
     def prune_and_rewind(self) -> bool:
-        """Prune the trained model, rewind it and advance ``level``; False (and ``done``) after the last level."""
+        """Prune the trained model, rewind it and advance ``level``; False (and ``done``) after the last level.
+        The finished level's gradients are dropped (``.grad = None``, as ``optimizer.zero_grad()`` does)."""
         if self.done:
             raise UserError(f"prune_and_rewind() after the search is done (level {self.rounds} was the last)")
         if self.level >= self.rounds:
