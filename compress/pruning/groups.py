@@ -322,4 +322,3 @@ def find_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
     del graph, plain
     release_cycles()  # Torch-Pruning's graph holds the traced copy in reference cycles
     return sorted(groups, key=lambda g: order.get(g.members[0].module, 0))
-

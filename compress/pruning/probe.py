@@ -3,8 +3,8 @@
 Torch-Pruning couples channels through operations it does not understand as if they were elementwise
 (a matmul of attention scores, a reshape into heads by a fixed ``C // num_heads``), so a group can look
 safe and still break the model once its channels are physically removed (CaiT's class attention,
-found by ``benchmarks/structured_zoo.py``). The probe removes one unit of every pruned group of a copy
-(``compress.pruning.compact.graph``, checked against the masked copy) before training starts. When a
+found by ``benchmarks/structured_zoo.py``). Before training starts the probe zeroes one unit of every pruned
+group in a plain copy and compacts it (``compress.pruning.compact.graph``, checked against that copy). When a
 module's forward fails, every group touching a module of that type is left whole (its reason says why)
 and the probe runs again; a failure it cannot attribute to a module type is refused with one line
 naming the model and the hint ``prune.keep``.
