@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from compress.data.locate import decoded_dir, extracted_dir, one_line, short_hash
+from compress.data.locate import content_digest, decoded_dir, extracted_dir, one_line, short_hash
 from compress.data.registry import RawData, StreamData, memory_limit
 from compress.errors import UserError
 from compress.io import save_torch
@@ -53,9 +53,8 @@ def find_tree(folder: Path) -> Path | None:
 
 
 def extraction_target(tarball: Path, name: str) -> Path:
-    """The cache folder of one tarball version: a changed path, size or mtime gives a new folder."""
-    stat = tarball.stat()
-    return extracted_dir() / f"{name}-{short_hash(tarball.resolve(), stat.st_size, stat.st_mtime_ns)}"
+    """The cache folder of one tarball's content: a copy of the same bytes (another path or mtime) reuses it."""
+    return extracted_dir() / f"{name}-{content_digest(tarball)[1][:16]}"
 
 
 def _temp_tag() -> str:

@@ -4,10 +4,11 @@ The identity names the dataset, the files actually read (resolved paths) with a 
 each, and the split parameters. Two loads of the same files with the same parameters give equal
 identities; another copy, a changed byte in an IDX file, another tarball or another seed do not.
 
-Fingerprints stay cheap: small files (the MNIST-family IDX files) are hashed; a tarball is taken by
-size and mtime (its extraction cache is keyed the same way); a folder by the mtimes of its class
-folders (as its tensor cache is). Data a registered loader does not describe is fingerprinted from
-its shapes, all labels and a strided sample of its images.
+Files are fingerprinted by content (``compress.data.locate.content_digest``: whole up to 1 GiB, sampled
+blocks above), never by mtime: a dataset copied, re-downloaded or re-provided is the same source, so its
+runs resume. A folder is taken by the mtimes of its class folders (as its tensor cache is): hashing an
+image tree would read all of it. Data a registered loader does not describe is fingerprinted from its
+shapes, all labels and a strided sample of its images.
 """
 
 from __future__ import annotations
@@ -18,27 +19,20 @@ from pathlib import Path
 
 import torch
 
+from compress.data.locate import content_digest
 from compress.data.registry import RawData, StreamData
 from compress.recipe.schema import DataConfig
 
 IDENTITY_FORMAT = 1
+CONTENT_KEYS = {"sha256", "sampled_sha256"}
 _SAMPLED_IMAGES = 256  # images per split hashed when no files are known
 
 
-def file_record(path: Path, hash_content: bool = False) -> dict:
-    """``{"path", "size", "sha256"}`` when ``hash_content`` (small files), else ``{"path", "size", "mtime_ns"}``."""
+def file_record(path: Path) -> dict:
+    """``{"path", "size", "sha256"}`` (or ``"sampled_sha256"`` for a file over 1 GiB)."""
     path = Path(path)
-    stat = path.stat()
-    record: dict = {"path": str(path.resolve()), "size": stat.st_size}
-    if hash_content:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        record["sha256"] = digest.hexdigest()
-    else:
-        record["mtime_ns"] = stat.st_mtime_ns
-    return record
+    kind, digest = content_digest(path)
+    return {"path": str(path.resolve()), "size": path.stat().st_size, kind: digest}
 
 
 def _tensor_digest(*tensors: torch.Tensor) -> str:
@@ -77,11 +71,10 @@ def data_identity(config: DataConfig, seed: int, raw: RawData | StreamData, num_
 def identity_hash(identity: dict) -> str:
     """16 hex digits of the SHA-256 of the identity as canonical JSON.
 
-    A file whose content is hashed counts by its content alone, so the same IDX files moved to
-    another folder (another ``data.root``) are the same source; a file known only by size and mtime
-    also counts by its path.
+    A file counts by its content alone, so the same files moved to another folder (another ``data.root``)
+    are the same source.
     """
-    files = [{k: v for k, v in record.items() if not (k == "path" and "sha256" in record)}
+    files = [{k: v for k, v in record.items() if not (k == "path" and CONTENT_KEYS & set(record))}
              for record in identity.get("files", [])]
     text = json.dumps({**identity, "files": files}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

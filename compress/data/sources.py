@@ -60,7 +60,7 @@ def _register_idx(name: str, dataset_class: str, folder_names: tuple[str, ...], 
         for labels in (tensors[1], tensors[3]):
             if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
                 raise UserError(f"{name}: labels in {source} fall outside 0..{len(classes) - 1}")
-        records = [file_record(path, hash_content=True) for path in files.values()] if files else []
+        records = [file_record(path) for path in files.values()] if files else []
         return RawData(*tensors, classes=list(classes), source=source, mean=(mean,), std=(std,), files=records)
 
     register_dataset(name, info=DatasetInfo(len(classes), 1, 28), find=find)(load)

@@ -109,6 +109,51 @@ def test_identity_of_tarballs_and_folders(tmp_path, data_env):
     assert load(one).identity_hash != folder.identity_hash
 
 
+def test_a_tarball_copied_or_touched_is_the_same_data_and_reuses_its_extraction(tmp_path, data_env):
+    """Fingerprints are by content: a dataset re-provided with a new mtime (or copied elsewhere) still resumes."""
+    from compress.data.folder import extraction_target
+
+    make_folder(tmp_path / "tree")
+    tarball = tmp_path / "data.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(tmp_path / "tree" / "train", arcname="train")
+        archive.add(tmp_path / "tree" / "test", arcname="test")
+
+    def load(root: Path):
+        return load_dataset(DataConfig(name="imagefolder", root=str(root), validation_size=2), seed=0)
+
+    first, target = load(tarball), extraction_target(tarball, "data")
+    assert target.is_dir()
+    os.utime(tarball, ns=(1, 1))
+    copy = tmp_path / "elsewhere" / "data.tar.gz"
+    copy.parent.mkdir()
+    shutil.copyfile(tarball, copy)  # a new path and a new mtime
+    assert load(tarball).identity_hash == load(copy).identity_hash == first.identity_hash
+    assert extraction_target(copy, "data") == target
+    assert [p.name for p in target.parent.iterdir() if p.is_dir() and not p.name.startswith(".")] == [target.name]
+    copy.write_bytes(copy.read_bytes()[:-1] + bytes([copy.read_bytes()[-1] ^ 1]))  # one byte differs
+    assert extraction_target(copy, "data") != target
+
+
+def test_files_over_the_whole_hash_size_are_fingerprinted_by_sampled_blocks(tmp_path, monkeypatch):
+    from compress.data import locate
+
+    monkeypatch.setattr(locate, "WHOLE_FILE_BYTES", 1 << 20)
+    path = tmp_path / "big.bin"
+    data = bytearray(torch.randint(0, 256, (5 << 20,), generator=torch.Generator().manual_seed(0),
+                                   dtype=torch.uint8).numpy().tobytes())
+    path.write_bytes(bytes(data))
+    kind, first = locate.content_digest(path)
+    assert kind == "sampled_sha256"
+    os.utime(path, ns=(5, 5))
+    assert locate.content_digest(path) == (kind, first)  # mtime alone: the same
+    data[0] ^= 1  # the first block is always sampled
+    path.write_bytes(bytes(data))
+    assert locate.content_digest(path)[1] != first
+    path.write_bytes(bytes(data) + b"x")
+    assert locate.content_digest(path)[1] != first
+
+
 def test_identity_of_generated_and_registered_data(data_env):
     synthetic = load_dataset(DataConfig(name="synthetic", validation_size=100), seed=0)
     assert synthetic.identity == load_dataset(DataConfig(name="synthetic", validation_size=100), seed=0).identity

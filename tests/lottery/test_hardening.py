@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -172,7 +173,11 @@ def test_a_second_process_on_the_same_run_dir_is_refused(tmp_path):
     deadline = time.time() + 120
     while not (out / "round_00" / IDENTITY).exists() and time.time() < deadline and first.poll() is None:
         time.sleep(0.2)
-    second = _tool("find_ticket.py", "--recipe", str(recipe), "--out", str(out), "--no-progress")
+    first.send_signal(signal.SIGSTOP)  # alive and holding the lock while the second starts, however slow its start
+    try:
+        second = _tool("find_ticket.py", "--recipe", str(recipe), "--out", str(out), "--no-progress")
+    finally:
+        first.send_signal(signal.SIGCONT)
     _assert_one_line(second, str(out), "in use by pid")
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
