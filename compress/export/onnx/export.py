@@ -15,7 +15,7 @@ from compress.errors import UserError, first_line
 from compress.export.onnx.exporter import EXPORTER, export_graph
 from compress.export.onnx.inputs import as_batch, export_flat, needs_flat, returns_mapping
 from compress.export.onnx.preprocess import Preprocess, add_metadata, embed_normalisation
-from compress.export.onnx.storage import SPARSE_TOLERANCE, zeros_and_storage
+from compress.export.onnx.storage import SPARSE_TOLERANCE, weights_and_counts, zeros_and_storage
 from compress.export.onnx.verify import (
     arbitrate,
     check_close,
@@ -216,10 +216,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
                          "batches of the same example shape")
 
     reference = _outputs(folded, inputs, path.name)
-    modules = dict(folded.named_modules())
-    weights = {f"{name}.weight": modules[name].weight.detach() for name in pruned}
-    dense = _export_checked(folded, example, inputs, reference, opset, weights,
-                            {f"{name}.weight": count for name, count in pruned.items()}, path.name)
+    dense = _export_checked(folded, example, inputs, reference, opset, *weights_and_counts(folded, pruned), path.name)
 
     params, (macs, nonzero_macs) = count_params(folded), mac_counts(folded, example)
     compact_report, compact_bytes = None, None
@@ -231,6 +228,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     save_bytes(final_bytes, path)
     if compact_report is not None:
         save_bytes(compact_bytes, Path(compact_report.path))
+    release_cycles()  # the exporter's graphs (hundreds of MB on a large model) sit in reference cycles
     return ExportReport(
         path=str(path), opset=opset, exporter=dense["exporter"], inputs=source, input_shape=list(inputs.shape[1:]),
         verify_batch=int(inputs.shape[0]), max_abs_diff=dense["diff"], tolerance=allowed(reference_scale(reference)),

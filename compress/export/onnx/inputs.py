@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError, first_line
-from compress.export.onnx.storage import SPARSE_TOLERANCE, zeros_and_storage
+from compress.export.onnx.storage import SPARSE_TOLERANCE, weights_and_counts, zeros_and_storage
 from compress.export.onnx.verify import (
     arbitrate,
     check_close,
@@ -170,10 +170,7 @@ def export_flat(folded: nn.Module, path: Path, inputs: Any, opset: int, pruned: 
     float64 = arbitrate(diff, scale, reference, full, single,
                         lambda: exact_outputs(deepcopy_module(flat), batch, lambda m, b: list(run_torch(m, tuple(b), what))),
                         what)
-    modules = dict(folded.named_modules())
-    weights = {f"{name}.weight": modules[name].weight.detach() for name in pruned}
-    pruned = {f"{name}.weight": count for name, count in pruned.items()}
-    zeros, sizes, sparse_bytes = zeros_and_storage(data, weights, pruned, what)
+    zeros, sizes, sparse_bytes = zeros_and_storage(data, *weights_and_counts(folded, pruned), what)
     sparse_diff = 0.0  # nothing converted: the sparse-initializer file is this file
     if sparse_bytes is not None:
         sparse_diff = diff_of(ort_run(sparse_bytes, batch, f"{what} (sparse initializers)"), reference)

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from compress.errors import UserError, first_line
 from compress.export.onnx.verify import check_onnx, check_zero_counts, session
@@ -98,6 +100,14 @@ def sizes_and_sparse(data: bytes, proto: onnx.ModelProto) -> tuple[dict[str, int
     bitmask = bitmask_bytes(proto, len(data))
     converted = sparsify_in_place(proto)
     return _size_table(data, proto.ByteSize(), bitmask), proto.SerializeToString() if converted else None
+
+
+def weights_and_counts(model: nn.Module, pruned: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """``{"<module>.weight": weight}`` and ``{"<module>.weight": masked-out count}`` of the modules in ``pruned``
+    (``compress.pruning.pruned_counts``), as ``zeros_and_storage`` takes them."""
+    modules = dict(model.named_modules())
+    return ({f"{name}.weight": modules[name].weight.detach() for name in pruned},
+            {f"{name}.weight": count for name, count in pruned.items()})
 
 
 def zeros_and_storage(data: bytes, weights: dict, pruned: dict[str, int], what: str
