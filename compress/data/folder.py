@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -268,8 +269,8 @@ def decode_samples(samples: list[tuple[str, int]], channels: int, size: int | No
 def tensor_cache_file(tree: Path, name: str, size: int | None) -> Path:
     """Beside the extraction folder for a tarball; under the decoded cache for a user's folder.
 
-    A user's folder is keyed by its path and the mtimes of its class folders, which change when
-    files are added or removed (not when a file is rewritten in place: delete the cache then).
+    A user's folder is keyed by its path and its listing (``tree_signature``), which changes when a file is
+    added, removed, renamed or resized (not when one is rewritten in place at its size: delete the cache then).
     """
     tag = f"u8-{size or 'native'}.pt"
     try:
@@ -277,21 +278,27 @@ def tensor_cache_file(tree: Path, name: str, size: int | None) -> Path:
         return extracted_dir() / f"{relative.parts[0]}.{tag}"
     except ValueError:
         pass
-    return decoded_dir() / f"{name}-{short_hash(tree.resolve(), _tree_signature(tree))}.{tag}"
+    return decoded_dir() / f"{name}-{short_hash(tree.resolve(), tree_signature(tree))}.{tag}"
 
 
-def _tree_signature(tree: Path) -> list[tuple[str, int]]:
-    dirs = [tree / "train", _test_dir(tree) or tree]
-    dirs += [p for d in list(dirs) for p in sorted(d.iterdir()) if p.is_dir()]
-    return [(str(p), p.stat().st_mtime_ns) for p in dirs]
+def tree_signature(tree: Path) -> str:
+    """sha256 of every file's path (relative to ``tree``) and size, in order; not of mtimes, so a copy of the
+    folder (``cp -r`` gives new ones) is the same data. Stats each file once: cheap beside decoding them."""
+    digest = hashlib.sha256()
+    splits = dict.fromkeys([tree / "train", _test_dir(tree) or tree])
+    for split in splits:
+        for root, dirs, files in os.walk(split):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(f for f in files if not f.startswith(".")):
+                path = Path(root) / name
+                digest.update(f"{path.relative_to(tree).as_posix()}\0{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
 
 
 def tree_record(tree: Path) -> dict:
-    """A user's folder for ``DataSplits.identity``: its path and the mtimes of its split and class folders
-    (the same signature that keys its tensor cache: adding, removing or renaming a file changes it)."""
-    root = tree.resolve()
-    return {"path": str(root), "folder_mtimes_ns": [[Path(p).relative_to(tree).as_posix(), mtime]
-                                                     for p, mtime in _tree_signature(tree)]}
+    """A user's folder for ``DataSplits.identity``: its path and ``tree_signature`` (which also keys its tensor
+    cache); the signature, not the path, is what counts (``compress.data.identity.identity_hash``)."""
+    return {"path": str(tree.resolve()), "listing_sha256": tree_signature(tree)}
 
 
 def _read_cache(path: Path) -> dict | None:

@@ -6,8 +6,9 @@ identities; another copy, a changed byte in an IDX file, another tarball or anot
 
 Files are fingerprinted by content (``compress.data.locate.content_digest``: whole up to 1 GiB, sampled
 blocks above), never by mtime: a dataset copied, re-downloaded or re-provided is the same source, so its
-runs resume. A folder is taken by the mtimes of its class folders (as its tensor cache is): hashing an
-image tree would read all of it. Data a registered loader does not describe is fingerprinted from its
+runs resume. A folder is taken by its listing, every file's relative path and size
+(``compress.data.folder.tree_signature``, which keys its tensor cache too): hashing an image tree would
+read all of it. Data a registered loader does not describe is fingerprinted from its
 shapes, all labels and a strided sample of its images.
 """
 
@@ -24,7 +25,7 @@ from compress.data.registry import RawData, StreamData
 from compress.recipe.schema import DataConfig
 
 IDENTITY_FORMAT = 1
-CONTENT_KEYS = {"sha256", "sampled_sha256"}
+CONTENT_KEYS = {"sha256", "sampled_sha256", "listing_sha256"}
 _SAMPLED_IMAGES = 256  # images per split hashed when no files are known
 
 
@@ -71,8 +72,8 @@ def data_identity(config: DataConfig, seed: int, raw: RawData | StreamData, num_
 def identity_hash(identity: dict) -> str:
     """16 hex digits of the SHA-256 of the identity as canonical JSON.
 
-    A file counts by its content alone, so the same files moved to another folder (another ``data.root``)
-    are the same source.
+    A file (or folder listing) counts by its content alone, so the same files moved to another folder
+    (another ``data.root``) are the same source.
     """
     files = [{k: v for k, v in record.items() if not (k == "path" and CONTENT_KEYS & set(record))}
              for record in identity.get("files", [])]

@@ -135,6 +135,23 @@ def test_a_tarball_copied_or_touched_is_the_same_data_and_reuses_its_extraction(
     assert extraction_target(copy, "data") != target
 
 
+def test_a_folder_copied_with_new_mtimes_is_the_same_data(tmp_path, data_env):
+    def load(root: Path):
+        return load_dataset(DataConfig(name="imagefolder", root=str(root), validation_size=2), seed=0)
+
+    one = make_folder(tmp_path / "one")
+    first = load(one)
+    copy = tmp_path / "copy"
+    shutil.copytree(one, copy, copy_function=shutil.copyfile)  # cp -r: every mtime is new
+    os.utime(copy / "train" / "a", ns=(1, 1))
+    assert load(copy).identity_hash == first.identity_hash
+    image = copy / "train" / "b" / "0.png"
+    image.write_bytes(image.read_bytes() + b"\0")  # a file resized
+    assert load(copy).identity_hash != first.identity_hash
+    (copy / "train" / "b" / "0.png").rename(copy / "train" / "b" / "9.png")
+    assert load(copy).identity_hash != first.identity_hash
+
+
 def test_files_over_the_whole_hash_size_are_fingerprinted_by_sampled_blocks(tmp_path, monkeypatch):
     from compress.data import locate
 
