@@ -68,3 +68,79 @@ def release_cycles() -> None:
     until the cyclic collector runs, the model copy they reference stays resident -- a model's worth of
     memory, through training or into the next export."""
     gc.collect()
+
+
+SKIP_MEMORY_CHECK = "COMPRESS_SKIP_MEMORY_CHECK"
+
+
+def _meminfo(field: str) -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """cgroup v2: the limit of this process's group less its use; None without a limit."""
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as handle:
+            relative = next((line.strip().split("::", 1)[1] for line in handle if line.startswith("0::")), None)
+        if relative is None:
+            return None
+        folder = os.path.join("/sys/fs/cgroup", relative.lstrip("/"))
+        with open(os.path.join(folder, "memory.max"), encoding="ascii") as handle:
+            limit = handle.read().strip()
+        if limit == "max":
+            return None
+        with open(os.path.join(folder, "memory.current"), encoding="ascii") as handle:
+            return int(limit) - int(handle.read().strip())
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
+def _rlimit_room() -> int | None:
+    """RLIMIT_AS less this process's address space (an allocation past it fails however much RAM is free)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            size = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmSize:"))
+    except (OSError, ValueError, StopIteration):
+        return None
+    return soft - size
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes this process can still allocate on ``device``: CUDA's free memory; on the CPU the least of
+    MemAvailable + SwapFree, the cgroup's limit less its use, and RLIMIT_AS less the address space in use.
+    None where nothing is known (another OS)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    system = _meminfo("MemAvailable")
+    if system is not None:
+        system += _meminfo("SwapFree") or 0
+    known = [room for room in (system, _cgroup_room(), _rlimit_room()) if room is not None]
+    return min(known) if known else None
+
+
+def ensure_memory(need: int, device: torch.device, what: str) -> None:
+    """Refuse up front (``UserError``) when ``need`` bytes -- a lower bound of what ``what`` will allocate --
+    exceed what ``available_memory`` says is left: one line now instead of the kernel's OOM killer later.
+    ``COMPRESS_SKIP_MEMORY_CHECK=1`` skips it (an estimate of free memory can be wrong, e.g. under zram)."""
+    if os.environ.get(SKIP_MEMORY_CHECK, "") not in ("", "0"):
+        return
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise UserError(f"{what} needs at least {need / 2**30:.2f} GiB more memory on {device}, "
+                        f"{max(free, 0) / 2**30:.2f} GiB is available: free memory, use a larger machine or "
+                        f"prune fewer layers (prune.exclude), or set {SKIP_MEMORY_CHECK}=1 to try anyway")

@@ -67,9 +67,28 @@ from compress.pruning.masks import PRUNING_METHODS
 from compress.pruning.plan import plan_layers
 from compress.pruning.structured import plan_targets
 from compress.pruning.widths import resolve_multiple
+from compress.runtime import ensure_memory
 
 if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
+
+
+def memory_need(model: nn.Module, names: list[str]) -> int:
+    """Bytes a search on ``model`` will allocate at least, beyond the model: per pruned weight not yet masked a
+    mask and the masked ``weight`` torch prune computes, a gradient per trainable parameter without one, and
+    the rewind point (a copy of the state). Activations and the optimizer's state come on top."""
+    modules = dict(model.named_modules())
+    fresh = [modules[name].weight for name in names if not hasattr(modules[name], "weight_orig")]
+    masked = 2 * sum(weight.numel() * weight.element_size() for weight in fresh)
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and p.grad is None)
+    # parameters() and named_buffers() count a tied tensor once (state_dict() would count it per name)
+    state = sum(p.numel() * p.element_size() for p in model.parameters())
+    state += sum(b.numel() * b.element_size() for key, b in model.named_buffers() if not key.endswith("weight_mask"))
+    return masked + grads + state
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
@@ -119,6 +138,8 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
             raise UserError("prune: no module is pruned (every rate is 0 or every module excluded)")
         self.names = [target.name for target in self.targets]
         self.settings = search_settings(recipe, self.names, self.iterations)
+        ensure_memory(memory_need(model, self.names), _device_of(model),
+                      f"LotterySearch ({type(model).__name__}: masks, masked weights, gradients, rewind point)")
         # Install the reparametrisation now, with all-ones masks, so parameters never change identity.
         apply_masks(model, ones_masks(model, self.names))
         modules = dict(model.named_modules())

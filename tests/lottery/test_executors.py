@@ -17,6 +17,7 @@ import time
 import pytest
 import torch
 import yaml
+from run_compare import without_wall
 from tiny import tiny_recipe
 
 from compress import paths
@@ -35,14 +36,6 @@ def _recipe(**lottery):
     return tiny_recipe(lottery={"rounds": ROUNDS, "controls": ["reinit", "random_prune"], **lottery})
 
 
-def _without_wall(value):
-    if isinstance(value, dict):
-        return {k: _without_wall(v) for k, v in value.items() if k not in ("wall_s", "run_dir")}
-    if isinstance(value, list):
-        return [_without_wall(v) for v in value]
-    return value
-
-
 def _experiments(run_dir, rounds, controls):
     yield paths.round_dir(run_dir, 0)
     for r in range(1, rounds + 1):
@@ -52,15 +45,15 @@ def _experiments(run_dir, rounds, controls):
 
 
 def assert_same_run(ours, theirs, rounds, controls=("reinit", "random_prune")):
-    assert _without_wall(json.loads((ours / paths.SUMMARY).read_text())) == \
-        _without_wall(json.loads((theirs / paths.SUMMARY).read_text()))
+    assert without_wall(json.loads((ours / paths.SUMMARY).read_text())) == \
+        without_wall(json.loads((theirs / paths.SUMMARY).read_text()))
     for a, b in zip(_experiments(ours, rounds, controls), _experiments(theirs, rounds, controls), strict=True):
         for name in (paths.MASK, paths.FINAL):
             left, right = torch.load(a / name, weights_only=True), torch.load(b / name, weights_only=True)
             assert left.keys() == right.keys()
             assert all(torch.equal(left[k], right[k]) for k in left), f"{a / name} differs"
-        assert _without_wall(json.loads((a / paths.RESULT).read_text())) == \
-            _without_wall(json.loads((b / paths.RESULT).read_text()))
+        assert without_wall(json.loads((a / paths.RESULT).read_text())) == \
+            without_wall(json.loads((b / paths.RESULT).read_text()))
     assert not list(ours.rglob("*.tmp"))
 
 

@@ -6,20 +6,13 @@ import json
 
 import pytest
 import torch
+from run_compare import without_wall
 
 from compress import paths
 from compress.errors import UserError
 from compress.reproduce import run_suite, suite
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_training")  # bit-for-bit needs equal threads
-
-
-def _without_wall(value):
-    if isinstance(value, dict):
-        return {k: _without_wall(v) for k, v in value.items() if k not in ("wall_s", "run_dir")}
-    if isinstance(value, list):
-        return [_without_wall(v) for v in value]
-    return value
 
 
 def test_interleaved_seeds_match_sequential_seeds(tmp_path):
@@ -30,8 +23,8 @@ def test_interleaved_seeds_match_sequential_seeds(tmp_path):
     for seed in (0, 1):
         ours = tmp_path / "interleaved" / "smoke_lenet300" / f"seed{seed}"
         theirs = tmp_path / "sequential" / "smoke_lenet300" / f"seed{seed}"
-        assert _without_wall(json.loads((ours / paths.SUMMARY).read_text())) == \
-            _without_wall(json.loads((theirs / paths.SUMMARY).read_text()))
+        assert without_wall(json.loads((ours / paths.SUMMARY).read_text())) == \
+            without_wall(json.loads((theirs / paths.SUMMARY).read_text()))
         for name in (paths.FINAL,):
             for folder in ("round_02", "round_02/reinit"):
                 left = torch.load(ours / folder / name, weights_only=True)

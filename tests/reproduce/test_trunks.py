@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from run_compare import without_wall
 
 from compress import paths
 from compress.recipe import load_recipe
@@ -35,14 +36,6 @@ def _recipe(experiment, **sets):
     return load_recipe(RECIPES / experiment.recipe, overrides=[*experiment.overrides_for(0), *extra])
 
 
-def _without_wall(value):
-    if isinstance(value, dict):
-        return {k: _without_wall(v) for k, v in value.items() if k not in ("wall_s", "run_dir")}
-    if isinstance(value, list):
-        return [_without_wall(v) for v in value]
-    return value
-
-
 def test_the_trunk_key_ignores_only_what_acts_after_round_0():
     imp, _, lr_rewind, oneshot, snip, synflow = _experiments()
     reset = trunk_key(_recipe(imp))
@@ -64,8 +57,8 @@ def test_runs_on_an_adopted_round_0_equal_runs_that_trained_it(tmp_path):
         run_suite([experiment], tmp_path / experiment.name, jobs=1)  # alone: nothing to adopt from
         ours, theirs = run_dir(tmp_path / "shared", experiment.name, 0), run_dir(tmp_path / experiment.name, experiment.name, 0)
         assert not (theirs / "round_00" / TRUNK).exists()
-        assert _without_wall(json.loads((ours / paths.SUMMARY).read_text())) == \
-            _without_wall(json.loads((theirs / paths.SUMMARY).read_text())), experiment.name
+        assert without_wall(json.loads((ours / paths.SUMMARY).read_text())) == \
+            without_wall(json.loads((theirs / paths.SUMMARY).read_text())), experiment.name
         for folder in sorted(p.relative_to(theirs) for p in theirs.rglob(paths.FINAL)):
             left = torch.load(ours / folder, weights_only=True)
             right = torch.load(theirs / folder, weights_only=True)
