@@ -59,6 +59,7 @@ from compress.pruning import (
     get_masks,
     load_plain_state_dict,
     ones_masks,
+    plain_state_bytes,
     plain_state_dict,
     refresh_weights,
     sparsity_report,
@@ -81,10 +82,7 @@ def memory_need(model: nn.Module, names: list[str]) -> int:
     fresh = [modules[name].weight for name in names if not hasattr(modules[name], "weight_orig")]
     masked = 2 * sum(weight.numel() * weight.element_size() for weight in fresh)
     grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and p.grad is None)
-    # parameters() and named_buffers() count a tied tensor once (state_dict() would count it per name)
-    state = sum(p.numel() * p.element_size() for p in model.parameters())
-    state += sum(b.numel() * b.element_size() for key, b in model.named_buffers() if not key.endswith("weight_mask"))
-    return masked + grads + state
+    return masked + grads + plain_state_bytes(model)
 
 
 def _device_of(model: nn.Module) -> torch.device:

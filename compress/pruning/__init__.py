@@ -10,6 +10,7 @@ from compress.pruning.apply import (
     is_pruned,
     load_plain_state_dict,
     ones_masks,
+    plain_state_bytes,
     plain_state_dict,
     pruned_counts,
     refresh_weights,
@@ -30,7 +31,7 @@ from compress.pruning.selectors import PRUNABLE_TYPES, Selector, prunable_module
 
 __all__ = [
     "Masks", "PRUNABLE_TYPES", "count_macs", "count_params", "mac_counts", "Selector", "Target", "apply_masks", "build_plan", "check_shrinks",
-    "EffectiveWeights", "count_to_prune", "effective_weights", "expected_remaining", "fold_masks", "folded_state_dict", "get_masks", "pruned_counts", "is_pruned",
+    "EffectiveWeights", "count_to_prune", "effective_weights", "expected_remaining", "fold_masks", "folded_state_dict", "get_masks", "plain_state_bytes", "pruned_counts", "is_pruned",
     "load_plain_state_dict", "magnitude_masks", "ones_masks", "plain_state_dict", "prunable_modules",
     "prune_lowest", "random_masks_like", "refresh_weights", "random_step_masks", "sparsity_report",
 ]

@@ -162,6 +162,14 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def plain_state_bytes(model: nn.Module) -> int:
+    """Bytes ``plain_state_dict(model)`` holds, without making it: parameters and buffers but the masks, a tied
+    tensor once (``parameters()`` and ``named_buffers()`` deduplicate; ``state_dict()`` names it twice)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    return total + sum(b.numel() * b.element_size() for key, b in model.named_buffers()
+                       if not key.endswith(f"{PARAM}_mask"))
+
+
 def folded_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Plain state dict with the masks folded in (``weight`` = weight_orig * mask, pruned entries exactly
     zero): what a fresh, unpruned model loads to *be* the ticket, without torch prune."""

@@ -27,13 +27,13 @@ from compress.export.onnx.verify import (
 )
 from compress.io import save_bytes
 from compress.models.unwrap import unwrap_model
-from compress.pruning import fold_masks, pruned_counts
+from compress.pruning import fold_masks, plain_state_bytes, pruned_counts
 from compress.pruning.apply import deepcopy_module
 from compress.pruning.compact import Compaction
 from compress.pruning.compact import compact as run_compaction
 from compress.pruning.macs import count_params, mac_counts
 from compress.recipe.checks import OPSET_RANGE
-from compress.runtime import release_cycles
+from compress.runtime import ensure_memory, release_cycles
 from compress.tolerance import RULE, allowed, exact_outputs
 
 VERIFY_BATCH = 8  # random verification inputs when none are given
@@ -196,6 +196,8 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
         raise UserError(f"opset must be an int from {low} to {high}, got {opset!r}{below}")
     pruned = pruned_counts(model)  # names and counts: a copy of every mask is not needed
     release_cycles()  # a failed export's frames (an earlier call) may still hold its copy of the model
+    # at least three copies of the plain weights: the folded model, the ONNX bytes, onnxruntime's initializers
+    ensure_memory(3 * plain_state_bytes(model), torch.device("cpu"), f"export_onnx ({type(model).__name__})")
     folded = _plain_zeros(fold_masks(model).cpu().float().eval())
     compaction = _compact_first(model, example_input) if compact else None  # fail on an unsupported model before any work
 
