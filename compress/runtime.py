@@ -62,6 +62,11 @@ def vector_block() -> int:
     return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def release_cycles() -> None:
     """Free what only reference cycles still hold, now. Torch-Pruning's dependency graph (nodes pointing at
     each other and at the traced copy's modules) and a failed export's traceback frames are such cycles:

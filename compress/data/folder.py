@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from compress.data.locate import content_digest, decoded_dir, extracted_dir, one_line, short_hash
+from compress.data.locate import content_digest, decoded_dir, extracted_dir, file_record, one_line, short_hash
 from compress.data.registry import RawData, StreamData, memory_limit
 from compress.errors import UserError
 from compress.io import save_torch
@@ -53,9 +53,10 @@ def find_tree(folder: Path) -> Path | None:
     return None
 
 
-def extraction_target(tarball: Path, name: str) -> Path:
-    """The cache folder of one tarball's content: a copy of the same bytes (another path or mtime) reuses it."""
-    return extracted_dir() / f"{name}-{content_digest(tarball)[1][:16]}"
+def extraction_target(tarball: Path, name: str, digest: tuple[str, str] | None = None) -> Path:
+    """The cache folder of one tarball's content: a copy of the same bytes (another path or mtime) reuses it.
+    ``digest``: the tarball's ``content_digest`` when already computed."""
+    return extracted_dir() / f"{name}-{(digest or content_digest(tarball))[1][:16]}"
 
 
 def _temp_tag() -> str:
@@ -97,9 +98,9 @@ def remove_stale_extractions(target: Path) -> list[Path]:
     return removed
 
 
-def extract_tarball(tarball: Path, name: str) -> Path:
+def extract_tarball(tarball: Path, name: str, digest: tuple[str, str] | None = None) -> Path:
     """Extract once into the cache (temp folder beside it, then one rename); return the tree in it."""
-    target = extraction_target(tarball, name)
+    target = extraction_target(tarball, name, digest)
     remove_stale_extractions(target)
     if target.is_dir():
         tree = find_tree(target)
@@ -345,11 +346,13 @@ def _decode_tree(scanned: FolderTree, tree: Path, name: str, size: int | None, s
     return RawData(train_images, train_labels, test_images, test_labels, scanned.classes, source)
 
 
-def resolve_folder_source(path: Path, name: str) -> Path:
-    """A tree folder, or a tarball extracted once into the cache; the tree either way."""
+def resolve_folder_source(path: Path, name: str) -> tuple[Path, dict]:
+    """A tree folder, or a tarball extracted once into the cache: the tree, and the record that identifies the
+    data (the tarball's ``file_record``, hashed once for both, or the folder's ``tree_record``)."""
     if is_tarball(path):
-        return extract_tarball(path, name)
+        digest = content_digest(path)
+        return extract_tarball(path, name, digest), file_record(path, digest)
     tree = find_tree(path)
     if tree is None:
         raise UserError(f"{path} is neither a .tar/.tar.gz nor a folder with train/ and test/ (or val/) sub-folders")
-    return tree
+    return tree, tree_record(tree)

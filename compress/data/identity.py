@@ -16,24 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import torch
 
-from compress.data.locate import content_digest
+from compress.data.locate import file_record  # noqa: F401 -- re-exported: where identities are made
 from compress.data.registry import RawData, StreamData
 from compress.recipe.schema import DataConfig
 
 IDENTITY_FORMAT = 1
 CONTENT_KEYS = {"sha256", "sampled_sha256", "listing_sha256"}
 _SAMPLED_IMAGES = 256  # images per split hashed when no files are known
-
-
-def file_record(path: Path) -> dict:
-    """``{"path", "size", "sha256"}`` (or ``"sampled_sha256"`` for a file over 1 GiB)."""
-    path = Path(path)
-    kind, digest = content_digest(path)
-    return {"path": str(path.resolve()), "size": path.stat().st_size, kind: digest}
 
 
 def _tensor_digest(*tensors: torch.Tensor) -> str:

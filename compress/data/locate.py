@@ -86,3 +86,10 @@ def content_digest(path: Path) -> tuple[str, str]:
             digest.update(handle.read(_BLOCK_BYTES))
     return "sampled_sha256", digest.hexdigest()
 
+
+def file_record(path: Path, digest: tuple[str, str] | None = None) -> dict:
+    """``{"path", "size", "sha256"}`` (or ``"sampled_sha256"`` for a file over 1 GiB); ``digest``: its
+    ``content_digest`` when already computed (a tarball is read once per load, not once per use)."""
+    path = Path(path)
+    kind, value = digest if digest is not None else content_digest(path)
+    return {"path": str(path.resolve()), "size": path.stat().st_size, kind: value}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from compress.data import locate
-from compress.data.folder import find_tree, is_tarball, load_tree, resolve_folder_source, tree_record
+from compress.data.folder import find_tree, is_tarball, load_tree, resolve_folder_source
 from compress.data.identity import file_record
 from compress.data.idx import download_idx, find_idx, idx_candidates, read_idx_set
 from compress.data.locate import download_root, one_line, search_roots
@@ -113,9 +113,9 @@ def load_cifar10(config: DataConfig) -> RawData | StreamData:
     found = _cifar_source(config)
     if found and found[0] in ("tarball", "folder"):
         kind, path = found
-        tree = resolve_folder_source(path, _stem(path) if kind == "tarball" else "cifar10")
+        tree, record = resolve_folder_source(path, _stem(path) if kind == "tarball" else "cifar10")
         raw = load_tree(tree, "cifar10", None, source=str(path))
-        raw.files = [file_record(path) if kind == "tarball" else tree_record(tree)]
+        raw.files = [record]
     else:
         root = found[1] if found else download_root(config)
         if not found and not config.download:
@@ -174,9 +174,9 @@ def _find_imagefolder(config: DataConfig) -> tuple[bool, str]:
 @register_dataset("imagefolder", info=DatasetInfo(None, None, None), find=_find_imagefolder)
 def load_imagefolder(config: DataConfig) -> RawData | StreamData:
     path = _imagefolder_path(config)
-    tree = resolve_folder_source(path, _stem(path))
+    tree, record = resolve_folder_source(path, _stem(path))
     raw = load_tree(tree, _stem(path), config.image_size, source=str(path))
-    raw.files = [file_record(path) if is_tarball(path) else tree_record(tree)]
+    raw.files = [record]
     return raw
 
 

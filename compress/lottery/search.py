@@ -57,6 +57,7 @@ from compress.pruning import (
     check_shrinks,
     folded_state_dict,
     get_masks,
+    is_pruned,
     load_plain_state_dict,
     ones_masks,
     plain_state_bytes,
@@ -64,11 +65,12 @@ from compress.pruning import (
     refresh_weights,
     sparsity_report,
 )
+from compress.pruning.apply import PARAM
 from compress.pruning.masks import PRUNING_METHODS
 from compress.pruning.plan import plan_layers
 from compress.pruning.structured import plan_targets
 from compress.pruning.widths import resolve_multiple
-from compress.runtime import ensure_memory
+from compress.runtime import ensure_memory, model_device
 
 if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
@@ -79,14 +81,10 @@ def memory_need(model: nn.Module, names: list[str]) -> int:
     mask and the masked ``weight`` torch prune computes, a gradient per trainable parameter without one, and
     the rewind point (a copy of the state). Activations and the optimizer's state come on top."""
     modules = dict(model.named_modules())
-    fresh = [modules[name].weight for name in names if not hasattr(modules[name], "weight_orig")]
+    fresh = [getattr(modules[name], PARAM) for name in names if not is_pruned(modules[name])]
     masked = 2 * sum(weight.numel() * weight.element_size() for weight in fresh)
     grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and p.grad is None)
     return masked + grads + plain_state_bytes(model)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
@@ -136,7 +134,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
             raise UserError("prune: no module is pruned (every rate is 0 or every module excluded)")
         self.names = [target.name for target in self.targets]
         self.settings = search_settings(recipe, self.names, self.iterations)
-        ensure_memory(memory_need(model, self.names), _device_of(model),
+        ensure_memory(memory_need(model, self.names), model_device(model),
                       f"LotterySearch ({type(model).__name__}: masks, masked weights, gradients, rewind point)")
         # Install the reparametrisation now, with all-ones masks, so parameters never change identity.
         apply_masks(model, ones_masks(model, self.names))
@@ -313,7 +311,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
     def score_at_init(self, batches) -> None:
         """Give the data-needing scorers (``prune.method`` snip / grasp / synflow under ``lottery.strategy:
         at_init``) their batches of ``(inputs, labels)``; kept (on the model's device) for every level."""
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         self.score_batches = device_batches(batches, device)
 
     def prune(self, masks: Masks | None = None) -> Masks:

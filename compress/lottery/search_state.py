@@ -12,6 +12,7 @@ import torch
 from compress.errors import UserError
 from compress.lottery.events import STATE_FORMAT, check_state
 from compress.pruning import apply_masks, is_pruned
+from compress.runtime import model_device
 
 
 class WatchMixin:
@@ -105,5 +106,5 @@ class StateMixin:
             if watched[1] and scheduler is None:
                 self._rewatch = watched
         if self.early_bird is not None and state.get("early_bird") is not None:
-            self.early_bird.load_state_dict(state["early_bird"], next(self.model.parameters()).device)
+            self.early_bird.load_state_dict(state["early_bird"], model_device(self.model))
         self.early_bird_steps = dict(state.get("early_bird_steps") or {})

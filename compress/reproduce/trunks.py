@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from compress import paths
-from compress.io import load_json, save_json
+from compress.io import load_json, save_bytes, save_json
 from compress.lottery.rundir import IDENTITY
 from compress.recipe import Recipe, recipe_from_dict, result_fields, results_hash
 
@@ -62,12 +62,6 @@ def find_trunk(recipe: Recipe, run_dir: Path, runs_root: Path) -> Path | None:
     return None
 
 
-def _copy_file(source: Path, target: Path) -> None:
-    partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    shutil.copyfile(source, partial)
-    partial.replace(target)
-
-
 def adopt_trunk(recipe: Recipe, run_dir: Path, runs_root: Path) -> Path | None:
     """Copy a matching finished round 0 into ``run_dir`` (when its own is not finished); returns the donor.
 
@@ -85,7 +79,7 @@ def adopt_trunk(recipe: Recipe, run_dir: Path, runs_root: Path) -> Path | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in (paths.INIT, paths.REWIND):
         if (donor / name).exists() and not (run_dir / name).exists():
-            _copy_file(donor / name, run_dir / name)
+            save_bytes((donor / name).read_bytes(), run_dir / name)
     partial = run_dir / f".{target.name}.{secrets.token_hex(4)}.adopting"
     shutil.copytree(paths.round_dir(donor, 0), partial)
     identity = load_json(partial / IDENTITY)

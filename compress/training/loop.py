@@ -29,6 +29,7 @@ from compress import distributed
 from compress.errors import UserError
 from compress.io import CorruptArtifactError, append_jsonl, load_torch, save_text, save_torch
 from compress.recipe.schema import TrainConfig
+from compress.runtime import model_device
 from compress.training.evaluate import evaluate
 from compress.training.optim import build_optimizer, build_schedule
 
@@ -167,7 +168,7 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
     if not 0 <= begin < config.iterations:
         raise UserError(f"begin={begin} must lie in [0, train.iterations={config.iterations})")
     distributed.check_batch_size(config.batch_size)
-    device = next(model.parameters()).device
+    device = model_device(model)
     autocast = config.bf16 and device.type == "cuda"
     if config.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)

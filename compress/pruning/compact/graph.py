@@ -33,6 +33,7 @@ from compress.pruning.groups import (
     per_unit,
 )
 from compress.pruning.tp_graph import pruning_group
+from compress.runtime import model_device
 from compress.tolerance import RULE, allowed, exact_outputs, judge, max_abs, output_scale
 
 
@@ -171,7 +172,7 @@ def compact_graph(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     model = unwrap_model(model)
     if example_inputs is None:
         example_inputs = example_inputs_for(model)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     inputs = example_inputs.to(device) if torch.is_tensor(example_inputs) else [x.to(device) for x in example_inputs]
     modes = {module: module.training for module in model.modules()}
     try:
