@@ -49,8 +49,9 @@ def _sparse_tensors(proto: onnx.ModelProto) -> dict[str, onnx.SparseTensorProto]
     for init, array in _weights(proto):
         name = init.name
         flat = array.reshape(-1)
-        positions = np.flatnonzero(flat)
-        if positions.size * (array.itemsize + INDEX_BYTES) < flat.size * array.itemsize:
+        # counted first: the positions (8 bytes each) of a tensor that stays dense would be a transient twice its size
+        if np.count_nonzero(flat) * (array.itemsize + INDEX_BYTES) < flat.size * array.itemsize:
+            positions = np.flatnonzero(flat)
             values = numpy_helper.from_array(flat[positions], name)
             indices = numpy_helper.from_array(positions.astype(np.int64), f"{name}.indices")
             sparse[name] = helper.make_sparse_tensor(values, indices, list(array.shape))
