@@ -99,8 +99,10 @@ def sizes_and_sparse(data: bytes, proto: onnx.ModelProto) -> tuple[dict[str, int
     model in place, so the weights are held once more at most, not twice (the bitmask estimate reads the
     dense initializers first)."""
     bitmask = bitmask_bytes(proto, len(data))
-    converted = sparsify_in_place(proto)
-    return _size_table(data, proto.ByteSize(), bitmask), proto.SerializeToString() if converted else None
+    # protobuf (upb) computes ByteSize by encoding the message: a transient copy of the weights, twice once
+    # converted -- an unchanged parse of ``data`` is ``len(data)`` bytes, a converted one is measured once
+    sparse_bytes = proto.SerializeToString() if sparsify_in_place(proto) else None
+    return _size_table(data, len(data) if sparse_bytes is None else len(sparse_bytes), bitmask), sparse_bytes
 
 
 def weights_and_counts(model: nn.Module, pruned: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
