@@ -17,6 +17,7 @@ from compress.export.onnx.inputs import as_batch, export_flat, needs_flat, retur
 from compress.export.onnx.preprocess import Preprocess, add_metadata, embed_normalisation
 from compress.export.onnx.storage import SPARSE_TOLERANCE, weights_and_counts, zeros_and_storage
 from compress.export.onnx.verify import (
+    ORT_OPTIMIZATION,
     arbitrate,
     check_close,
     check_file,
@@ -87,6 +88,7 @@ class ExportReport:
     tolerance_rule: str = RULE  # every output comparison of this export (compress.tolerance)
     # where max_abs_diff exceeds tolerance: the float64 arbiter's errors (ort_error, torch_float32_error)
     float64_check: dict | None = None
+    ort_optimization: str = ORT_OPTIMIZATION  # the verifying sessions' graph optimisation level
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

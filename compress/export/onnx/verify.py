@@ -56,6 +56,10 @@ def _check_dynamic_batch(proto: onnx.ModelProto, what: str) -> None:
                              f"({dims[0].dim_value}); expected a dynamic one")
 
 
+# the graph optimisation level of every verifying session, named in each export report (``ort_optimization``)
+ORT_OPTIMIZATION = "ORT_ENABLE_EXTENDED"
+
+
 def session(model_bytes: bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, torch.get_num_threads())
@@ -64,7 +68,7 @@ def session(model_bytes: bytes) -> ort.InferenceSession:
     # every graph rewrite but the CPU layout transform (NCHWc), which copies each convolution's weights into
     # blocked layouts while the session loads -- two more transient copies of them (vgg11: +1.1 GB) to check
     # a file that does not contain that layout; the kernels' arithmetic is the same either way
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_OPTIMIZATION)
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
