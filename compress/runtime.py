@@ -89,22 +89,46 @@ def _meminfo(field: str) -> int | None:
     return None
 
 
-def _cgroup_room() -> int | None:
-    """cgroup v2: the limit of this process's group less its use; None without a limit."""
+_CGROUP_UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as the largest page-aligned int64
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="ascii") as handle:
+        return handle.read()
+
+
+def _stat_field(text: str, field: str) -> int | None:
+    return next((int(line.split()[1]) for line in text.splitlines() if line.startswith(f"{field} ")), None)
+
+
+def _cgroup_room(cgroup_file: str = "/proc/self/cgroup", mount: str = "/sys/fs/cgroup") -> int | None:
+    """This process's memory cgroup: its limit less its use; None without a limit. cgroup v2 (``memory.max``
+    less ``memory.current``) or v1 (``hierarchical_memory_limit`` -- the least limit of the group and its
+    parents -- less ``memory.usage_in_bytes`` without the inactive page cache the kernel drops first, as
+    Docker counts it). Inside a container the group's own path may not be mounted: its mount root is tried."""
     try:
-        with open("/proc/self/cgroup", encoding="ascii") as handle:
-            relative = next((line.strip().split("::", 1)[1] for line in handle if line.startswith("0::")), None)
-        if relative is None:
-            return None
-        folder = os.path.join("/sys/fs/cgroup", relative.lstrip("/"))
-        with open(os.path.join(folder, "memory.max"), encoding="ascii") as handle:
-            limit = handle.read().strip()
-        if limit == "max":
-            return None
-        with open(os.path.join(folder, "memory.current"), encoding="ascii") as handle:
-            return int(limit) - int(handle.read().strip())
-    except (OSError, ValueError, StopIteration):
+        entries = [line.strip().split(":", 2) for line in _read(cgroup_file).splitlines() if line.count(":") >= 2]
+    except OSError:
         return None
+    for _, controllers, relative in entries:
+        v2 = controllers == ""
+        if not v2 and "memory" not in controllers.split(","):
+            continue
+        base = mount if v2 else os.path.join(mount, "memory")
+        for folder in (os.path.join(base, relative.lstrip("/")), base):
+            try:
+                if v2:
+                    limit = _read(os.path.join(folder, "memory.max")).strip()
+                    return None if limit == "max" else int(limit) - int(_read(os.path.join(folder, "memory.current")))
+                stat = _read(os.path.join(folder, "memory.stat"))
+                limit = _stat_field(stat, "hierarchical_memory_limit")
+                if limit is None or limit >= _CGROUP_UNLIMITED:
+                    return None
+                usage = int(_read(os.path.join(folder, "memory.usage_in_bytes")))
+                return limit - (usage - (_stat_field(stat, "total_inactive_file") or 0))
+            except (OSError, ValueError):
+                continue
+    return None
 
 
 def _rlimit_room() -> int | None:
