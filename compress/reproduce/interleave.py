@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from compress.reproduce.experiment import RECIPES, Experiment, run_dir
+from compress.reproduce.trunks import adopt_and_report
 
 
 def run_interleaved(experiment: Experiment, seeds: list[int], runs_root: Path, threads: int) -> list[dict]:
@@ -29,7 +30,9 @@ def run_interleaved(experiment: Experiment, seeds: list[int], runs_root: Path, t
         for seed in seeds:
             recipe = load_recipe(RECIPES / experiment.recipe,
                                  overrides=[*experiment.overrides_for(seed), "lottery.executor=inline"])
-            runs[seed] = LotteryRun(recipe, run_dir(Path(runs_root), experiment.name, seed), progress=False)
+            out = run_dir(Path(runs_root), experiment.name, seed)
+            adopt_and_report(recipe, out, Path(runs_root), f"{experiment.name} seed {seed}")  # as the suite's runs do
+            runs[seed] = LotteryRun(recipe, out, progress=False)
         entries: dict[int, list[dict]] = {seed: [] for seed in seeds}
         for round_index in range(max(run.search.rounds for run in runs.values()) + 1):
             for seed, run in runs.items():

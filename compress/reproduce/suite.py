@@ -22,7 +22,7 @@ from compress.errors import UserError
 from compress.io import save_text
 from compress.reproduce.experiment import RECIPES, Experiment, run_dir
 from compress.reproduce.interleave import run_interleaved
-from compress.reproduce.trunks import adopt_trunk
+from compress.reproduce.trunks import adopt_and_report
 
 CIFAR10_TARBALL = "/work/shared/data/cifar10-jpg.tar.gz"
 INVOCATIONS = "invocations.jsonl"
@@ -151,10 +151,7 @@ def _run_one(experiment: Experiment, seed: int, runs_root: str, threads: int, ru
                          overrides=[*experiment.overrides_for(seed), f"lottery.executor={run_executor}"])
     start = time.perf_counter()
     out = run_dir(Path(runs_root), experiment.name, seed)
-    donor = adopt_trunk(recipe, out, Path(runs_root))
-    if donor is not None:
-        print(f"{experiment.name} seed {seed}: round 0 (dense) adopted from {donor.parent.name}: the same training "
-              "(compress.reproduce.trunks)", file=sys.stderr, flush=True)
+    adopt_and_report(recipe, out, Path(runs_root), f"{experiment.name} seed {seed}")
     find_ticket(recipe, out, progress=False)
     return {"experiment": experiment.name, "seed": seed, "wall_s": time.perf_counter() - start}
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import secrets
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -60,6 +61,14 @@ def find_trunk(recipe: Recipe, run_dir: Path, runs_root: Path) -> Path | None:
         if donor is not None and trunk_key(donor) == key:
             return candidate
     return None
+
+
+def adopt_and_report(recipe: Recipe, run_dir: Path, runs_root: Path, label: str) -> None:
+    """``adopt_trunk``, saying on stderr which run the round 0 of ``label`` came from."""
+    donor = adopt_trunk(recipe, run_dir, runs_root)
+    if donor is not None:
+        print(f"{label}: round 0 (dense) adopted from {donor.parent.name}: the same training "
+              "(compress.reproduce.trunks)", file=sys.stderr, flush=True)
 
 
 def adopt_trunk(recipe: Recipe, run_dir: Path, runs_root: Path) -> Path | None:

@@ -81,3 +81,13 @@ def test_an_unfinished_round_0_is_replaced_and_another_seed_is_never_a_donor(tmp
     run_suite([dataclasses.replace(snip, seeds=(1,))], tmp_path, jobs=1)
     assert (run_dir(tmp_path, snip.name, 1) / paths.SUMMARY).exists()
     assert not (run_dir(tmp_path, snip.name, 1) / "round_00" / TRUNK).exists()
+
+
+def test_interleaved_seeds_adopt_a_trunk_too(tmp_path):
+    imp, *_, snip, _ = _experiments()
+    run_suite([imp], tmp_path, jobs=1)
+    run_suite([snip], tmp_path, jobs=1, interleave=True)
+    snip_dir = run_dir(tmp_path, snip.name, 0)
+    assert (snip_dir / "round_00" / TRUNK).exists() and (snip_dir / paths.SUMMARY).exists()
+    assert without_wall(json.loads((snip_dir / "round_00" / paths.RESULT).read_text())) == \
+        without_wall(json.loads((run_dir(tmp_path, imp.name, 0) / "round_00" / paths.RESULT).read_text()))
