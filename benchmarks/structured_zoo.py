@@ -202,7 +202,7 @@ def write_markdown(data: dict) -> None:
     commits = sorted({r["commit"] for r in records if "commit" in r})
     lines += [f"- peak resident memory of any model: {peak:.0f} MB; {len(over)} over 4096 MB: "
               + ", ".join(f"{r['model']} {r['peak_rss_mb']:.0f}" for r in over),
-              "- run under a raised cap (`--rss-cap-mb`, alone on the machine) to see whether they work at all: "
+              "- run under a raised cap (`--rss-cap-mb`) to see whether they work at all: "
               + (", ".join(raised) or "none"),
               f"- children run with {' '.join(f'{k}={v}' for k, v in ALLOCATOR.items())} (glibc returns freed "
               "blocks, so RSS is live memory); records made at commit(s) " + ", ".join(commits), "",
