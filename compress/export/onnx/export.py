@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,17 +130,23 @@ def compact_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.compact{path.suffix or '.onnx'}")
 
 
-def _export_checked(model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, reference: list[torch.Tensor],
-                    opset: int, weights: dict[str, torch.Tensor], pruned: dict[str, int], what: str) -> dict:
-    """Export, check, compare with ``reference``, check zeros, measure sizes; nothing written yet.
+def _export_checked(handed: list[nn.Module], example: torch.Tensor, inputs: torch.Tensor,
+                    reference: list[torch.Tensor], opset: int, weights: dict[str, torch.Tensor],
+                    pruned: dict[str, int], what: str, disposable: Callable[[], nn.Module]) -> dict:
+    """Export the model in ``handed`` (a one-item list, emptied: the caller keeps no reference, so the model
+    is freed once exported), check, compare with ``reference``, check zeros, measure sizes; nothing written
+    yet. ``disposable``: a fresh copy of the model, for the float64 arbiter (only on a mismatch).
 
-    While onnxruntime loads the bytes nothing else holds the weights but the folded model and the bytes (no
-    parsed graph, no sparse-initializer bytes): an 86M-parameter model would otherwise be resident five times."""
+    While onnxruntime loads the bytes nothing else holds the weights but the caller's model and the bytes
+    (no exported copy, no parsed graph, no sparse-initializer bytes)."""
+    model = handed.pop()
     data, exporter = export_graph(model, example, opset, outputs=len(reference))
+    del model
+    release_cycles()  # the exporter's graphs, which reference the exported copy's weights
     check_file(data, what)
     # a second batch size besides the traced one, so a batch dimension baked in anywhere shows up
     full, single = ort_outputs(data, [inputs, inputs[:1]], what)
-    diff, float64 = _check_outputs(model, inputs, full, single, reference, what)
+    diff, float64 = _check_outputs(disposable, inputs, full, single, reference, what)
     zeros, sizes, sparse_bytes = zeros_and_storage(data, weights, pruned, what)
     sparse_diff = 0.0  # nothing converted: the sparse-initializer file is this file
     if sparse_bytes is not None:
@@ -150,12 +157,12 @@ def _export_checked(model: nn.Module, example: torch.Tensor, inputs: torch.Tenso
             "exporter": exporter, "float64": float64}
 
 
-def _check_outputs(model: nn.Module, inputs: torch.Tensor, full: list, single: list, reference: list[torch.Tensor],
-                   what: str) -> tuple[float, dict | None]:
+def _check_outputs(disposable: Callable[[], nn.Module], inputs: torch.Tensor, full: list, single: list,
+                   reference: list[torch.Tensor], what: str) -> tuple[float, dict | None]:
     """max |ORT - torch| on the batch and on its first row, under ``compress.tolerance`` (``arbitrate``)."""
     diff = max(max_abs_diff(full, reference), max_abs_diff(single, [r[:1] for r in reference]))
     errors = arbitrate(diff, reference_scale(reference), reference, full, single,
-                       lambda: exact_outputs(deepcopy_module(model), inputs, lambda m, x: _outputs(m, x, what)), what)
+                       lambda: exact_outputs(disposable(), inputs, lambda m, x: _outputs(m, x, what)), what)
     return diff, errors
 
 
@@ -220,9 +227,14 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
                          "batches of the same example shape")
 
     reference = _outputs(folded, inputs, path.name)
-    dense = _export_checked(folded, example, inputs, reference, opset, *weights_and_counts(folded, pruned), path.name)
-
-    params, (macs, nonzero_macs) = count_params(folded), mac_counts(folded, example)
+    params, nonzero_params = count_params(folded), count_params(folded, nonzero=True)
+    macs, nonzero_macs = mac_counts(folded, example)
+    # the zero check reads the given model's own (refreshed) weights, so the folded copy can go once exported
+    weights, counts = weights_and_counts(model, pruned)
+    handed = [folded]
+    del folded
+    dense = _export_checked(handed, example, inputs, reference, opset, weights, counts, path.name,
+                            lambda: _plain_zeros(fold_masks(model).cpu().float().eval()))
     compact_report, compact_bytes = None, None
     if compaction is not None:
         compact_report, compact_bytes = _compact_export(compaction, example, inputs, reference, opset, path,
@@ -236,7 +248,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     return ExportReport(
         path=str(path), opset=opset, exporter=dense["exporter"], inputs=source, input_shape=list(inputs.shape[1:]),
         verify_batch=int(inputs.shape[0]), max_abs_diff=dense["diff"], tolerance=allowed(reference_scale(reference)),
-        params=params, nonzero_params=count_params(folded, nonzero=True),
+        params=params, nonzero_params=nonzero_params,
         macs=macs, nonzero_macs=nonzero_macs,
         zeros=dense["zeros"], sizes=dense["sizes"], sparse_max_abs_diff=dense["sparse_diff"],
         compact=compact_report, preprocess=preprocess.metadata() if preprocess is not None else None,
@@ -294,7 +306,8 @@ def _compact_export(compaction: Compaction, example: torch.Tensor, inputs: torch
     weights = {f"{name}.weight": module.weight.detach() for name, module in small.named_modules()
                if isinstance(module, (nn.Linear, nn.Conv2d))}
     # no masks any more: every exact zero left in the compacted weights must survive the export
-    result = _export_checked(small, example, inputs, reference, opset, weights, {}, target.name)
+    result = _export_checked([small], example, inputs, reference, opset, weights, {}, target.name,
+                             lambda: deepcopy_module(small))
     report = CompactReport(
         path=str(target), max_abs_diff=result["diff"], torch_max_abs_diff=torch_diff,
         params_before=before[0], params_after=count_params(small),

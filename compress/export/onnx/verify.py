@@ -161,7 +161,7 @@ def check_zero_counts(proto: onnx.ModelProto, weights: dict[str, torch.Tensor],
 
     result: dict[str, dict] = {}
     for name, tensor in weights.items():
-        weight = tensor.detach().cpu().numpy()
+        weight = tensor.detach().cpu().float().numpy()  # the given model may be half / bfloat16
         found, how, candidate = None, None, None
         if name in tensors:
             found, candidate = name, array(name)
