@@ -38,7 +38,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from compress.reproduce import run_suite, suite
-    from compress.reproduce.report import default_paths, write_results
+    from compress.reproduce.report import SUMMARIES, default_paths, write_results
     from compress.reproduce.suite import CIFAR10_TARBALL, select
 
     experiments = suite(args.suite, args.cifar10 or CIFAR10_TARBALL)
@@ -46,7 +46,7 @@ def main() -> int:
     if not args.aggregate_only:
         run_suite(select(experiments, args.only), runs, args.jobs, argv=["python", "tools/reproduce.py", *sys.argv[1:]],
                   seeds=args.seeds, executor=args.executor, run_executor=args.run_executor,
-                  interleave=args.interleave)
+                  interleave=args.interleave, kept=out / SUMMARIES)
     if args.suite == "methods":
         from compress.reproduce.methods_report import write_methods_results
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 
 from compress.data import dataset_info, find_data
-from compress.lottery.planning import one_shot_rates, plan_rows, structured_plan
+from compress.lottery.planning import one_shot_rates, plan_rows, planned_rounds, structured_plan
 from compress.models import build_model
 from compress.pruning.groups import ChannelGroup, Member
 from compress.pruning.plan import plan_layers
@@ -25,7 +25,7 @@ def plan_table(recipe: Recipe, where=None) -> str:
     with warnings.catch_warnings(record=True) as caught:  # shown in the table, where they are read
         warnings.simplefilter("always", UserWarning)
         layers = plan_layers(model, recipe.prune, where)
-    rounds = 1 if recipe.lottery.one_shot and recipe.lottery.rounds else recipe.lottery.rounds
+    rounds = planned_rounds(recipe)
     rates = {layer.name: layer.rate for layer in layers if layer.rate > 0}
     if recipe.lottery.one_shot:
         rates = one_shot_rates(rates, recipe.lottery.rounds)

@@ -63,3 +63,8 @@ def plan_rows(model: nn.Module, layers: list[LayerPlan], rates: dict[str, float]
 def one_shot_rates(rates: dict[str, float], rounds: int) -> dict[str, float]:
     """The single-step rate reaching what ``rounds`` iterative steps would: 1 - (1 - p)^rounds."""
     return {name: 1 - (1 - rate) ** rounds for name, rate in rates.items()}
+
+
+def planned_rounds(recipe: Recipe) -> int:
+    """Pruned rounds a search of ``recipe`` trains: ``lottery.rounds``, or one with ``lottery.one_shot``."""
+    return 1 if recipe.lottery.one_shot and recipe.lottery.rounds else recipe.lottery.rounds

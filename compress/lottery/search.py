@@ -45,7 +45,7 @@ import torch.nn as nn
 from compress.errors import UserError
 from compress.lottery.control_runs import ControlsMixin
 from compress.lottery.events import StepEvent, search_settings
-from compress.lottery.planning import one_shot_rates, plan_rows, structured_plan
+from compress.lottery.planning import one_shot_rates, plan_rows, planned_rounds, structured_plan
 from compress.lottery.search_state import StateMixin, WatchMixin
 from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches, remember_for_invert
 from compress.models.unwrap import unwrap_model
@@ -105,7 +105,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
         model = unwrap_model(model)  # torch.compile / DDP: the masks live on the module they wrap
         self.model = model
         self.prune_config = recipe.prune
-        self.rounds = 1 if recipe.lottery.one_shot and recipe.lottery.rounds else recipe.lottery.rounds
+        self.rounds = planned_rounds(recipe)
         self.total_rounds = recipe.lottery.rounds
         self.rewind_to = recipe.lottery.rewind_to
         self.one_shot = recipe.lottery.one_shot

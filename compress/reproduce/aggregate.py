@@ -34,11 +34,21 @@ def stats(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": std, "values": list(values)}
 
 
-def load_summaries(runs_root: Path, experiment: Experiment) -> dict[int, dict]:
-    """``{seed: summary}`` for every seed whose run dir has a summary (a partial run counts its rounds)."""
+def kept_summary(kept: Path, experiment: str, seed: int) -> Path:
+    """Where a results folder keeps the copy of one run's ``summary.json`` (``summaries/<experiment>-seed<k>``)."""
+    return Path(kept) / f"{experiment}-seed{seed}.json"
+
+
+def load_summaries(runs_root: Path, experiment: Experiment, kept: Path | None = None) -> dict[int, dict]:
+    """``{seed: summary}`` for every seed whose run dir has a summary (a partial run counts its rounds).
+
+    ``kept``: a folder of committed copies (``kept_summary``), read for a seed whose run dir is absent -- the
+    runs of a suite that spans machines, where only the results folder travels."""
     found = {}
     for seed in experiment.seeds:
         path = run_dir(runs_root, experiment.name, seed) / paths.SUMMARY
+        if not path.exists() and kept is not None:
+            path = kept_summary(kept, experiment.name, seed)
         if path.exists():
             found[seed] = load_json(path)
     return found
@@ -140,9 +150,10 @@ def _best_over_dense(rounds: list[dict]) -> dict | None:
             "ticket_minus_dense": best["mean"], "seeds": len(best["values"])}
 
 
-def aggregate_experiment(experiment: Experiment, runs_root: Path) -> dict:
-    """The machine-readable result of one experiment (written as ``<experiment>.json``)."""
-    summaries = load_summaries(runs_root, experiment)
+def aggregate_experiment(experiment: Experiment, runs_root: Path, kept: Path | None = None) -> dict:
+    """The machine-readable result of one experiment (written as ``<experiment>.json``); ``kept`` as in
+    ``load_summaries``."""
+    summaries = load_summaries(runs_root, experiment, kept)
     seeds = sorted(summaries)
     budget = experiment.iterations()
     rounds = aggregate_rounds([summaries[seed] for seed in seeds], seeds, budget)

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from compress.io import save_bytes, save_json, save_text
 from compress.reproduce.aggregate import load_summaries, stats
-from compress.reproduce.report import machine
+from compress.reproduce.report import SUMMARIES, keep_summaries, machine
 from compress.reproduce.suite import Experiment
 
 REFERENCE = "imp_reset"
@@ -33,11 +33,13 @@ def _entries(experiment: Experiment, summary: dict) -> dict[int, dict]:
     return {target: rounds[target] for target in experiment.extra["targets"] if target in rounds}
 
 
-def collect(experiments: list[Experiment], runs_root: Path) -> list[dict]:
-    """One row per (model, method, target) with at least one finished seed: mean +- std over seeds."""
+def collect(experiments: list[Experiment], runs_root: Path, kept: Path | None = None) -> list[dict]:
+    """One row per (model, method, target) with at least one finished seed: mean +- std over seeds.
+
+    ``kept``: the committed summary copies, read where a run dir is absent (``load_summaries``)."""
     cells: dict[tuple[str, str, int], dict] = {}
     for experiment in experiments:
-        for seed, summary in load_summaries(runs_root, experiment).items():
+        for seed, summary in load_summaries(runs_root, experiment, kept).items():
             for target, entry in _entries(experiment, summary).items():
                 key = (experiment.extra["model"], experiment.extra["method"], target)
                 cell = cells.setdefault(key, {"seeds": [], "entries": [],
@@ -162,10 +164,14 @@ def write_methods_results(experiments: list[Experiment], runs_root: Path, out: P
     """``methods.json``, ``methods.md`` and one pair of plots per model with data, into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = collect(experiments, runs_root)
+    kept = out / SUMMARIES
+    rows = collect(experiments, runs_root, kept)
     answer = {model: cheapest_match(rows, model) for model in sorted({r["model"] for r in rows})}
     planned = sorted({(e.name, seed) for e in experiments for seed in e.seeds})
-    ran = sorted({(e.name, seed) for e in experiments for seed in load_summaries(runs_root, e)})
+    found = {e.name: load_summaries(runs_root, e, kept) for e in experiments}
+    for experiment in experiments:
+        keep_summaries(experiment, sorted(found[experiment.name]), runs_root, kept)
+    ran = sorted((name, seed) for name, summaries in found.items() for seed in summaries)
     save_json({"rows": rows, "cheapest_within_half_point_of_imp": answer, "machine": machine(),
                "planned_runs": len(planned), "finished_runs": len(ran),
                "finished": [f"{name}/seed{seed}" for name, seed in ran]}, out / "methods.json")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import platform
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from matplotlib.figure import Figure
 
 from compress import paths
 from compress.io import load_json, save_bytes, save_json, save_text
-from compress.reproduce.aggregate import KINDS, aggregate_experiment
+from compress.reproduce.aggregate import KINDS, aggregate_experiment, kept_summary
 from compress.reproduce.experiment import Experiment, run_dir
 from compress.reproduce.suite import invocations
 
@@ -26,6 +25,7 @@ DEFAULT_OUT = {"full": Path("benchmarks/results/reproduction"), "long": Path("be
                "smoke": Path("runs/reproduction-smoke/results"),
                "methods": Path("benchmarks/results/reproduction/methods")}
 DISCUSSION = "discussion.md"
+SUMMARIES = "summaries"  # the per-run summary.json copies, beside the results
 # how each suite is meant to be run (the long one: one process, seeds round by round, for a deadline)
 COMMAND_FLAGS = {"long": "--jobs 1 --interleave"}
 STYLE = {"dense": ("black", None), "ticket": ("tab:blue", "o"), "reinit": ("tab:orange", "s"),
@@ -274,12 +274,22 @@ def _machine_of_runs(out: Path, name: str, seeds: list[int], runs_root: Path) ->
     try:
         recorded = load_json(out / f"{name}.json").get("machine")
         for seed in seeds:
-            copy = out / "summaries" / f"{name}-seed{seed}.json"
-            if load_json(copy) != load_json(run_dir(runs_root, name, seed) / paths.SUMMARY):
+            source = run_dir(runs_root, name, seed) / paths.SUMMARY
+            # no run dir here: the kept copy is what was aggregated, trained where it was recorded
+            if source.exists() and load_json(kept_summary(out / SUMMARIES, name, seed)) != load_json(source):
                 return None
     except (OSError, ValueError, AttributeError):
         return None
     return recorded if isinstance(recorded, dict) and "cpu" in recorded else None
+
+
+def keep_summaries(experiment: Experiment, seeds: list[int], runs_root: Path, kept: Path) -> None:
+    """Copy the seeds' run-dir summaries beside the results: the aggregate can be re-checked, and a suite that
+    spans machines resumes from them (``compress.reproduce.suite.finished_elsewhere``)."""
+    for seed in seeds:
+        source = run_dir(runs_root, experiment.name, seed) / paths.SUMMARY
+        if source.exists():  # absent: the kept copy is already the source
+            save_bytes(source.read_bytes(), kept_summary(kept, experiment.name, seed))
 
 
 def write_results(experiments: list[Experiment], runs_root: Path, out: Path, suite_name: str) -> Path:
@@ -290,7 +300,7 @@ def write_results(experiments: list[Experiment], runs_root: Path, out: Path, sui
     sections = []
     machines: dict[str, list[str]] = {}
     for experiment in experiments:
-        result = aggregate_experiment(experiment, runs_root)
+        result = aggregate_experiment(experiment, runs_root, out / SUMMARIES)
         if not result["seeds"]:
             sections.append(f"### {experiment.title}\n\nNot run yet (no summary under "
                             f"`{run_dir(runs_root, experiment.name, experiment.seeds[0]).parent}`).\n")
@@ -298,12 +308,7 @@ def write_results(experiments: list[Experiment], runs_root: Path, out: Path, sui
         result["machine"] = _machine_of_runs(out, experiment.name, result["seeds"], runs_root) or info
         machines.setdefault(_machine_line(result["machine"]), []).append(experiment.name)
         save_json(result, out / f"{experiment.name}.json")
-        for seed in result["seeds"]:
-            # The raw per-seed summaries travel with the results so the aggregate can be re-checked.
-            source = run_dir(runs_root, experiment.name, seed) / paths.SUMMARY
-            target = out / "summaries" / f"{experiment.name}-seed{seed}.json"
-            target.parent.mkdir(exist_ok=True)
-            shutil.copyfile(source, target)
+        keep_summaries(experiment, result["seeds"], runs_root, out / SUMMARIES)
         sections.append(_experiment_section(experiment, result, plot_experiment(result, out), runs_root))
     discussion = out / DISCUSSION
     text = [f"# Lottery-ticket reproduction ({suite_name} suite)", "",

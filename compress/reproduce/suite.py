@@ -19,7 +19,8 @@ from concurrent.futures import as_completed
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.io import save_text
+from compress.io import load_json, save_text
+from compress.reproduce.aggregate import kept_summary
 from compress.reproduce.experiment import RECIPES, Experiment, run_dir
 from compress.reproduce.interleave import run_interleaved
 from compress.reproduce.trunks import adopt_and_report
@@ -162,9 +163,28 @@ def threads_per_job(jobs: int) -> int:
     return from_env or max(1, (os.cpu_count() or 1) // jobs)
 
 
+def finished_elsewhere(experiment: Experiment, seed: int, runs_root: Path, kept: Path | None) -> bool:
+    """No run dir here, but a kept copy of a summary with every round of this very recipe: nothing to train.
+
+    A suite longer than one machine's lease commits each finished run's summary beside its results
+    (``compress.reproduce.aggregate.kept_summary``); the run dirs stay behind, so the next machine skips
+    what is done. A changed recipe (another hash) or an unfinished run trains again."""
+    from compress.lottery.planning import planned_rounds
+    from compress.recipe import load_recipe, recipe_hash
+
+    if kept is None or run_dir(runs_root, experiment.name, seed).exists():
+        return False
+    path = kept_summary(kept, experiment.name, seed)
+    if not path.exists():
+        return False
+    summary = load_json(path)
+    recipe = load_recipe(RECIPES / experiment.recipe, overrides=experiment.overrides_for(seed))
+    return summary.get("recipe_hash") == recipe_hash(recipe) and len(summary["rounds"]) == planned_rounds(recipe) + 1
+
+
 def run_suite(experiments: list[Experiment], runs_root: Path, jobs: int = 1, argv: list[str] | None = None,
               seeds: list[int] | None = None, executor: str | None = None, run_executor: str | None = None,
-              interleave: bool = False) -> dict:
+              interleave: bool = False, kept: Path | None = None) -> dict:
     """Run (or resume) every (experiment, seed) pair, ``jobs`` at a time; returns this invocation's record.
 
     ``seeds`` restricts the run to those seeds (e.g. to add seeds while another process owns seed 0:
@@ -172,6 +192,8 @@ def run_suite(experiments: list[Experiment], runs_root: Path, jobs: int = 1, arg
     ``inline`` for one job, ``local`` for more). ``run_executor``: each run's ``lottery.executor`` (default
     ``auto`` for one job, ``inline`` for more: parallel runs already fill the cores). ``interleave``: one
     job, and each experiment's seeds round by round in this process (``compress.reproduce.interleave``).
+    ``kept``: the results folder's copies of finished runs' summaries; those runs are skipped
+    (``finished_elsewhere``).
     """
     from compress.lottery.executors import open_executor
 
@@ -186,6 +208,11 @@ def run_suite(experiments: list[Experiment], runs_root: Path, jobs: int = 1, arg
     if not pairs:
         raise UserError(f"no (experiment, seed) pair matches --seed {seeds}: the suite's seeds are "
                          f"{sorted({s for e in experiments for s in e.seeds})}")
+    done = [(e, seed) for e, seed in pairs if finished_elsewhere(e, seed, runs_root, kept)]
+    if done:
+        print(f"{len(done)} of {len(pairs)} runs finished on another machine (summaries kept in {kept}): skipped",
+              file=sys.stderr, flush=True)
+        pairs = [pair for pair in pairs if pair not in done]
     # Longest first (the most trainings x iterations) so the slow Conv-2 run does not start last.
     pairs.sort(key=lambda pair: -_cost(pair[0]))
     start, load_start = time.time(), _load()

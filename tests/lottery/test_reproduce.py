@@ -113,3 +113,35 @@ def test_user_errors_are_one_line_value_errors():
         suite("everything")
     with pytest.raises(ValueError, match="no values"):
         stats([])
+
+
+def test_a_new_machine_resumes_from_the_kept_summaries_alone(smoke, tmp_path, capsys):
+    """Only the results folder travels (committed); the run dirs stay on the machine that trained them."""
+    import dataclasses
+    import shutil
+
+    from compress.reproduce.report import SUMMARIES
+    from compress.reproduce.suite import finished_elsewhere
+
+    out, _ = smoke
+    moved = tmp_path / "results"
+    shutil.copytree(out, moved)
+    fresh_runs = tmp_path / "runs"  # a new machine: no run dir at all
+    experiments = suite("smoke")
+    kept = moved / SUMMARIES
+    record = run_suite(experiments, fresh_runs, jobs=1, kept=kept)
+    assert record["runs"] == [] and not (fresh_runs / "smoke_lenet300").exists()
+    assert "2 of 2 runs finished on another machine" in capsys.readouterr().err
+    write_results(experiments, fresh_runs, moved, "smoke")
+    assert json.loads((moved / "smoke_lenet300.json").read_text())["rounds"] == \
+        json.loads((out / "smoke_lenet300.json").read_text())["rounds"]
+
+    # another recipe (one more round) is not the run that finished: it trains
+    longer = dataclasses.replace(experiments[0], overrides=(*experiments[0].overrides, "lottery.rounds=3"))
+    assert not finished_elsewhere(longer, 0, fresh_runs, kept)
+    # nor is a run that stopped early (its summary lacks the last round)
+    partial = json.loads((kept / "smoke_lenet300-seed1.json").read_text())
+    partial["rounds"] = partial["rounds"][:-1]
+    (kept / "smoke_lenet300-seed1.json").write_text(json.dumps(partial))
+    assert finished_elsewhere(experiments[0], 0, fresh_runs, kept)
+    assert not finished_elsewhere(experiments[0], 1, fresh_runs, kept)
