@@ -19,7 +19,6 @@ import json
 
 import torch
 
-from compress.data.locate import file_record  # noqa: F401 -- re-exported: where identities are made
 from compress.data.registry import RawData, StreamData
 from compress.recipe.schema import DataConfig
 

@@ -51,7 +51,7 @@ class RawData:
     # per-channel mean / std in [0, 1] units; None = computed from the training split
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    # what was read, for ``DataSplits.identity``: records from ``compress.data.identity`` (file_record, ...);
+    # what was read, for ``DataSplits.identity``: records from ``compress.data.locate.file_record`` and friends;
     # empty = unknown (a registered loader that does not say), then the tensors are sampled instead
     files: list[dict] = field(default_factory=list)
 

@@ -10,9 +10,8 @@ import torch.nn.functional as F
 
 from compress.data import locate
 from compress.data.folder import find_tree, is_tarball, load_tree, resolve_folder_source
-from compress.data.identity import file_record
 from compress.data.idx import download_idx, find_idx, idx_candidates, read_idx_set
-from compress.data.locate import download_root, one_line, search_roots
+from compress.data.locate import download_root, file_record, one_line, search_roots
 from compress.data.registry import DatasetInfo, RawData, StreamData, register_dataset
 from compress.errors import UserError
 from compress.recipe.schema import DataConfig

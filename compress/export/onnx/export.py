@@ -207,7 +207,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     release_cycles()  # a failed export's frames (an earlier call) may still hold its copy of the model
     # at least three copies of the plain weights: the folded model, the ONNX bytes, onnxruntime's initializers
     ensure_memory(3 * plain_state_bytes(model), torch.device("cpu"), f"export_onnx ({type(model).__name__})")
-    folded = _plain_zeros(fold_masks(model).cpu().float().eval())
+    folded = _folded_copy(model)
     compaction = _compact_first(model, example_input) if compact else None  # fail on an unsupported model before any work
 
     if verify_inputs is not None and (needs_flat(verify_inputs) or returns_mapping(folded, verify_inputs)):
@@ -234,7 +234,7 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
     handed = [folded]
     del folded
     dense = _export_checked(handed, example, inputs, reference, opset, weights, counts, path.name,
-                            lambda: _plain_zeros(fold_masks(model).cpu().float().eval()))
+                            lambda: _folded_copy(model))
     compact_report, compact_bytes = None, None
     if compaction is not None:
         compact_report, compact_bytes = _compact_export(compaction, example, inputs, reference, opset, path,
@@ -277,8 +277,18 @@ def finish_preprocess(data: bytes, preprocess: Preprocess | None, inputs: torch.
 
 def _compact_first(model: nn.Module, example_input: torch.Tensor | None) -> Compaction:
     compaction = run_compaction(unwrap_model(model), example_input)
-    compaction.module = _plain_zeros(compaction.module.cpu().float().eval())
+    compaction.module = _export_ready(compaction.module)
     return compaction
+
+
+def _folded_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its masks folded into plain weights, ready to export (the model is untouched)."""
+    return _export_ready(fold_masks(model))
+
+
+def _export_ready(model: nn.Module) -> nn.Module:
+    """What every exported module is: on the CPU, float32, in eval mode, without -0.0 (``_plain_zeros``)."""
+    return _plain_zeros(model.cpu().float().eval())
 
 
 @torch.no_grad()
