@@ -128,28 +128,43 @@ def deepcopy_module(model: nn.Module, memo: dict[int, object] | None = None) -> 
 
 
 @torch.no_grad()
-def fold_masks(model: nn.Module) -> nn.Module:
+def fold_masks(model: nn.Module, *, share: bool = False) -> nn.Module:
     """A copy with masks folded into plain weights (``prune.remove``); ``model`` keeps its masks.
 
     The copy never holds a pruned weight three times (``weight_orig``, ``weight_mask``, ``weight``): its
     ``weight_orig`` is the folded weight, its mask a broadcast 1 and its cached ``weight`` empty, so
     ``prune.remove`` leaves the folded weight -- one copy of the model, not three (an 86M-parameter ViT:
-    ~0.35 GB, not ~1 GB, at the peak)."""
+    ~0.35 GB, not ~1 GB, at the peak).
+
+    ``share``: the copy's pruned weights *are* ``model``'s cached ``weight`` tensors (``refresh_weights``, the
+    same values), not new ones -- no copy of them at all, for a reader that drops the copy soon (an export).
+    Writing to them writes ``model``'s cache until its next forward recomputes it."""
     refresh_weights(model)  # the given model's cached weights are current afterwards, as before
     memo: dict[int, object] = {}
     for module in model.modules():
         if is_pruned(module):
-            orig, mask = module.weight_orig, module.weight_mask
-            memo[id(orig)] = nn.Parameter(orig * mask, requires_grad=orig.requires_grad)
+            orig, mask, cached = module.weight_orig, module.weight_mask, vars(module)[PARAM]
+            folded = cached if share else orig * mask
+            memo[id(orig)] = nn.Parameter(folded, requires_grad=orig.requires_grad)
             memo[id(mask)] = torch.ones(1, dtype=mask.dtype, device=mask.device)
-            cached = vars(module).get(PARAM)
-            if isinstance(cached, torch.Tensor):
-                memo[id(cached)] = torch.empty(0, dtype=cached.dtype, device=cached.device)
-    folded = deepcopy_module(model, memo)
-    for module in folded.modules():
+            memo[id(cached)] = torch.empty(0, dtype=cached.dtype, device=cached.device)
+    copied = deepcopy_module(model, memo)
+    for module in copied.modules():
         if is_pruned(module):
-            prune.remove(module, PARAM)
-    return folded
+            _remove_reparametrisation(module) if share else prune.remove(module, PARAM)
+    return copied
+
+
+def _remove_reparametrisation(module: nn.Module) -> None:
+    """``prune.remove(module, "weight")`` without its ``weight_orig * weight_mask``, which would allocate the
+    folded weight again: here ``weight_orig`` already holds it (``fold_masks(share=True)``)."""
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == PARAM:
+            del module._forward_pre_hooks[key]
+    delattr(module, PARAM)
+    weight = module._parameters.pop(f"{PARAM}_orig")
+    del module._buffers[f"{PARAM}_mask"]
+    setattr(module, PARAM, weight)
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -56,6 +56,25 @@ def test_fold_keeps_user_masks_and_zeros():
     torch.testing.assert_close(folded(x), model(x))
 
 
+
+def test_a_shared_fold_reuses_the_cached_weights_and_leaves_the_model_pruned():
+    model, names = _pruned_lenet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_masks(model, share=True)
+    shared = {name: dict(model.named_modules())[name].weight.data_ptr() for name in names}
+    copy = fold_masks(model)  # refreshes the model's cache again: new tensors, the same values
+    assert not prune.is_pruned(folded) and prune.is_pruned(model)
+    for name in names:
+        layer = dict(folded.named_modules())[name]
+        # no new storage: the folded weight was the model's cached weight_orig * weight_mask
+        assert layer.weight.data_ptr() == shared[name]
+        assert torch.equal(layer.weight, dict(copy.named_modules())[name].weight)
+        assert isinstance(layer.weight, torch.nn.Parameter) and not layer._forward_pre_hooks
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(folded(x), model(x))
+
+
 def test_ticket_loads_into_a_fresh_unpruned_model():
     model, _ = _pruned_lenet()
     fresh = create_model("lenet300_100")

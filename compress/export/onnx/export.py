@@ -282,8 +282,11 @@ def _compact_first(model: nn.Module, example_input: torch.Tensor | None) -> Comp
 
 
 def _folded_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with its masks folded into plain weights, ready to export (the model is untouched)."""
-    return _export_ready(fold_masks(model))
+    """A copy of ``model`` with its masks folded into plain weights, ready to export. Its pruned weights are
+    ``model``'s cached ``weight`` tensors (``fold_masks(share=True)``: no copy of them; the copy is dropped once
+    exported), where ``model`` is float32 on the CPU -- ``_plain_zeros`` then turns -0.0 into +0.0 in that
+    cache too, the same values, recomputed at its next forward anyway."""
+    return _export_ready(fold_masks(model, share=True))
 
 
 def _export_ready(model: nn.Module) -> nn.Module:
