@@ -39,6 +39,16 @@ def kept_summary(kept: Path, experiment: str, seed: int) -> Path:
     return Path(kept) / f"{experiment}-seed{seed}.json"
 
 
+def is_complete(experiment: Experiment, seed: int, summary: dict) -> bool:
+    """Whether ``summary`` is that of the finished run of this very recipe (its hash, every round)."""
+    from compress.lottery.planning import planned_rounds
+    from compress.recipe import load_recipe, recipe_hash
+    from compress.reproduce.experiment import RECIPES
+
+    recipe = load_recipe(RECIPES / experiment.recipe, overrides=experiment.overrides_for(seed))
+    return summary.get("recipe_hash") == recipe_hash(recipe) and len(summary["rounds"]) == planned_rounds(recipe) + 1
+
+
 def load_summaries(runs_root: Path, experiment: Experiment, kept: Path | None = None) -> dict[int, dict]:
     """``{seed: summary}`` for every seed whose run dir has a summary (a partial run counts its rounds).
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from compress.errors import UserError
 from compress.io import load_json, save_text
-from compress.reproduce.aggregate import kept_summary
+from compress.reproduce.aggregate import is_complete, kept_summary
 from compress.reproduce.experiment import RECIPES, Experiment, run_dir
 from compress.reproduce.interleave import run_interleaved
 from compress.reproduce.trunks import adopt_and_report
@@ -169,17 +169,10 @@ def finished_elsewhere(experiment: Experiment, seed: int, runs_root: Path, kept:
     A suite longer than one machine's lease commits each finished run's summary beside its results
     (``compress.reproduce.aggregate.kept_summary``); the run dirs stay behind, so the next machine skips
     what is done. A changed recipe (another hash) or an unfinished run trains again."""
-    from compress.lottery.planning import planned_rounds
-    from compress.recipe import load_recipe, recipe_hash
-
     if kept is None or run_dir(runs_root, experiment.name, seed).exists():
         return False
     path = kept_summary(kept, experiment.name, seed)
-    if not path.exists():
-        return False
-    summary = load_json(path)
-    recipe = load_recipe(RECIPES / experiment.recipe, overrides=experiment.overrides_for(seed))
-    return summary.get("recipe_hash") == recipe_hash(recipe) and len(summary["rounds"]) == planned_rounds(recipe) + 1
+    return path.exists() and is_complete(experiment, seed, load_json(path))
 
 
 def run_suite(experiments: list[Experiment], runs_root: Path, jobs: int = 1, argv: list[str] | None = None,

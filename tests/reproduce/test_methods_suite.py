@@ -62,3 +62,14 @@ def test_report_reads_chains_at_targets_and_one_step_runs_at_their_round(tmp_pat
     assert (out / "methods_lenet300_accuracy_vs_weights.png").exists()
     assert (out / "methods_lenet300_accuracy_vs_compute.png").exists()
     assert "init_snip" in (out / "methods.md").read_text()
+    # the results folder keeps every summary it read: without any run dir the same rows come back
+    import shutil
+
+    from compress.reproduce.report import SUMMARIES
+
+    assert (out / SUMMARIES / f"{by_name['imp_reset'].name}-seed1.json").exists()
+    for name in (by_name["imp_reset"].name, by_name["init_snip_r12"].name):
+        shutil.rmtree(tmp_path / name)
+    assert collect(experiments, tmp_path, out / SUMMARIES) == rows
+    again = write_methods_results(experiments, tmp_path, out)
+    assert "0 of the suite's" in (again / "methods.md").read_text()  # hand-made summaries: no recipe hash
