@@ -147,9 +147,24 @@ def run_one(model: str, family: str) -> dict:
                                       text=True).stdout.strip()  # the code this record measured
     record["peak_rss_mb"] = max(record[g]["peak_rss_mb"] for g in ("channel", "weight"))
     record["wall_s"] = round(found["wall_s"] + sum(record[g]["wall_s"] for g in ("channel", "weight")), 1)
-    record["status"] = record["channel"]["status"]
-    record["reason"] = record["channel"]["reason"]
+    record["machine"] = machine()  # each record its own: a resumed sweep may run on other hardware
+    return overall(record)
+
+
+SEVERITY = ("pass", "skipped", "refused", "failed")
+
+
+def overall(record: dict) -> dict:
+    """The record's own ``status`` / ``reason``: the worse granularity's (pass only when both pass), its reason
+    prefixed with the granularity."""
+    worst = max(("channel", "weight"), key=lambda g: SEVERITY.index(record[g]["status"]))
+    record["status"] = record[worst]["status"]
+    record["reason"] = f"{worst}: {record[worst]['reason']}" if record[worst]["reason"] else ""
     return record
+
+
+def _machine_line(m: dict) -> str:
+    return f"{m['cpu']}, {m['cores']} cores ({', '.join(m['vector_extensions'])}), {m['memory_gb']} GB"
 
 
 def machine() -> dict:
@@ -178,7 +193,9 @@ def _status(row: dict) -> str:
 
 def write_markdown(data: dict) -> None:
     records = sorted(data["records"], key=lambda r: r["family"])
-    m = data["machine"]
+    machines: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        machines[_machine_line(record.get("machine") or data["machine"])].append(record["model"])
     lines = ["# Structured tickets on the timm zoo", "",
              "`nice -n 10 python benchmarks/structured_zoo.py` (benchmarks/structured_zoo.py, benchmarks/zoo_case.py): "
              "one model per timm family (the fewest parameters), random init, the smallest input it runs at; each "
@@ -186,8 +203,9 @@ def write_markdown(data: dict) -> None:
              "(2 levels of 2 SGD steps, rates 0.3, channel_multiple 8 for channels), then what ships: **channel** "
              "compact_model + export_onnx of the compacted model, **weight** export_onnx of the masked model (no "
              "whole channel to remove), each checked with onnxruntime.", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['vector_extensions'])}), {m['memory_gb']} GB, "
-             f"shared with other jobs (load average {m['load_average']} when the table was written).", ""]
+             "Machines (shared with other jobs; each record names the one it ran on):",
+             *[f"- {line}: {len(names)} models" + (f" ({', '.join(sorted(names))})" if len(names) < 10 else "")
+               for line, names in machines.items()], ""]
     total = len(records)
     for granularity in ("channel", "weight"):
         c = counts(records, granularity)
@@ -257,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
                 record = run_one(entry["model"], family)
             with lock:  # one writer of the JSON at a time
                 by_model[entry["model"]] = record
-                save_json({"machine": machine(), "records": sorted(by_model.values(), key=lambda r: r["family"])},
-                          JSON)
+                save_json({"machine": data.get("machine") or machine(),
+                           "records": sorted(by_model.values(), key=lambda r: r["family"])}, JSON)
                 print(f"{family:28s} {entry['model']:36s} channel {record['channel']['status']:8s} weight "
                       f"{record['weight']['status']:8s} {record['peak_rss_mb']:6.0f} MB {record['wall_s']:6.1f} s "
                       f"{record['reason'][:100]}", flush=True)
