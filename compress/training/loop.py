@@ -169,8 +169,8 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
         raise UserError(f"begin={begin} must lie in [0, train.iterations={config.iterations})")
     distributed.check_batch_size(config.batch_size)
     device = model_device(model)
-    autocast = config.bf16 and device.type == "cuda"
-    if config.channels_last and device.type == "cuda":
+    autocast = config.bf16  # torch.autocast covers both devices a recipe can name (train.device: cpu / cuda)
+    if config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = optimizer or build_optimizer(model.parameters(), config.optimizer)
     schedule = build_schedule(optimizer, config.schedule, config.iterations, offset=begin)
@@ -223,7 +223,7 @@ def train(model: nn.Module, data, config: TrainConfig, seed: int, *,
         model.train()
         for iteration in range(start + 1, config.iterations + 1):
             x, y = distributed.shard(*next(batches))
-            if config.channels_last and x.dim() == 4 and device.type == "cuda":
+            if config.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = F.cross_entropy(net(x), y)

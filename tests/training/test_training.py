@@ -64,3 +64,20 @@ def test_lr_factor(name, step, expected):
 def test_warmup_is_linear():
     config = ScheduleConfig(name="constant", warmup=4)
     assert [lr_factor(config, 100, s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_bf16_and_channels_last_are_honoured_on_the_cpu():
+    """Neither key is CUDA-only: on the CPU a set key changes what runs, it is never silently ignored."""
+    recipe = _recipe({"name": "synthetic", "validation_size": 100, "image_size": 32}, iterations=4, eval_every=4,
+                     batch_size=8, bf16=True, channels_last=True)
+    data = load_dataset(recipe.data, recipe.seed, "cpu")
+    torch.manual_seed(0)
+    model = create_model("conv2", num_classes=10, in_channels=1, image_size=32)
+    seen: list[tuple[torch.dtype, bool]] = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda _m, args, out: seen.append(
+        (out.dtype, args[0].is_contiguous(memory_format=torch.channels_last))))
+    train(model, data, recipe.train, seed=0, progress=False)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert seen and all(dtype == torch.bfloat16 for dtype, _ in seen)  # autocast, in training and evaluation
+    assert seen[0][1]  # the training batches arrive channels_last
