@@ -7,6 +7,7 @@ Nothing here is typed in by hand except the paper's reference claims (``PAPER``)
 from __future__ import annotations
 
 import io
+import json
 import os
 import platform
 import sys
@@ -19,7 +20,7 @@ from compress import paths
 from compress.io import load_json, save_bytes, save_json, save_text
 from compress.reproduce.aggregate import KINDS, aggregate_experiment, kept_summary
 from compress.reproduce.experiment import Experiment, run_dir
-from compress.reproduce.suite import invocations
+from compress.reproduce.suite import INVOCATIONS, invocations
 
 DEFAULT_OUT = {"full": Path("benchmarks/results/reproduction"), "long": Path("benchmarks/results/reproduction/long"),
                "smoke": Path("runs/reproduction-smoke/results"),
@@ -248,9 +249,19 @@ def _experiment_section(experiment: Experiment, result: dict, plots: list[str], 
     return "\n".join(parts)
 
 
-def _invocation_lines(runs_root: Path) -> list[str]:
+def keep_invocations(runs_root: Path, out: Path) -> list[dict]:
+    """The suite's invocations (``compress.reproduce.suite.INVOCATIONS``) of the run dirs here and of those kept
+    in ``out`` (one record per start time), written back to ``out``: the record travels with the results."""
+    merged = {record["started"]: record for record in [*invocations(out), *invocations(runs_root)]}
+    records = [merged[started] for started in sorted(merged)]
+    if records:
+        save_text("".join(json.dumps(record) + "\n" for record in records), Path(out) / INVOCATIONS)
+    return records
+
+
+def _invocation_lines(records: list[dict]) -> list[str]:
     lines = []
-    for record in invocations(runs_root):
+    for record in records:
         runs = ", ".join(f"{r['experiment']}/seed{r['seed']} {r['wall_s'] / 60:.1f} min" for r in record["runs"])
         extra = f", runs' controls on {record['run_executor']}" if "run_executor" in record else ""
         if record.get("load_average_start"):
@@ -318,7 +329,7 @@ def write_results(experiments: list[Experiment], runs_root: Path, out: Path, sui
             *([f"- {line} (ran {', '.join(names)})" for line, names in machines.items()]
               or [f"- {_machine_line(info)}"]), "",
             "## Commands and wall times", "", f"- `python tools/reproduce.py --suite {suite_name} {COMMAND_FLAGS.get(suite_name, '--jobs 2')}` "
-            "(reruns resume: finished rounds are skipped)", *_invocation_lines(runs_root), ""]
+            "(reruns resume: finished rounds are skipped)", *_invocation_lines(keep_invocations(runs_root, out)), ""]
     if discussion.exists():
         text += ["## Comparison with the paper", "", discussion.read_text().strip(), ""]
     text += ["## Results", "", *sections]

@@ -135,6 +135,9 @@ def test_a_new_machine_resumes_from_the_kept_summaries_alone(smoke, tmp_path, ca
     write_results(experiments, fresh_runs, moved, "smoke")
     assert json.loads((moved / "smoke_lenet300.json").read_text())["rounds"] == \
         json.loads((out / "smoke_lenet300.json").read_text())["rounds"]
+    # the invocation that trained them is still told (kept beside the results), with this one after it
+    commands = [line for line in (moved / "README.md").read_text().splitlines() if "thread(s) per job" in line]
+    assert len(commands) == 2 and "smoke_lenet300/seed0" in commands[0]
 
     # another recipe (one more round) is not the run that finished: it trains
     longer = dataclasses.replace(experiments[0], overrides=(*experiments[0].overrides, "lottery.rounds=3"))
