@@ -14,9 +14,12 @@ The reference is torch's float32 result, which is itself rounded: on an ill-cond
 initialised MixNet after a few steps: logits near 3e4, computed as differences of far larger numbers) torch
 float32 is 1.5 away from the exact outputs while onnxruntime is 0.4 away, and the rule above would blame
 onnxruntime. So where it fails, the model is run again in float64 (the exact outputs, to float32's
-purposes) and the file passes when its outputs are as accurate as torch's float32 ones -- within twice their
-error, plus the same allowance (two float32 computations of equal accuracy land on either side of the exact
-value about as often as not: a factor of 1 would fail half of them by chance):
+purposes) and the file passes when its outputs are about as accurate as torch's float32 ones -- within
+FLOAT32_FACTOR times their error, plus the same allowance. Torch's error is one sample of float32 rounding,
+and its size swings by an order of magnitude with the summation order: on a MixNet weight ticket (outputs
+near 1e4, AVX-512 CPU) torch float32 is 1.6 from the exact outputs on one thread, 3.1 on two, 2.8 one row at
+a time, while onnxruntime's own kernels land 13.5 away -- all of it rounding, about 1e-3 of the outputs.
+A factor of 2 refused that correct file on one thread and passed it on two; 16 holds it with room to spare:
 
     max |b - exact|  <=  ABSOLUTE + RELATIVE * max |reference|  +  FLOAT32_FACTOR * max |a - exact|
 
@@ -34,7 +37,7 @@ import torch
 
 ABSOLUTE = 1e-4  # outputs near 0: onnxruntime's float32 kernels differ from torch's by ~1e-6
 RELATIVE = 1e-5  # ~100 float32 ulps of the largest output: rounding over long sums, far below any real bug
-FLOAT32_FACTOR = 2.0  # "as accurate as torch float32": a MixNet export off by 153 where torch is off by 142
+FLOAT32_FACTOR = 16.0  # torch float32's own error varies ~10x with the summation order (module docstring)
 RULE = (f"max |a - b| <= {ABSOLUTE:g} + {RELATIVE:g} * max |reference|; where that fails, max |b - exact| <= "
         f"{ABSOLUTE:g} + {RELATIVE:g} * max |reference| + {FLOAT32_FACTOR:g} * max |a - exact| (exact: the model in "
         "float64)")
