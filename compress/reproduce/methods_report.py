@@ -38,9 +38,14 @@ def collect(experiments: list[Experiment], runs_root: Path, kept: Path | None = 
     """One row per (model, method, target) with at least one finished seed: mean +- std over seeds.
 
     ``kept``: the committed summary copies, read where a run dir is absent (``load_summaries``)."""
+    return rows_from(experiments, {e.name: load_summaries(runs_root, e, kept) for e in experiments})
+
+
+def rows_from(experiments: list[Experiment], found: dict[str, dict[int, dict]]) -> list[dict]:
+    """``collect`` on summaries already read: ``found[experiment name][seed]``."""
     cells: dict[tuple[str, str, int], dict] = {}
     for experiment in experiments:
-        for seed, summary in load_summaries(runs_root, experiment, kept).items():
+        for seed, summary in found[experiment.name].items():
             for target, entry in _entries(experiment, summary).items():
                 key = (experiment.extra["model"], experiment.extra["method"], target)
                 cell = cells.setdefault(key, {"seeds": [], "entries": [],
@@ -166,7 +171,8 @@ def write_methods_results(experiments: list[Experiment], runs_root: Path, out: P
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kept = out / SUMMARIES
-    rows = collect(experiments, runs_root, kept)
+    found = {e.name: load_summaries(runs_root, e, kept) for e in experiments}
+    rows = rows_from(experiments, found)
     sparsest: dict[str, float] = {}  # per model, the suite's smallest target fraction of weights
     for experiment in experiments:
         for label in experiment.extra["targets"].values():
@@ -176,7 +182,6 @@ def write_methods_results(experiments: list[Experiment], runs_root: Path, out: P
               {"answer": f"not asked: this model's sparsest target is {sparsest[model]:.0%} of weights"}
               for model in sorted({r["model"] for r in rows})}
     planned = sorted({(e.name, seed) for e in experiments for seed in e.seeds})
-    found = {e.name: load_summaries(runs_root, e, kept) for e in experiments}
     for experiment in experiments:
         keep_summaries(experiment, sorted(found[experiment.name]), runs_root, kept)
     ran = sorted((name, seed) for name, summaries in found.items() for seed in summaries)
