@@ -43,7 +43,10 @@ RSS_CAP_MB = 4500  # killed past this; the issue's bar is 4096 MB, recorded per 
 # stay in the heap and count as resident: a fixed threshold returns them, so the peak RSS is live memory
 # (beit_base at 32 px, weight granularity, after its training steps: 4.25 GB with the default, 3.8 GB with this)
 ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-MAX_PARAMS = 150e6  # larger models cannot stay under the cap at all (``skipped``, said in the table)
+MAX_PARAMS = 1e9  # larger models are not run at all (``skipped``, said in the table)
+# the budget a child runs under (COMPRESS_MEMORY_LIMIT_MB: compress refuses a search or an export that
+# cannot fit, up front, and keeps a search's rewind point in a file when that is what does not fit)
+MEMORY_LIMIT_MB = 4096
 _SELECT = """
 import json, re, sys, torch, timm
 from timm.models import _registry
@@ -90,7 +93,8 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-LIMITS = {"rss_cap_mb": RSS_CAP_MB, "timeout_s": TIMEOUT_S, "max_params": MAX_PARAMS}  # --rss-cap-mb etc. change them
+LIMITS = {"rss_cap_mb": RSS_CAP_MB, "timeout_s": TIMEOUT_S, "max_params": MAX_PARAMS,  # --rss-cap-mb etc.
+          "memory_limit_mb": MEMORY_LIMIT_MB}
 
 
 def run_case(model: str, granularity: str, *extra: str) -> dict:
@@ -99,7 +103,8 @@ def run_case(model: str, granularity: str, *extra: str) -> dict:
     cap, timeout = LIMITS["rss_cap_mb"], LIMITS["timeout_s"]
     out = RESULTS / f".zoo_{model}_{granularity}.json"
     out.unlink(missing_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMPRESS_THREADS": "1", "PYTHONPATH": str(ROOT), **ALLOCATOR}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMPRESS_THREADS": "1", "PYTHONPATH": str(ROOT), **ALLOCATOR,
+           "COMPRESS_MEMORY_LIMIT_MB": str(LIMITS["memory_limit_mb"])}
     began = time.time()
     log = RESULTS / f".zoo_{model}_{granularity}.stderr"
     with log.open("wb") as stderr_file:
@@ -127,7 +132,8 @@ def run_case(model: str, granularity: str, *extra: str) -> dict:
     failed = {"status": "failed", "stage": "process",
               "reason": killed or result.get("input_error") or f"child exited {status}: {stderr.strip()[-300:]}"}
     row = result if granularity == "input" and "input_side" in result else result.get(granularity) or failed
-    row.update(peak_rss_mb=round(usage.ru_maxrss / 1024, 1), wall_s=round(time.time() - began, 1), rss_cap_mb=cap)
+    row.update(peak_rss_mb=round(usage.ru_maxrss / 1024, 1), wall_s=round(time.time() - began, 1), rss_cap_mb=cap,
+               memory_limit_mb=LIMITS["memory_limit_mb"])
     return row
 
 
@@ -201,8 +207,11 @@ def write_markdown(data: dict) -> None:
              "one model per timm family (the fewest parameters), random init, the smallest input it runs at; each "
              f"granularity in its own process (killed past {TIMEOUT_S} s or {RSS_CAP_MB} MB resident): LotterySearch "
              "(2 levels of 2 SGD steps, rates 0.3, channel_multiple 8 for channels), then what ships: **channel** "
-             "compact_model + export_onnx of the compacted model, **weight** export_onnx of the masked model (no "
-             "whole channel to remove), each checked with onnxruntime.", "",
+             "compact_model + export_onnx of the compacted model, **weight** make_permanent (torch's prune.remove: "
+             "what one ships) + export_onnx of the plain model (no whole channel to remove; records before 2026-12-07 "
+             "exported the masked model), each checked with onnxruntime. Records with a `memory_limit_mb` ran "
+             "under that budget (`COMPRESS_MEMORY_LIMIT_MB`: a search or export that cannot fit is refused up "
+             "front; a search short of room keeps its rewind point in a file).", "",
              "Machines (shared with other jobs; each record names the one it ran on):",
              *[f"- {line}: {len(names)} models" + (f" ({', '.join(sorted(names))})" if len(names) < 10 else "")
                for line, names in machines.items()], ""]
@@ -244,8 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rss-cap-mb", type=int, default=RSS_CAP_MB, help="a child is killed past this")
     parser.add_argument("--timeout-s", type=int, default=TIMEOUT_S, help="a child is killed past this")
     parser.add_argument("--max-params", type=float, default=MAX_PARAMS, help="larger models are skipped")
+    parser.add_argument("--memory-limit-mb", type=int, default=MEMORY_LIMIT_MB,
+                        help="the children's COMPRESS_MEMORY_LIMIT_MB: compress's own budget")
     args = parser.parse_args(argv)
-    LIMITS.update(rss_cap_mb=args.rss_cap_mb, timeout_s=args.timeout_s, max_params=args.max_params)
+    LIMITS.update(rss_cap_mb=args.rss_cap_mb, timeout_s=args.timeout_s, max_params=args.max_params,
+                  memory_limit_mb=args.memory_limit_mb)
     data = load_json(JSON) if JSON.exists() else {"records": []}
     by_model = {r["model"]: r for r in data["records"]}
     rerun = {s for s in args.rerun.split(",") if s}

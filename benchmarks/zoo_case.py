@@ -4,9 +4,11 @@
 
 What a user would do with a timm model and an own training loop: ``LotterySearch(model, recipe,
 example_inputs=x)`` with 2 levels of a few SGD steps on random data, then what ships: for ``channel``
-``compact_model(model, x)`` and ``export_onnx`` of the compacted model, for ``weight`` ``export_onnx`` of
-the masked model (a weight ticket has no whole channel to remove: compaction is not its path), each
-checked with onnxruntime against torch. A ``UserError`` is a refusal (its one line is the reason),
+``compact_model(model, x)`` and ``export_onnx`` of the compacted model, for ``weight`` ``make_permanent``
+(torch's ``prune.remove``: what one ships) and ``export_onnx`` of the plain model with its zeros (a weight
+ticket has no whole channel to remove: compaction is not its path), each checked with onnxruntime against
+torch. The parent gives the child a memory budget (``COMPRESS_MEMORY_LIMIT_MB``): a search or an export that
+cannot fit in it is refused up front, and a search short of room keeps its rewind point in a file. A ``UserError`` is a refusal (its one line is the reason),
 anything else a failure. The result (one JSON object) is written to OUT even when a step fails; the
 parent records peak memory.
 """
@@ -81,6 +83,7 @@ def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict
     from compress.errors import UserError
     from compress.export import export_onnx
     from compress.lottery import LotterySearch
+    from compress.pruning import make_permanent
     from compress.pruning.compact.graph import compact_graph
     from compress.pruning.macs import count_macs, count_params
     from compress.recipe.checks import OPSET_RANGE
@@ -122,6 +125,8 @@ def run_granularity(name: str, side: int, built: bool, granularity: str) -> dict
             exported = compaction.module
             row["compact_diff"] = compaction.max_abs_diff
             del compaction, model
+        else:
+            make_permanent(model)  # one copy of the weights where the masked model holds three
         # weight: the nonzero weights (a dense forward still multiplies by the zeros: MACs stay)
         row["params_after"] = count_params(exported, nonzero=granularity == "weight")
         row["macs_after"] = count_macs(exported, x)

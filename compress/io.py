@@ -99,6 +99,22 @@ def save_torch(obj: Any, path: Path) -> None:
     _atomic(path, lambda handle: torch.save(obj, handle))
 
 
+def file_backed(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same values (on the CPU), backed by a file instead of this process's memory: written to a
+    temporary file (``TMPDIR``) and mapped back (``torch.load(mmap=True)``); the file is unlinked at once, so
+    nothing is left behind, even after a kill. The kernel reads the pages in when they are read and may
+    drop them again: a copy of a model that is only read once in a while costs disk, not RAM."""
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="compress-", suffix=".pt")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(tensors, stream)
+        return torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    finally:
+        os.unlink(path)
+
+
 def save_json(obj: Any, path: Path) -> None:
     _atomic(path, lambda handle: handle.write((json.dumps(obj, indent=2) + "\n").encode()))
 

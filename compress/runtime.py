@@ -76,6 +76,7 @@ def release_cycles() -> None:
 
 
 SKIP_MEMORY_CHECK = "COMPRESS_SKIP_MEMORY_CHECK"
+MEMORY_LIMIT = "COMPRESS_MEMORY_LIMIT_MB"  # a budget of resident memory for this process, as a shared machine sets
 
 
 def _meminfo(field: str) -> int | None:
@@ -146,10 +147,37 @@ def _rlimit_room() -> int | None:
     return soft - size
 
 
+def memory_limit() -> int | None:
+    """``COMPRESS_MEMORY_LIMIT_MB`` in bytes (None when unset): the resident memory this process may use."""
+    value = os.environ.get(MEMORY_LIMIT, "").strip()
+    if not value:
+        return None
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = -1.0
+    if not megabytes > 0:
+        raise UserError(f"{MEMORY_LIMIT}={value!r}: expected a positive number of megabytes (MiB), e.g. 4096")
+    return int(megabytes * 2**20)
+
+
+def _limit_room() -> int | None:
+    """``COMPRESS_MEMORY_LIMIT_MB`` less this process's resident memory."""
+    limit = memory_limit()
+    if limit is None:
+        return None
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            resident = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS:"))
+    except (OSError, ValueError, StopIteration):
+        return None
+    return limit - resident
+
+
 def available_memory(device: torch.device) -> int | None:
     """Bytes this process can still allocate on ``device``: CUDA's free memory; on the CPU the least of
-    MemAvailable + SwapFree, the cgroup's limit less its use, and RLIMIT_AS less the address space in use.
-    None where nothing is known (another OS)."""
+    MemAvailable + SwapFree, the cgroup's limit less its use, RLIMIT_AS less the address space in use and
+    ``COMPRESS_MEMORY_LIMIT_MB`` less the resident memory. None where nothing is known (another OS)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
@@ -158,8 +186,17 @@ def available_memory(device: torch.device) -> int | None:
     system = _meminfo("MemAvailable")
     if system is not None:
         system += _meminfo("SwapFree") or 0
-    known = [room for room in (system, _cgroup_room(), _rlimit_room()) if room is not None]
+    known = [room for room in (system, _cgroup_room(), _rlimit_room(), _limit_room()) if room is not None]
     return min(known) if known else None
+
+
+def short_of_memory(need: int, device: torch.device) -> bool:
+    """Whether ``need`` bytes exceed what ``available_memory`` says is left (False when unknown or when
+    ``COMPRESS_SKIP_MEMORY_CHECK`` is set): for choosing a leaner path before ``ensure_memory`` refuses."""
+    if os.environ.get(SKIP_MEMORY_CHECK, "") not in ("", "0"):
+        return False
+    free = available_memory(device)
+    return free is not None and need > free
 
 
 def ensure_memory(need: int, device: torch.device, what: str) -> None:
@@ -170,6 +207,8 @@ def ensure_memory(need: int, device: torch.device, what: str) -> None:
         return
     free = available_memory(device)
     if free is not None and need > free:
+        limit = os.environ.get(MEMORY_LIMIT, "").strip()
+        under = f" under {MEMORY_LIMIT}={limit}" if limit and device.type == "cpu" else ""
         raise UserError(f"{what} needs at least {need / 2**30:.2f} GiB more memory on {device}, "
-                        f"{max(free, 0) / 2**30:.2f} GiB is available: free memory, use a larger machine or "
+                        f"{max(free, 0) / 2**30:.2f} GiB is available{under}: free memory, use a larger machine or "
                         f"prune fewer layers (prune.exclude), or set {SKIP_MEMORY_CHECK}=1 to try anyway")

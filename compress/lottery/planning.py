@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.pruning import is_pruned
+from compress.pruning import is_pruned, plain_state_bytes
 from compress.pruning.plan import LayerPlan
 from compress.pruning.structured import StructuredPlan, channel_plan, check_group_method
 
@@ -45,6 +45,15 @@ def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str
         raise UserError(f"prune.granularity: channel: no channel group of {type(model).__name__} can be pruned "
                         f"({len(plan.groups)} groups; {why}); use prune.granularity: weight")
     return plan
+
+
+def plan_memory_need(model: nn.Module, recipe: Recipe) -> int:
+    """Bytes the channel plan of ``structured_plan`` allocates at least: its compaction probe holds a plain
+    copy of the model with one unit of every group zeroed and compaction's copy of that, together
+    (``compress.pruning.probe``); 0 where no such plan is made."""
+    if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
+        return 0
+    return 2 * plain_state_bytes(model)
 
 
 def plan_rows(model: nn.Module, layers: list[LayerPlan], rates: dict[str, float], rounds: int) -> list[dict]:

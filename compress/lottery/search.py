@@ -43,9 +43,16 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.io import file_backed
 from compress.lottery.control_runs import ControlsMixin
 from compress.lottery.events import StepEvent, search_settings
-from compress.lottery.planning import one_shot_rates, plan_rows, planned_rounds, structured_plan
+from compress.lottery.planning import (
+    one_shot_rates,
+    plan_memory_need,
+    plan_rows,
+    planned_rounds,
+    structured_plan,
+)
 from compress.lottery.search_state import StateMixin, WatchMixin
 from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches, remember_for_invert
 from compress.models.unwrap import unwrap_model
@@ -70,10 +77,18 @@ from compress.pruning.masks import PRUNING_METHODS
 from compress.pruning.plan import plan_layers
 from compress.pruning.structured import plan_targets
 from compress.pruning.widths import resolve_multiple
-from compress.runtime import ensure_memory, model_device
+from compress.runtime import ensure_memory, model_device, short_of_memory
 
 if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
+
+
+OFFLOAD_MARGIN = 1.25  # the rewind point goes to a file when 1.25 x the search's need does not fit
+
+
+def gradient_bytes(model: nn.Module) -> int:
+    """Bytes of the gradients a training step will allocate: one per trainable parameter without one."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and p.grad is None)
 
 
 def memory_need(model: nn.Module, names: list[str]) -> int:
@@ -83,8 +98,7 @@ def memory_need(model: nn.Module, names: list[str]) -> int:
     modules = dict(model.named_modules())
     fresh = [getattr(modules[name], PARAM) for name in names if not is_pruned(modules[name])]
     masked = 2 * sum(weight.numel() * weight.element_size() for weight in fresh)
-    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and p.grad is None)
-    return masked + grads + plain_state_bytes(model)
+    return masked + gradient_bytes(model) + plain_state_bytes(model)
 
 
 class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
@@ -92,9 +106,13 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
 
     def __init__(self, model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None, *,
                  iterations: int | None = None, entry_point: str | None = "search",
-                 example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
+                 example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                 offload_rewind: bool | None = None) -> None:
         """``example_inputs``: a batch the model accepts, to trace its channel groups under
-        ``prune.granularity: channel`` (default: shaped like the recipe's data, ``data.image_size``)."""
+        ``prune.granularity: channel`` (default: shaped like the recipe's data, ``data.image_size``).
+        ``offload_rewind``: keep the rewind point in a file (mapped, read at each rewind) rather than in
+        memory -- the same values, one copy of the model less while it trains; None: only when the search
+        would not fit in memory otherwise (its need, with a margin ``OFFLOAD_MARGIN`` for what training adds)."""
         from compress.recipe.support import enforce, steps_per_level
 
         # every recipe key is honoured, refused or warned about here (compress/recipe/support.py)
@@ -122,6 +140,11 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
         self.score_batches: list | None = None
         self.early_bird = EarlyBird(recipe.lottery.early_bird) if recipe.lottery.early_bird.every else None
         self.early_bird_steps: dict[int, int | None] = {}  # level -> the step its mask converged at
+        device = model_device(model)
+        what = f"LotterySearch ({type(model).__name__}: channel plan, masks, masked weights, gradients, rewind point)"
+        # bounds that need no plan, before a channel plan traces and probes the model: its probe's two copies,
+        # then the gradients of training
+        ensure_memory(max(plan_memory_need(model, recipe), gradient_bytes(model)), device, what)
         # channel granularity on a graph that is not an nn.Sequential: whole channel groups / heads
         self.structure = structured_plan(model, recipe, where, example_inputs)
         self.targets = (plan_targets(model, self.structure, recipe.prune, where) if self.structure is not None
@@ -134,8 +157,12 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
             raise UserError("prune: no module is pruned (every rate is 0 or every module excluded)")
         self.names = [target.name for target in self.targets]
         self.settings = search_settings(recipe, self.names, self.iterations)
-        ensure_memory(memory_need(model, self.names), model_device(model),
-                      f"LotterySearch ({type(model).__name__}: masks, masked weights, gradients, rewind point)")
+        need = memory_need(model, self.names)
+        if offload_rewind is None:  # the need counts the search's own tensors; training adds activations,
+            # the optimizer's state and transients (gemma4_vit_167m, plain SGD: +8% at its peak) -- a margin
+            offload_rewind = short_of_memory(int(need * OFFLOAD_MARGIN), device)
+        self.offload_rewind = bool(offload_rewind)
+        ensure_memory(need - plain_state_bytes(model) if self.offload_rewind else need, device, what)
         # Install the reparametrisation now, with all-ones masks, so parameters never change identity.
         apply_masks(model, ones_masks(model, self.names))
         modules = dict(model.named_modules())
@@ -270,7 +297,17 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
     # -- the rewind point -----------------------------------------------------------------------------
     def snapshot(self) -> None:
         """Record the current weights, biases and buffers (BatchNorm statistics) as the rewind point."""
-        self.rewind_state = plain_state_dict(self.model)
+        self.keep_rewind_state(plain_state_dict(self.model, clone=False))
+
+    def keep_rewind_state(self, state: dict[str, torch.Tensor] | None) -> None:
+        """Make ``state`` the rewind point: a copy in memory, or in a file (``offload_rewind``)."""
+        if state is None:
+            self.rewind_state = None
+        elif self.offload_rewind:
+            self.rewind_state = None  # the old point is dropped before the new one is written
+            self.rewind_state = file_backed(state)
+        else:
+            self.rewind_state = {key: value.clone() for key, value in state.items()}
 
     def rewind(self) -> None:
         """Survivors go back to the snapshot bit for bit; masks stay."""

@@ -93,7 +93,7 @@ class StateMixin:
                 raise UserError(f"{name!r} lost its torch prune reparametrisation; build a new search")
         apply_masks(self.model, state["masks"])
         rewind = state["rewind"]
-        self.rewind_state = None if rewind is None else {k: v.clone() for k, v in rewind.items()}
+        self.keep_rewind_state(rewind)
         self.level, self.step_count, self.done = state["level"], state["step_count"], state["done"]
         if state.get("schedule_start") is not None:
             self._schedule_start = copy.deepcopy(state["schedule_start"])

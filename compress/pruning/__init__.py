@@ -9,6 +9,7 @@ from compress.pruning.apply import (
     get_masks,
     is_pruned,
     load_plain_state_dict,
+    make_permanent,
     ones_masks,
     plain_state_bytes,
     plain_state_dict,
@@ -31,7 +32,7 @@ from compress.pruning.selectors import PRUNABLE_TYPES, Selector, prunable_module
 
 __all__ = [
     "Masks", "PRUNABLE_TYPES", "count_macs", "count_params", "mac_counts", "Selector", "Target", "apply_masks", "build_plan", "check_shrinks",
-    "EffectiveWeights", "count_to_prune", "effective_weights", "expected_remaining", "fold_masks", "folded_state_dict", "get_masks", "plain_state_bytes", "pruned_counts", "is_pruned",
+    "EffectiveWeights", "count_to_prune", "effective_weights", "expected_remaining", "fold_masks", "folded_state_dict", "make_permanent", "get_masks", "plain_state_bytes", "pruned_counts", "is_pruned",
     "load_plain_state_dict", "magnitude_masks", "ones_masks", "plain_state_dict", "prunable_modules",
     "prune_lowest", "random_masks_like", "refresh_weights", "random_step_masks", "sparsity_report",
 ]

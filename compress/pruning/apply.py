@@ -136,11 +136,16 @@ def fold_masks(model: nn.Module, *, share: bool = False) -> nn.Module:
     ``prune.remove`` leaves the folded weight -- one copy of the model, not three (an 86M-parameter ViT:
     ~0.35 GB, not ~1 GB, at the peak).
 
-    ``share``: the copy's pruned weights *are* ``model``'s cached ``weight`` tensors (``refresh_weights``, the
-    same values), not new ones -- no copy of them at all, for a reader that drops the copy soon (an export).
-    Writing to them writes ``model``'s cache until its next forward recomputes it."""
+    ``share``: the copy holds no tensor of its own: its pruned weights *are* ``model``'s cached ``weight``
+    tensors (``refresh_weights``, the same values) and its other parameters and buffers ``model``'s own (new
+    ``Parameter`` objects on the same storage, so ``.double()`` or ``.to()`` on the copy leave ``model`` as it
+    is) -- for a reader that only reads the copy and drops it soon (an export). Writing to a tensor in place
+    writes ``model``'s."""
     refresh_weights(model)  # the given model's cached weights are current afterwards, as before
     memo: dict[int, object] = {}
+    if share:
+        memo.update({id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()})
+        memo.update({id(b): b.detach() for b in model.buffers()})
     for module in model.modules():
         if is_pruned(module):
             orig, mask, cached = module.weight_orig, module.weight_mask, vars(module)[PARAM]
@@ -155,25 +160,41 @@ def fold_masks(model: nn.Module, *, share: bool = False) -> nn.Module:
     return copied
 
 
-def _remove_reparametrisation(module: nn.Module) -> None:
+@torch.no_grad()
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Make the pruning permanent, in place: every pruned ``weight`` becomes a plain parameter holding
+    ``weight_orig * weight_mask`` (torch's ``prune.remove``), pruned entries exactly +0.0; ``weight_orig``,
+    ``weight_mask`` and the hooks are gone. What one ships: a model of one copy of its weights where a masked
+    one holds three (an export of a large weight ticket then needs two copies less). Returns ``model``."""
+    refresh_weights(model)
+    for module in model.modules():
+        if is_pruned(module):
+            vars(module)[PARAM].masked_fill_(module.weight_mask == 0, 0.0)  # +0.0, not a negative orig's -0.0
+            _remove_reparametrisation(module, cached=True)
+    return model
+
+
+def _remove_reparametrisation(module: nn.Module, *, cached: bool = False) -> None:
     """``prune.remove(module, "weight")`` without its ``weight_orig * weight_mask``, which would allocate the
-    folded weight again: here ``weight_orig`` already holds it (``fold_masks(share=True)``)."""
+    folded weight again: it is already there, in ``weight_orig`` (``fold_masks(share=True)``) or, with
+    ``cached``, in the cached ``weight`` that ``refresh_weights`` computed (``make_permanent``)."""
     for key, hook in list(module._forward_pre_hooks.items()):
         if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == PARAM:
             del module._forward_pre_hooks[key]
-    delattr(module, PARAM)
+    folded = vars(module).pop(PARAM)
     weight = module._parameters.pop(f"{PARAM}_orig")
     del module._buffers[f"{PARAM}_mask"]
-    setattr(module, PARAM, weight)
+    setattr(module, PARAM, nn.Parameter(folded, requires_grad=weight.requires_grad) if cached else weight)
 
 
-def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict in unpruned naming (``weight`` = weight_orig, no masks) -- loadable into a fresh model."""
+def plain_state_dict(model: nn.Module, *, clone: bool = True) -> dict[str, torch.Tensor]:
+    """State dict in unpruned naming (``weight`` = weight_orig, no masks) -- loadable into a fresh model.
+    ``clone=False``: the model's own tensors (detached), for a reader that copies them elsewhere at once."""
     state = {}
     for key, value in model.state_dict().items():
         if key.endswith(f"{PARAM}_mask"):
             continue
-        state[key.replace(f"{PARAM}_orig", PARAM)] = value.detach().clone()
+        state[key.replace(f"{PARAM}_orig", PARAM)] = value.detach().clone() if clone else value.detach()
     return state
 
 

@@ -10,6 +10,7 @@ from compress.pruning import (
     fold_masks,
     get_masks,
     magnitude_masks,
+    make_permanent,
     ones_masks,
     plain_state_dict,
     pruned_counts,
@@ -73,6 +74,39 @@ def test_a_shared_fold_reuses_the_cached_weights_and_leaves_the_model_pruned():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     x = torch.randn(3, 1, 28, 28)
     torch.testing.assert_close(folded(x), model(x))
+
+
+def test_a_shared_fold_holds_no_tensor_of_its_own_and_converting_it_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 10))
+    apply_masks(model, {"3": (torch.rand(10, 144) > 0.5).float()})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_masks(model, share=True)
+    own = {t.data_ptr() for t in [*model.parameters(), *model.buffers()]} | {model[3].weight.data_ptr()}
+    assert all(t.data_ptr() in own for t in [*folded.parameters(), *folded.buffers()])
+    folded.double()  # the copy's tensors are replaced, not the model's
+    assert all(v.dtype == before[k].dtype and torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model[0].weight.dtype == torch.float32 and folded[0].weight.dtype == torch.float64
+
+
+def test_make_permanent_leaves_one_plain_weight_with_exact_positive_zeros_and_the_same_outputs():
+    model, names = _pruned_lenet()
+    x = torch.randn(3, 1, 28, 28)
+    expected = model(x)
+    hidden = {name: (dict(model.named_modules())[name].weight_mask == 0) for name in names}
+    negative = sum(int((dict(model.named_modules())[n].weight_orig[hidden[n]] < 0).sum()) for n in names)
+    assert negative > 0, "vacuous: no pruned weight was negative (a -0.0 to avoid)"
+    assert make_permanent(model) is model
+    assert not prune.is_pruned(model)
+    for name in names:
+        layer = dict(model.named_modules())[name]
+        assert not hasattr(layer, "weight_orig") and not hasattr(layer, "weight_mask") and not layer._forward_pre_hooks
+        assert isinstance(layer.weight, torch.nn.Parameter) and layer.weight.requires_grad
+        zeros = layer.weight[hidden[name]]
+        assert bool((zeros == 0).all()) and not bool(torch.signbit(zeros).any())  # +0.0 everywhere pruned
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    assert set(model.state_dict()) == set(create_model("lenet300_100").state_dict())  # loads into a fresh model
 
 
 def test_ticket_loads_into_a_fresh_unpruned_model():

@@ -205,8 +205,9 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
         raise UserError(f"opset must be an int from {low} to {high}, got {opset!r}{below}")
     pruned = pruned_counts(model)  # names and counts: a copy of every mask is not needed
     release_cycles()  # a failed export's frames (an earlier call) may still hold its copy of the model
-    # at least three copies of the plain weights: the folded model, the ONNX bytes, onnxruntime's initializers
-    ensure_memory(3 * plain_state_bytes(model), torch.device("cpu"), f"export_onnx ({type(model).__name__})")
+    # at least two copies of the plain weights: the ONNX bytes and onnxruntime's initializers (the folded model
+    # shares the given one's tensors)
+    ensure_memory(2 * plain_state_bytes(model), torch.device("cpu"), f"export_onnx ({type(model).__name__})")
     folded = _folded_copy(model)
     compaction = _compact_first(model, example_input) if compact else None  # fail on an unsupported model before any work
 
