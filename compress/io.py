@@ -8,6 +8,7 @@ import os
 import pickle
 import secrets
 import stat
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -99,20 +100,44 @@ def save_torch(obj: Any, path: Path) -> None:
     _atomic(path, lambda handle: torch.save(obj, handle))
 
 
-def file_backed(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+class FileBacked(dict):
+    """A dict of tensors mapped from an unlinked file (``file_backed``); holds the file open while it lives."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], descriptor: int) -> None:
+        super().__init__(tensors)
+        self.descriptor = descriptor
+        weakref.finalize(self, os.close, descriptor)
+
+
+def _mapped(descriptor: int) -> FileBacked:
+    # the file is unlinked: /proc/self/fd opens it again (Linux), a new mapping of the same bytes
+    tensors = torch.load(f"/proc/self/fd/{descriptor}", mmap=True, weights_only=True, map_location="cpu")
+    return FileBacked(tensors, descriptor)
+
+
+def file_backed(tensors: dict[str, torch.Tensor]) -> FileBacked:
     """The same values (on the CPU), backed by a file instead of this process's memory: written to a
     temporary file (``TMPDIR``) and mapped back (``torch.load(mmap=True)``); the file is unlinked at once, so
-    nothing is left behind, even after a kill. The kernel reads the pages in when they are read and may
-    drop them again: a copy of a model that is only read once in a while costs disk, not RAM."""
+    nothing is left behind, even after a kill. The kernel reads the pages in when they are read; they count as
+    this process's resident memory while mapped, so a reader that is done with them calls ``remapped``."""
     import tempfile
 
     handle, path = tempfile.mkstemp(prefix="compress-", suffix=".pt")
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with os.fdopen(os.dup(handle), "wb") as stream:
             torch.save(tensors, stream)
-        return torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+        return _mapped(handle)
+    except BaseException:
+        os.close(handle)
+        raise
     finally:
         os.unlink(path)
+
+
+def remapped(state: FileBacked) -> FileBacked:
+    """A fresh mapping of ``state``'s file: dropping the old one (the caller's reference) takes the pages read
+    through it out of this process's resident memory (they stay in the page cache, which the kernel reclaims)."""
+    return _mapped(os.dup(state.descriptor))
 
 
 def save_json(obj: Any, path: Path) -> None:

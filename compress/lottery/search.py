@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.io import file_backed
+from compress.io import FileBacked, file_backed, remapped
 from compress.lottery.control_runs import ControlsMixin
 from compress.lottery.events import StepEvent, search_settings
 from compress.lottery.planning import (
@@ -141,10 +141,12 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
         self.early_bird = EarlyBird(recipe.lottery.early_bird) if recipe.lottery.early_bird.every else None
         self.early_bird_steps: dict[int, int | None] = {}  # level -> the step its mask converged at
         device = model_device(model)
-        what = f"LotterySearch ({type(model).__name__}: channel plan, masks, masked weights, gradients, rewind point)"
+        plan_need = plan_memory_need(model, recipe)
+        what = (f"LotterySearch ({type(model).__name__}: {'channel plan, ' if plan_need else ''}masks, masked weights, "
+                "gradients, rewind point)")
         # bounds that need no plan, before a channel plan traces and probes the model: its probe's two copies,
         # then the gradients of training
-        ensure_memory(max(plan_memory_need(model, recipe), gradient_bytes(model)), device, what)
+        ensure_memory(max(plan_need, gradient_bytes(model)), device, what)
         # channel granularity on a graph that is not an nn.Sequential: whole channel groups / heads
         self.structure = structured_plan(model, recipe, where, example_inputs)
         self.targets = (plan_targets(model, self.structure, recipe.prune, where) if self.structure is not None
@@ -314,6 +316,8 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
         if self.rewind_state is None:
             raise UserError(f"no rewind snapshot: call step(i) during level 0 (rewind_to={self.rewind_to})")
         load_plain_state_dict(self.model, self.rewind_state)
+        if isinstance(self.rewind_state, FileBacked):  # the pages just read would stay resident while mapped
+            self.rewind_state = remapped(self.rewind_state)
 
     # -- pruning --------------------------------------------------------------------------------------
     @property
