@@ -14,6 +14,7 @@ import torch.nn.utils.prune as prune
 
 from compress.errors import UserError
 from compress.pruning.masks import Masks
+from compress.pruning.selectors import PRUNABLE_TYPES
 
 PARAM = "weight"
 
@@ -30,6 +31,14 @@ def get_masks(model: nn.Module) -> Masks:
 def pruned_counts(model: nn.Module) -> dict[str, int]:
     """Masked-out entries of every pruned module's weight, read from its buffer (``get_masks`` copies them)."""
     return {name: int((module.weight_mask == 0).sum()) for name, module in model.named_modules() if is_pruned(module)}
+
+
+def zero_counts(model: nn.Module) -> dict[str, int]:
+    """Exact zeros of every Conv / Linear weight that has any, by module name: what ``pruned_counts`` is for a
+    model whose pruning was made permanent (``make_permanent``), where no mask says which entries were pruned."""
+    counts = {name: int((module.weight == 0).sum()) for name, module in model.named_modules()
+              if isinstance(module, PRUNABLE_TYPES) and isinstance(getattr(module, PARAM, None), torch.Tensor)}
+    return {name: count for name, count in counts.items() if count}
 
 
 class EffectiveWeights(Mapping[str, torch.Tensor]):

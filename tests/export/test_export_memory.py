@@ -55,3 +55,18 @@ def test_the_sparse_size_is_the_length_of_the_sparse_file(kept):
     sizes, sparse = sizes_and_sparse(data, onnx.load_from_string(data))
     assert (sparse is not None) == (kept < 1 / 3)
     assert sizes["sparse"] == len(sparse if sparse is not None else data) and sizes["raw"] == len(data)
+
+
+def test_a_permanent_ticket_exports_with_its_zeros_checked_as_a_masked_one(tmp_path):
+    from compress.pruning import make_permanent
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10))
+    mask = (torch.rand(300, 784, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    apply_masks(model, {"1": mask})
+    x = torch.randn(2, 1, 28, 28)
+    masked = export_onnx(model, tmp_path / "masked.onnx", example_input=x)
+    permanent = export_onnx(make_permanent(model), tmp_path / "permanent.onnx", example_input=x)
+    assert set(permanent.zeros) == {"1.weight"} == set(masked.zeros)
+    assert permanent.zeros["1.weight"]["pruned"] == masked.zeros["1.weight"]["pruned"] == int((mask == 0).sum())
+    assert (tmp_path / "masked.onnx").read_bytes() == (tmp_path / "permanent.onnx").read_bytes()

@@ -29,7 +29,7 @@ from compress.export.onnx.verify import (
 )
 from compress.io import save_bytes
 from compress.models.unwrap import unwrap_model
-from compress.pruning import fold_masks, plain_state_bytes, pruned_counts
+from compress.pruning import fold_masks, plain_state_bytes, pruned_counts, zero_counts
 from compress.pruning.apply import deepcopy_module
 from compress.pruning.compact import Compaction
 from compress.pruning.compact import compact as run_compaction
@@ -203,7 +203,9 @@ def export_onnx(model_or_ticket: nn.Module | dict | str | Path, path: str | Path
         below = " (opsets 7 and 8 keep the weights as graph inputs, which this export does not verify)" \
             if isinstance(opset, int) and 7 <= opset < low else ""
         raise UserError(f"opset must be an int from {low} to {high}, got {opset!r}{below}")
-    pruned = pruned_counts(model)  # names and counts: a copy of every mask is not needed
+    # names and counts: a copy of every mask is not needed; a model without masks (``make_permanent``) has its
+    # exact zeros checked the same way
+    pruned = pruned_counts(model) or zero_counts(model)
     release_cycles()  # a failed export's frames (an earlier call) may still hold its copy of the model
     # at least two copies of the plain weights: the ONNX bytes and onnxruntime's initializers (the folded model
     # shares the given one's tensors)
