@@ -227,8 +227,8 @@ def write_markdown(data: dict) -> None:
     raised = sorted(r["model"] for r in records
                     if any(r[g].get("rss_cap_mb", RSS_CAP_MB) > RSS_CAP_MB for g in ("channel", "weight")))
     commits = sorted({r["commit"] for r in records if "commit" in r})
-    lines += [f"- peak resident memory of any model: {peak:.0f} MB; {len(over)} over 4096 MB: "
-              + ", ".join(f"{r['model']} {r['peak_rss_mb']:.0f}" for r in over),
+    lines += [f"- peak resident memory of any model: {peak:.0f} MB (MiB, ru_maxrss); {len(over)} over 4096 MB"
+              + "".join(f"{': ' if i == 0 else ', '}{r['model']} {r['peak_rss_mb']:.0f}" for i, r in enumerate(over)),
               "- run under a raised cap (`--rss-cap-mb`) to see whether they work at all: "
               + (", ".join(raised) or "none"),
               f"- children run with {' '.join(f'{k}={v}' for k, v in ALLOCATOR.items())} (glibc returns freed "
