@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -101,43 +102,60 @@ def save_torch(obj: Any, path: Path) -> None:
 
 
 class FileBacked(dict):
-    """A dict of tensors mapped from an unlinked file (``file_backed``); holds the file open while it lives."""
+    """A dict of tensors mapped from a file (``file_backed``); holds the file open while it lives."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], descriptor: int) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor], source: int | str) -> None:
         super().__init__(tensors)
-        self.descriptor = descriptor
-        weakref.finalize(self, os.close, descriptor)
+        self.source = source  # an open descriptor of the unlinked file (Linux), else its path
+        weakref.finalize(self, _release, source)
 
 
-def _mapped(descriptor: int) -> FileBacked:
-    # the file is unlinked: /proc/self/fd opens it again (Linux), a new mapping of the same bytes
-    tensors = torch.load(f"/proc/self/fd/{descriptor}", mmap=True, weights_only=True, map_location="cpu")
-    return FileBacked(tensors, descriptor)
+def _release(source: int | str) -> None:
+    if isinstance(source, int):
+        os.close(source)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(source)
+
+
+def _mapped(source: int | str) -> FileBacked:
+    # an unlinked file: /proc/self/fd opens it again, a new mapping of the same bytes
+    path = f"/proc/self/fd/{source}" if isinstance(source, int) else source
+    return FileBacked(torch.load(path, mmap=True, weights_only=True, map_location="cpu"), source)
 
 
 def file_backed(tensors: dict[str, torch.Tensor]) -> FileBacked:
     """The same values (on the CPU), backed by a file instead of this process's memory: written to a
-    temporary file (``TMPDIR``) and mapped back (``torch.load(mmap=True)``); the file is unlinked at once, so
-    nothing is left behind, even after a kill. The kernel reads the pages in when they are read; they count as
-    this process's resident memory while mapped, so a reader that is done with them calls ``remapped``."""
+    temporary file (``TMPDIR``) and mapped back (``torch.load(mmap=True)``). On Linux the file is unlinked at
+    once, so nothing is left behind even after a kill (elsewhere it is removed when no mapping holds it). The
+    kernel reads the pages in when they are read; they count as this process's resident memory while mapped,
+    so a reader that is done with them calls ``remapped``."""
     import tempfile
 
     handle, path = tempfile.mkstemp(prefix="compress-", suffix=".pt")
+    linux = os.path.isdir("/proc/self/fd")
     try:
         with os.fdopen(os.dup(handle), "wb") as stream:
             torch.save(tensors, stream)
-        return _mapped(handle)
+        return _mapped(handle if linux else path)
     except BaseException:
         os.close(handle)
+        if not linux:
+            os.unlink(path)
         raise
     finally:
-        os.unlink(path)
+        if linux:
+            os.unlink(path)
+        else:
+            os.close(handle)
 
 
 def remapped(state: FileBacked) -> FileBacked:
     """A fresh mapping of ``state``'s file: dropping the old one (the caller's reference) takes the pages read
     through it out of this process's resident memory (they stay in the page cache, which the kernel reclaims)."""
-    return _mapped(os.dup(state.descriptor))
+    if not isinstance(state.source, int):  # a path: one mapping, removed with it (no fresh one to make)
+        return state
+    return _mapped(os.dup(state.source))
 
 
 def save_json(obj: Any, path: Path) -> None:
