@@ -101,13 +101,20 @@ def save_torch(obj: Any, path: Path) -> None:
     _atomic(path, lambda handle: torch.save(obj, handle))
 
 
-class FileBacked(dict):
-    """A dict of tensors mapped from a file (``file_backed``); holds the file open while it lives."""
+class MappedFile:
+    """A temporary file of tensors (``file_backed``), open while this object lives: an unlinked file's
+    descriptor on Linux, else its path (removed with this object). ``load()`` maps its tensors afresh."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], source: int | str) -> None:
-        super().__init__(tensors)
-        self.source = source  # an open descriptor of the unlinked file (Linux), else its path
+    def __init__(self, source: int | str) -> None:
+        self.source = source
         weakref.finalize(self, _release, source)
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """The tensors, mapped (``torch.load(mmap=True)``): the pages read through an earlier mapping count as
+        this process's resident memory until that mapping is dropped; a fresh one starts with none."""
+        # an unlinked file: /proc/self/fd opens it again, a new mapping of the same bytes
+        path = f"/proc/self/fd/{self.source}" if isinstance(self.source, int) else self.source
+        return torch.load(path, mmap=True, weights_only=True, map_location="cpu")
 
 
 def _release(source: int | str) -> None:
@@ -118,18 +125,12 @@ def _release(source: int | str) -> None:
             os.unlink(source)
 
 
-def _mapped(source: int | str) -> FileBacked:
-    # an unlinked file: /proc/self/fd opens it again, a new mapping of the same bytes
-    path = f"/proc/self/fd/{source}" if isinstance(source, int) else source
-    return FileBacked(torch.load(path, mmap=True, weights_only=True, map_location="cpu"), source)
-
-
-def file_backed(tensors: dict[str, torch.Tensor]) -> FileBacked:
-    """The same values (on the CPU), backed by a file instead of this process's memory: written to a
-    temporary file (``TMPDIR``) and mapped back (``torch.load(mmap=True)``). On Linux the file is unlinked at
-    once, so nothing is left behind even after a kill (elsewhere it is removed when no mapping holds it). The
-    kernel reads the pages in when they are read; they count as this process's resident memory while mapped,
-    so a reader that is done with them calls ``remapped``."""
+def file_backed(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], MappedFile]:
+    """The same values (on the CPU), backed by a file instead of this process's memory, and the file: written
+    to a temporary file (``TMPDIR``) and mapped back. On Linux the file is unlinked at once, so nothing is left
+    behind even after a kill (elsewhere it is removed with the ``MappedFile``; keep that while the tensors are
+    used). The kernel reads the pages in when they are read; a reader done with them maps the file again
+    (``MappedFile.load``) and drops the old tensors, and they leave this process's resident memory."""
     import tempfile
 
     handle, path = tempfile.mkstemp(prefix="compress-", suffix=".pt")
@@ -137,7 +138,7 @@ def file_backed(tensors: dict[str, torch.Tensor]) -> FileBacked:
     try:
         with os.fdopen(os.dup(handle), "wb") as stream:
             torch.save(tensors, stream)
-        return _mapped(handle if linux else path)
+        mapped = MappedFile(handle if linux else path)
     except BaseException:
         os.close(handle)
         if not linux:
@@ -148,14 +149,7 @@ def file_backed(tensors: dict[str, torch.Tensor]) -> FileBacked:
             os.unlink(path)
         else:
             os.close(handle)
-
-
-def remapped(state: FileBacked) -> FileBacked:
-    """A fresh mapping of ``state``'s file: dropping the old one (the caller's reference) takes the pages read
-    through it out of this process's resident memory (they stay in the page cache, which the kernel reclaims)."""
-    if not isinstance(state.source, int):  # a path: one mapping, removed with it (no fresh one to make)
-        return state
-    return _mapped(os.dup(state.source))
+    return mapped.load(), mapped
 
 
 def save_json(obj: Any, path: Path) -> None:

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.io import FileBacked, file_backed, remapped
+from compress.io import MappedFile, file_backed
 from compress.lottery.control_runs import ControlsMixin
 from compress.lottery.events import StepEvent, search_settings
 from compress.lottery.planning import (
@@ -174,6 +174,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
         self.done = False
         self.step_count = 0
         self.rewind_state: dict[str, torch.Tensor] | None = None
+        self._rewind_file: MappedFile | None = None  # where an offloaded rewind point lives
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: Any = None
         # the watched scheduler's state and its optimizer's hyperparameters at level 0, step 0
@@ -303,12 +304,10 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
 
     def keep_rewind_state(self, state: dict[str, torch.Tensor] | None) -> None:
         """Make ``state`` the rewind point: a copy in memory, or in a file (``offload_rewind``)."""
-        if state is None:
-            self.rewind_state = None
-        elif self.offload_rewind:
-            self.rewind_state = None  # the old point is dropped before the new one is written
-            self.rewind_state = file_backed(state)
-        else:
+        self.rewind_state, self._rewind_file = None, None  # the old point is dropped before the new one is made
+        if state is not None and self.offload_rewind:
+            self.rewind_state, self._rewind_file = file_backed(state)
+        elif state is not None:
             self.rewind_state = {key: value.clone() for key, value in state.items()}
 
     def rewind(self) -> None:
@@ -316,8 +315,9 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
         if self.rewind_state is None:
             raise UserError(f"no rewind snapshot: call step(i) during level 0 (rewind_to={self.rewind_to})")
         load_plain_state_dict(self.model, self.rewind_state)
-        if isinstance(self.rewind_state, FileBacked):  # the pages just read would stay resident while mapped
-            self.rewind_state = remapped(self.rewind_state)
+        if self._rewind_file is not None:  # the pages just read would stay resident while mapped
+            self.rewind_state = None
+            self.rewind_state = self._rewind_file.load()
 
     # -- pruning --------------------------------------------------------------------------------------
     @property
