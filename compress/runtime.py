@@ -132,6 +132,15 @@ def _cgroup_room(cgroup_file: str = "/proc/self/cgroup", mount: str = "/sys/fs/c
     return None
 
 
+def _own_status(field: str) -> int | None:
+    """A size field of /proc/self/status (``VmSize``, ``VmRSS``) in bytes; None where there is none."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            return next(int(line.split()[1]) * 1024 for line in handle if line.startswith(f"{field}:"))
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
 def _rlimit_room() -> int | None:
     """RLIMIT_AS less this process's address space (an allocation past it fails however much RAM is free)."""
     import resource
@@ -139,12 +148,8 @@ def _rlimit_room() -> int | None:
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY:
         return None
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            size = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmSize:"))
-    except (OSError, ValueError, StopIteration):
-        return None
-    return soft - size
+    size = _own_status("VmSize")
+    return None if size is None else soft - size
 
 
 def memory_limit() -> int | None:
@@ -166,12 +171,8 @@ def _limit_room() -> int | None:
     limit = memory_limit()
     if limit is None:
         return None
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            resident = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS:"))
-    except (OSError, ValueError, StopIteration):
-        return None
-    return limit - resident
+    resident = _own_status("VmRSS")
+    return None if resident is None else limit - resident
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -190,12 +191,17 @@ def available_memory(device: torch.device) -> int | None:
     return min(known) if known else None
 
 
+def _checked_room(device: torch.device) -> int | None:
+    """``available_memory``, or None (nothing to check against) under ``COMPRESS_SKIP_MEMORY_CHECK``."""
+    if os.environ.get(SKIP_MEMORY_CHECK, "") not in ("", "0"):
+        return None
+    return available_memory(device)
+
+
 def short_of_memory(need: int, device: torch.device) -> bool:
     """Whether ``need`` bytes exceed what ``available_memory`` says is left (False when unknown or when
     ``COMPRESS_SKIP_MEMORY_CHECK`` is set): for choosing a leaner path before ``ensure_memory`` refuses."""
-    if os.environ.get(SKIP_MEMORY_CHECK, "") not in ("", "0"):
-        return False
-    free = available_memory(device)
+    free = _checked_room(device)
     return free is not None and need > free
 
 
@@ -203,9 +209,7 @@ def ensure_memory(need: int, device: torch.device, what: str) -> None:
     """Refuse up front (``UserError``) when ``need`` bytes -- a lower bound of what ``what`` will allocate --
     exceed what ``available_memory`` says is left: one line now instead of the kernel's OOM killer later.
     ``COMPRESS_SKIP_MEMORY_CHECK=1`` skips it (an estimate of free memory can be wrong, e.g. under zram)."""
-    if os.environ.get(SKIP_MEMORY_CHECK, "") not in ("", "0"):
-        return
-    free = available_memory(device)
+    free = _checked_room(device)
     if free is not None and need > free:
         limit = os.environ.get(MEMORY_LIMIT, "").strip()
         under = f" under {MEMORY_LIMIT}={limit}" if limit and device.type == "cpu" else ""
