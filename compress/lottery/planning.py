@@ -29,12 +29,17 @@ def recipe_example_input(recipe: Recipe) -> torch.Tensor:
     return torch.randn(2, info.in_channels or 3, side, side, generator=torch.Generator().manual_seed(0))
 
 
+def makes_graph_plan(model: nn.Module, recipe: Recipe) -> bool:
+    """Whether ``structured_plan`` traces ``model``: channel granularity on a graph that is not an nn.Sequential."""
+    return recipe.prune.granularity == "channel" and not isinstance(model, nn.Sequential)
+
+
 def structured_plan(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None,
                     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> StructuredPlan | None:
     """The channel groups plan when ``prune.granularity`` is channel and the model is not an
     ``nn.Sequential`` (those keep per-layer output channels, compacted by ``compress.pruning.compact``),
     traced with ``example_inputs`` (default: a batch shaped like the recipe's data)."""
-    if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
+    if not makes_graph_plan(model, recipe):
         return None
     check_group_method(recipe.prune.method)  # before any training: refused, never turned into magnitude
     inputs = recipe_example_input(recipe) if example_inputs is None else example_inputs
@@ -51,9 +56,7 @@ def plan_memory_need(model: nn.Module, recipe: Recipe) -> int:
     """Bytes the channel plan of ``structured_plan`` allocates at least: its compaction probe holds a plain
     copy of the model with one unit of every group zeroed and compaction's copy of that, together
     (``compress.pruning.probe``); 0 where no such plan is made."""
-    if recipe.prune.granularity != "channel" or isinstance(model, nn.Sequential):
-        return 0
-    return 2 * plain_state_bytes(model)
+    return 2 * plain_state_bytes(model) if makes_graph_plan(model, recipe) else 0
 
 
 def plan_rows(model: nn.Module, layers: list[LayerPlan], rates: dict[str, float], rounds: int) -> list[dict]:
