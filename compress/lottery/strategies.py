@@ -20,7 +20,8 @@ import torch
 from compress.errors import UserError
 from compress.pruning import Masks, apply_masks, load_plain_state_dict
 from compress.pruning.at_init import init_masks
-from compress.pruning.scorers import NEEDS_DATA, Batch
+from compress.pruning.score_inputs import Batch, scorer_batches
+from compress.pruning.scorers import NEEDS_DATA
 from compress.recipe.schema import EarlyBirdConfig, ScheduleConfig, TrainConfig
 
 # a LotterySearch (not imported: search.py imports this module)
@@ -53,13 +54,10 @@ def at_init_masks(search: LotterySearch, level: int, invert: bool = False) -> Ma
                       batches=search.score_batches, generator=generator, invert=invert, channel_multiple=multiple)
 
 
-def device_batches(batches: Iterable[Batch], device: torch.device) -> list[Batch]:
-    """The scorer's batches as a list on ``device`` (inputs and labels), so scores never cross devices."""
-    found = []
-    for batch in batches:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise UserError("score_at_init(batches): each batch must be (inputs, labels)")
-        found.append((batch[0].to(device), batch[1].to(device)))
+def device_batches(batches: Iterable[Any], device: torch.device) -> list[Batch]:
+    """The scorer's batches as a list of ``(inputs, labels)`` on ``device``, so scores never cross devices;
+    a Hugging Face mapping batch becomes ``({keyword inputs}, labels)``."""
+    found = scorer_batches(batches, device)
     if not found:
         raise UserError("score_at_init(batches): no batches given")
     return found

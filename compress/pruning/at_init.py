@@ -14,7 +14,14 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.pruning.masks import PRUNING_METHODS, Masks
-from compress.pruning.scorers import SCORERS, Batch, erk_densities, masks_from_scores, synflow_masks
+from compress.pruning.scorers import (
+    SCORERS,
+    Batch,
+    check_scores,
+    erk_densities,
+    masks_from_scores,
+    synflow_masks,
+)
 from compress.registry import init_only
 
 
@@ -55,4 +62,6 @@ def init_masks(model: nn.Module, names: Sequence[str], masks: Masks, method: str
     if method == "synflow":
         return synflow_masks(model, list(rates), masks, keep, groups, found, invert=invert)
     scores = SCORERS.get(method)(model, list(rates), masks, found, gen)
+    if method != "random_erk":
+        check_scores(method, scores, masks)
     return masks_from_scores(scores, masks, keep, groups, invert=invert)

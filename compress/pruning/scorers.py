@@ -18,19 +18,27 @@ torch prune is installed), so a pruned weight scores 0 and stays pruned.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from compress.errors import UserError
 from compress.pruning.apply import apply_masks, is_pruned, refresh_weights
 from compress.pruning.masks import Masks
+from compress.pruning.score_inputs import (
+    Batch,
+    forward,
+    hessian_vector_product,
+    logits_of,
+    ones_input,
+    scorer_batches,
+    summed_gradients,
+)
 from compress.registry import SCORERS
 
 Scores = dict[str, torch.Tensor]
-Batch = tuple[torch.Tensor, torch.Tensor]
 Scorer = Callable[..., Scores]
 # ``prune.method`` names under ``lottery.strategy: at_init``; each: (model, names, masks, batches, generator)
 # methods whose score is defined per weight only; channel granularity is refused for them in one line
@@ -61,7 +69,7 @@ def scored_params(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Ten
 
 
 def _batches(batches: Iterable[Batch] | None, method: str) -> list[Batch]:
-    found = list(batches or [])
+    found = scorer_batches(batches)
     if not found:
         raise UserError(f"prune.method {method!r} scores with data: give it batches of (inputs, labels) "
                         "(search.score_at_init(batches) in an own loop)")
@@ -75,12 +83,8 @@ def snip_scores(model: nn.Module, names: Sequence[str], masks: Masks | None = No
     work = _working_copy(model, masks)
     work.train()
     params = scored_params(work, names)
-    grads = {name: torch.zeros_like(p) for name, p in params.items()}
-    for x, y in _batches(batches, "snip"):
-        loss = F.cross_entropy(work(x), y)
-        for name, grad in zip(params, torch.autograd.grad(loss, list(params.values())), strict=True):
-            grads[name] += grad
-    return {name: (grads[name] * p).abs().detach() for name, p in params.items()}
+    grads = summed_gradients(work, list(params.values()), _batches(batches, "snip"))
+    return {name: (grad * p).abs().detach() for (name, p), grad in zip(params.items(), grads, strict=True)}
 
 
 @SCORERS.register("grasp")
@@ -94,17 +98,27 @@ def grasp_scores(model: nn.Module, names: Sequence[str], masks: Masks | None = N
     params = scored_params(work, names)
     tensors = list(params.values())
     found = _batches(batches, "grasp")
-    g = [torch.zeros_like(p) for p in tensors]
-    for x, y in found:
-        for total, grad in zip(g, torch.autograd.grad(F.cross_entropy(work(x) / temperature, y), tensors), strict=True):
-            total += grad
-    hg = [torch.zeros_like(p) for p in tensors]
-    for x, y in found:
-        grads = torch.autograd.grad(F.cross_entropy(work(x) / temperature, y), tensors, create_graph=True)
-        z = sum((grad * fixed).sum() for grad, fixed in zip(grads, g, strict=True))
-        for total, grad in zip(hg, torch.autograd.grad(z, tensors), strict=True):
-            total += grad
+    g = summed_gradients(work, tensors, found, temperature)
+    hg = hessian_vector_product(work, tensors, found, g, temperature)
     return {name: (p * h).detach() for (name, p), h in zip(params.items(), hg, strict=True)}
+
+
+def _synflow_network(model: nn.Module, masks: Masks | None, batches: Iterable[Batch] | None):
+    """SynFlow's network: a float64 eval-mode copy with ``|theta|`` everywhere, and its all-ones input."""
+    ones = ones_input(_batches(batches, "synflow")[0], torch.float64)
+    work = _working_copy(model, masks).double().eval()
+    with torch.no_grad():
+        for tensor in (*work.parameters(), *work.buffers()):
+            if tensor.is_floating_point():
+                tensor.abs_()  # |theta| everywhere (masks are 0/1: unchanged); BN's running stats too
+    return work, ones
+
+
+def _synflow_step(work: nn.Module, names: Sequence[str], ones) -> Scores:
+    params = scored_params(work, names)
+    grads = torch.autograd.grad(logits_of(forward(work, ones)).sum(), list(params.values()))
+    # float64: on deep nets R passes float32's range (EfficientNet-B0: 1e46), and only the ranking matters
+    return {name: (grad * p).abs().detach() for (name, p), grad in zip(params.items(), grads, strict=True)}
 
 
 @SCORERS.register("synflow")
@@ -112,17 +126,8 @@ def synflow_scores(model: nn.Module, names: Sequence[str], masks: Masks | None =
                    batches: Iterable[Batch] | None = None, generator: torch.Generator | None = None) -> Scores:
     """One SynFlow step: ``|w * dR/dw|`` on the network with absolute parameters, float64, eval mode, and
     ``R = sum(f(1))`` for an all-ones input of the batches' input shape (no data values are read)."""
-    x, _ = _batches(batches, "synflow")[0]
-    work = _working_copy(model, masks).double().eval()
-    with torch.no_grad():
-        for tensor in (*work.parameters(), *work.buffers()):
-            if tensor.is_floating_point():
-                tensor.abs_()  # |theta| everywhere (masks are 0/1: unchanged); BN's running stats too
-    params = scored_params(work, names)
-    ones = torch.ones((1, *x.shape[1:]), dtype=torch.float64, device=x.device)
-    output = work(ones)
-    grads = torch.autograd.grad(output.sum(), list(params.values()))
-    return {name: (grad * p).abs().detach().float() for (name, p), grad in zip(params.items(), grads, strict=True)}
+    work, ones = _synflow_network(model, masks, batches)
+    return _synflow_step(work, names, ones)
 
 
 @SCORERS.register("magnitude")
@@ -141,6 +146,30 @@ def random_scores(model: nn.Module, names: Sequence[str], masks: Masks | None = 
 
 
 SCORERS.register("random_erk")(random_scores)  # random scores; the ERK densities do the work (erk_densities)
+
+
+def check_scores(method: str, scores: Scores, masks: Masks | None = None) -> None:
+    """Refuse non-finite scores (a one-line UserError naming the layers); warn of layers whose surviving
+    weights all score the same: their masks then follow index order, not ``method``."""
+    broken = [name for name, score in scores.items() if not bool(torch.isfinite(score).all())]
+    if broken:
+        raise UserError(f"prune.method {method!r}: non-finite scores in {_listed(broken)} on this model "
+                        "(overflow or a NaN in its forward): use another method")
+    flat = []
+    for name, score in scores.items():
+        alive = score[masks[name].bool()] if masks and name in masks else score.flatten()
+        if alive.numel() > 1 and bool((alive == alive[0]).all()):
+            flat.append(name)
+    if flat:
+        warnings.warn(f"prune.method {method!r}: every surviving weight of {_listed(flat)} scores the same at "
+                      "this initialization, so its mask follows index order, not the method (a zero-initialised "
+                      "layer, or a zero-initialised norm or gate after it, e.g. timm's zero_init_last, does this)",
+                      stacklevel=3)
+
+
+def _listed(names: Sequence[str]) -> str:
+    shown = ", ".join(repr(name) for name in names[:3])
+    return f"{len(names)} layer(s) ({shown}{', ...' if len(names) > 3 else ''})"
 
 
 def erk_densities(shapes: dict[str, tuple[int, ...]], kept: float) -> dict[str, float]:
@@ -167,9 +196,18 @@ def _keep_highest(scores: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.
     """``mask`` with only its ``keep`` highest-scoring survivors left. Signed scores (GraSP's, an inverted
     ranking) rank by value, not by ``|score|`` as torch's L1Unstructured would; ties go to the lower index."""
     alive = mask.bool().nonzero().squeeze(1)
-    order = torch.argsort(scores[alive], descending=True, stable=True)
+    values = scores[alive]
     new_mask = torch.zeros_like(mask)
-    new_mask[alive[order[:keep]]] = 1
+    if keep >= len(values) or keep <= 0 or not bool(torch.isfinite(values).all()):
+        order = torch.argsort(values, descending=True, stable=True)  # NaN ranks first, as a sort puts it
+        new_mask[alive[order[:keep]]] = 1
+        return new_mask
+    # a selection, not a sort (SynFlow re-ranks 100 times): everything above the keep-th highest value,
+    # then the lowest-indexed of the entries equal to it; the same entries as a stable descending sort
+    threshold = torch.kthvalue(values, len(values) - keep + 1).values
+    above = (values > threshold).nonzero().squeeze(1)
+    ties = (values == threshold).nonzero().squeeze(1)[:keep - len(above)]
+    new_mask[alive[torch.cat([above, ties])]] = 1
     return new_mask
 
 
@@ -182,7 +220,7 @@ def masks_from_scores(scores: Scores, masks: Masks, keep: dict[str, int], groups
         by_group.setdefault(groups[name], []).append(name)
     result: Masks = {}
     for group, names in by_group.items():
-        flat = torch.cat([scores[n].flatten().float() for n in names])
+        flat = torch.cat([scores[n].flatten().double() for n in names])
         current = torch.cat([masks[n].flatten() for n in names])
         alive = int(current.bool().sum())
         if keep[group] > alive:
@@ -203,8 +241,16 @@ def synflow_masks(model: nn.Module, names: Sequence[str], masks: Masks, keep: di
     start: dict[str, int] = {}
     for name in names:
         start[groups[name]] = start.get(groups[name], 0) + int(current[name].bool().sum())
+    work, ones = _synflow_network(model, current, found)  # one copy; each step only changes its masks
+    modules = dict(work.named_modules())
     for k in range(1, iterations + 1):
-        scores = synflow_scores(model, names, current, found)
+        if k > 1:
+            with torch.no_grad():
+                for name in names:
+                    modules[name].weight_mask.copy_(current[name])
+        scores = _synflow_step(work, names, ones)
+        if k == 1:
+            check_scores("synflow", scores, current)
         step_keep = {group: keep[group] if k == iterations else
                      max(keep[group], round(alive * (keep[group] / alive) ** (k / iterations)))
                      for group, alive in start.items()}

@@ -103,3 +103,54 @@ def test_max_steps_too_small_is_refused(recipe, data, tmp_path):
     trainer = Trainer(model=model, args=args, train_dataset=ticket.batches(data.train), callbacks=[ticket])
     with pytest.raises(UserError, match="max_steps"):
         trainer.train()
+
+
+def _bert():
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=32, num_labels=3))
+
+
+def _at_init(method: str):
+    from compress.recipe import recipe_from_dict
+
+    return recipe_from_dict({"prune": {"method": method, "rates": {"linear": 0.5, "output": 0.0}},
+                             "lottery": {"strategy": "at_init", "rounds": 1}, "train": {"iterations": 10}})
+
+
+def test_at_init_scores_a_transformers_model_on_its_own_keyword_batches():
+    import copy
+    import warnings
+
+    import torch
+
+    from compress.pruning.scorers import snip_scores
+
+    model = _bert()
+    reference = copy.deepcopy(model)
+    batch = {"input_ids": torch.randint(0, 50, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long),
+             "labels": torch.randint(0, 3, (4,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # keys the callback leaves to the Trainer
+        ticket = LotteryTicketCallback(_at_init("snip"), model, score_batches=[batch])
+    names = ticket.search.names
+    torch.manual_seed(1)  # SNIP scores in train mode: BERT's dropout draws the same for both
+    masks = ticket.search.next_masks()
+    torch.manual_seed(1)
+    scores = snip_scores(reference, names, None, [batch])
+    for name in names:
+        keep = masks[name].bool()
+        assert int(keep.sum()) == keep.numel() // 2
+        assert scores[name][keep].min() >= scores[name][~keep].max()
+
+
+def test_synflow_on_token_ids_is_one_line():
+    import torch
+
+    batch = {"input_ids": torch.randint(0, 50, (4, 7)), "labels": torch.randint(0, 3, (4,))}
+    ticket = LotteryTicketCallback(_at_init("synflow"), _bert(), score_batches=[batch])
+    with pytest.raises(UserError, match="synflow.*not float.*input_ids: torch.int64"):
+        ticket.search.next_masks()
