@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from compress.errors import UserError
-from compress.pruning import Masks, apply_masks, load_plain_state_dict
-from compress.pruning.at_init import init_masks
+from compress.pruning import EffectiveWeights, Masks, apply_masks, load_plain_state_dict
+from compress.pruning.at_init import check_init_granularity, init_masks
 from compress.pruning.score_inputs import Batch, scorer_batches
 from compress.pruning.scorers import NEEDS_DATA
 from compress.recipe.schema import EarlyBirdConfig, ScheduleConfig, TrainConfig
@@ -48,6 +48,13 @@ def at_init_masks(search: LotterySearch, level: int, invert: bool = False) -> Ma
     rates = {target.name: target.rate for target in search.targets}
     generator = torch.Generator().manual_seed(search.seed * 1000 + level)
     steps = search.total_rounds if search.one_shot else level  # one_shot: the one level is the final density
+    if search.structure is not None:
+        # channels coupled across layers (residual adds, depthwise convs): the group plan IMP's steps use,
+        # one step from dense to this level's density, on the initialization's weights
+        check_init_granularity(search.prune_config.method, search.prune_config.granularity, invert)
+        return search.structure.step(EffectiveWeights(init, search.names), dense,
+                                     level_rates(search.structure.rates, steps),
+                                     method=search.prune_config.method, generator=generator)
     multiple = search._multiple.get("channel_multiple", 1)
     return init_masks(init, search.names, dense, search.prune_config.method, level_rates(rates, steps),
                       {t.name: t.group for t in search.targets}, granularity=search.prune_config.granularity,

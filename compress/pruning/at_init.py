@@ -33,6 +33,14 @@ def keep_counts(masks: Masks, rates: dict[str, float], groups: dict[str, str]) -
     return {group: round(value) for group, value in keep.items()}
 
 
+def check_init_granularity(method: str, granularity: str, invert: bool = False) -> None:
+    """Scorers of single weights (and the inversion ablation) have no channel form: one line refusing it."""
+    if granularity != "weight" and (init_only(method) or invert):
+        what = "invert" if invert else repr(method)
+        raise UserError(f"{what} ranks single weights; granularity {granularity!r} is defined for magnitude "
+                        "and random only")
+
+
 def init_masks(model: nn.Module, names: Sequence[str], masks: Masks, method: str, rates: dict[str, float],
                groups: dict[str, str], *, granularity: str = "weight", batches: Iterable[Batch] | None = None,
                generator: torch.Generator | None = None, invert: bool = False,
@@ -41,10 +49,7 @@ def init_masks(model: nn.Module, names: Sequence[str], masks: Masks, method: str
     target's survivors in ``masks``; ``invert``: keep the lowest-scored instead (Frankle et al. 2021)."""
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     if granularity != "weight":
-        if init_only(method) or invert:
-            what = "invert" if invert else repr(method)
-            raise UserError(f"{what} ranks single weights; granularity {granularity!r} is defined for magnitude "
-                            "and random only")
+        check_init_granularity(method, granularity, invert)
         from compress.pruning.apply import effective_weights
 
         return PRUNING_METHODS.get(method)(effective_weights(model, list(names)), masks, rates, groups=groups,

@@ -65,3 +65,35 @@ def test_one_synflow_step_scores_every_family_finitely(name):
         check_scores("synflow", scores)
     assert all(scores[n].shape == dict(model.named_modules())[n].weight.shape for n in names)
     assert all(bool(torch.isfinite(s).all()) and s.dtype == torch.float64 for s in scores.values())
+
+
+def _channel_recipe(name: str, strategy: str, method: str = "magnitude"):
+    return recipe_from_dict({"name": "timm", "model": {"name": name}, "data": {"name": "cifar10"},
+                             "prune": {"method": method, "granularity": "channel",
+                                       "rates": {"conv": 0.5, "linear": 0.5, "output": 0.0}},
+                             "lottery": {"strategy": strategy, "rounds": 1}, "train": {"iterations": 10}})
+
+
+@pytest.mark.parametrize("name", ["timm/resnet18", "timm/mobilenetv3_small_100"])
+def test_channel_masks_at_init_follow_the_coupled_channel_plan(name):
+    """Magnitude channels at init are IMP's first channel step taken on the untrained model: the same
+    coupled groups (a residual stage's channels go together), no layer emptied (the plan's
+    pools, not one global ranking of every layer's channel norms)."""
+    masks = {}
+    for strategy in ("at_init", "imp"):
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=10, in_channels=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            search = LotterySearch(model, _channel_recipe(name, strategy))
+        masks[strategy] = search.next_masks()
+    for layer, mask in masks["at_init"].items():
+        assert torch.equal(mask, masks["imp"][layer]), layer
+        assert mask.sum() > 0, layer
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search = LotterySearch(create_model(name, num_classes=10, in_channels=3),
+                               _channel_recipe(name, "at_init", "random"))
+    for layer, mask in search.next_masks().items():
+        assert mask.sum() > 0, layer
