@@ -179,6 +179,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
         self._scheduler: Any = None
         # the watched scheduler's state and its optimizer's hyperparameters at level 0, step 0
         self._schedule_start: dict | None = None
+        self._final_schedule: dict | None = None  # finetune: where the scheduler is held (hold_final_lr)
         # (optimizer, scheduler) watched when a loaded state was saved, until watch() sees them again
         self._rewatch: tuple[bool, bool] | None = None
         if self.rewind_to == 0:
@@ -201,6 +202,8 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
             raise UserError(f"on_step() after the search is done (level {self.rounds} was the last)")
         step = self.step_count + 1
         self._detach_weights()
+        if self.level > 0 and self.retrain == "finetune" and self._scheduler is not None:
+            self.hold_final_lr(self._scheduler)  # undo the step your loop's scheduler.step() just took
         taken = False
         if self.level == 0 and step == self.rewind_to and self.rewind_state is None:
             self.snapshot()
@@ -294,7 +297,9 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
             self.early_bird.reset()
         if self._optimizer is not None:
             self.reset_optimizer(self._optimizer)
-        if self._scheduler is not None and self.retrain != "finetune":  # finetune stays at the final lr
+        if self._scheduler is not None and self.retrain == "finetune":
+            self.hold_final_lr(self._scheduler)
+        elif self._scheduler is not None:
             self.rewind_scheduler(self._scheduler)
 
     # -- the rewind point -----------------------------------------------------------------------------

@@ -33,9 +33,7 @@ class WatchMixin:
         """
         if scheduler is not None:
             if self.level == 0 and self.step_count == 0:
-                groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
-                          for group in scheduler.optimizer.param_groups]
-                self._schedule_start = {"state": copy.deepcopy(scheduler.state_dict()), "groups": groups}
+                self._schedule_start = _schedule_state(scheduler)
             elif self._schedule_start is None:
                 raise UserError(f"watch(scheduler) at level {self.level}, step {self.step_count}: the search must "
                                 "see the schedule's start; watch it before the first step, or load a search state "
@@ -49,16 +47,42 @@ class WatchMixin:
         optimizer's lr), then ``scheduler.step()`` ``start_step`` times -- the same arithmetic as the first
         run, so the rewound level's learning rates equal the dense level's from ``rewind_to`` on, bit for
         bit. For schedulers stepped once per optimizer step, without arguments."""
+        self._schedule_at(scheduler, self.start_step)
+
+    def hold_final_lr(self, scheduler: Any) -> None:
+        """``lottery.retrain: finetune``: the schedule's final learning rate, constant. The scheduler is put
+        where a full level's last step had it (``iterations - 1`` steps from the start: the learning rates
+        of step ``iterations``), and back there after every step of a fine-tuning level, so your loop's
+        ``scheduler.step()`` neither decays it further, nor climbs a cosine's next period, nor steps a
+        ``OneCycleLR`` past its end."""
+        if self._final_schedule is None:
+            self._schedule_at(scheduler, self.iterations - 1)
+            self._final_schedule = _schedule_state(scheduler)
+            return
+        _load_schedule_state(scheduler, self._final_schedule)
+
+    def _schedule_at(self, scheduler: Any, steps: int) -> None:
         if self._schedule_start is None:
             raise UserError("rewind_scheduler: call search.watch(optimizer, scheduler) right after building "
                             "the scheduler, so the search knows where the schedule starts")
-        for group, saved in zip(scheduler.optimizer.param_groups, self._schedule_start["groups"], strict=True):
-            group.update(copy.deepcopy(saved))
-        scheduler.load_state_dict(copy.deepcopy(self._schedule_start["state"]))
+        _load_schedule_state(scheduler, self._schedule_start)
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
             warnings.simplefilter("ignore")
-            for _ in range(self.start_step):
+            for _ in range(steps):
                 scheduler.step()
+
+
+def _schedule_state(scheduler: Any) -> dict:
+    """A scheduler's state and its optimizer's hyperparameters (lr, momentum, ...), as ``watch`` records them."""
+    groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+              for group in scheduler.optimizer.param_groups]
+    return {"state": copy.deepcopy(scheduler.state_dict()), "groups": groups}
+
+
+def _load_schedule_state(scheduler: Any, saved: dict) -> None:
+    for group, hyper in zip(scheduler.optimizer.param_groups, saved["groups"], strict=True):
+        group.update(copy.deepcopy(hyper))
+    scheduler.load_state_dict(copy.deepcopy(saved["state"]))
 
 
 class StateMixin:
@@ -97,6 +121,7 @@ class StateMixin:
         self.level, self.step_count, self.done = state["level"], state["step_count"], state["done"]
         if state.get("schedule_start") is not None:
             self._schedule_start = copy.deepcopy(state["schedule_start"])
+        self._final_schedule = None  # recomputed from the start when a fine-tuning level needs it
         self.__dict__["_results"] = {int(k): dict(v) for k, v in dict(state.get("results") or {}).items()}
         self._optimizer = self._scheduler = None
         watched = tuple(bool(w) for w in state.get("watched", (False, False)))

@@ -110,6 +110,40 @@ def test_finetune_keeps_trained_weights_and_the_final_learning_rate():
     assert not torch.equal(trained, search.rewind_state["0.weight"])
 
 
+SCHEDULES = {
+    "cosine": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=30),  # periodic past T_max
+    "onecycle": lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=30),  # raises past it
+    "step": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=20, gamma=0.1),  # decays for ever
+    "multistep": lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[10, 25], gamma=0.5),
+}
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize("retrain", ["finetune", "lr_rewind", "rewind"])
+def test_own_schedulers_give_each_retraining_its_learning_rates(schedule, retrain):
+    """Your loop steps your scheduler; the search decides where it stands: finetune holds the final lr
+    (the last step's) for every step after level 0, lr_rewind and rewind replay the schedule from k."""
+    model = _net()
+    search = LotterySearch(model, _recipe(retrain=retrain, rewind_to=5))
+    x, y = _data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = SCHEDULES[schedule](optimizer)
+    search.watch(optimizer, scheduler)
+    levels: dict[int, list[float]] = {}
+    while not search.done:
+        levels.setdefault(search.level, []).append(optimizer.param_groups[0]["lr"])
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        search.on_step()
+    dense = levels[0]
+    assert len(dense) == 30 and [len(levels[level]) for level in (1, 2)] == [25, 25]
+    for level in (1, 2):
+        expected = [dense[-1]] * 25 if retrain == "finetune" else dense[5:]
+        assert levels[level] == expected, (level, levels[level][:6])
+
+
 def test_early_bird_ends_a_level_when_draws_converge_and_records_the_step():
     model = _net()
     search = LotterySearch(model, _recipe(early_bird={"every": 2, "distance": 0.5, "patience": 2}))
