@@ -150,7 +150,7 @@ SCORERS.register("random_erk")(random_scores)  # random scores; the ERK densitie
 
 def check_scores(method: str, scores: Scores, masks: Masks | None = None) -> None:
     """Refuse non-finite scores (a one-line UserError naming the layers); warn of layers whose surviving
-    weights all score the same: their masks then follow index order, not ``method``."""
+    weights all score the same: which of them are kept then follows index order, not ``method``."""
     broken = [name for name, score in scores.items() if not bool(torch.isfinite(score).all())]
     if broken:
         raise UserError(f"prune.method {method!r}: non-finite scores in {_listed(broken)} on this model "
@@ -162,9 +162,9 @@ def check_scores(method: str, scores: Scores, masks: Masks | None = None) -> Non
             flat.append(name)
     if flat:
         warnings.warn(f"prune.method {method!r}: every surviving weight of {_listed(flat)} scores the same at "
-                      "this initialization, so its mask follows index order, not the method (a zero-initialised "
-                      "layer, or a zero-initialised norm or gate after it, e.g. timm's zero_init_last, does this)",
-                      stacklevel=3)
+                      "this initialization: the method cannot rank them, so which are kept follows index order "
+                      "(a zero-initialised layer, or a zero-initialised norm or gate after it, e.g. timm's "
+                      "zero_init_last, does this)", stacklevel=3)
 
 
 def _listed(names: Sequence[str]) -> str:
