@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from compress.errors import UserError
+from compress.lottery.planning import one_shot_rates
 from compress.pruning import EffectiveWeights, Masks, apply_masks, load_plain_state_dict
 from compress.pruning.at_init import check_init_granularity, init_masks
 from compress.pruning.score_inputs import Batch, scorer_batches
@@ -26,11 +27,6 @@ from compress.recipe.schema import EarlyBirdConfig, ScheduleConfig, TrainConfig
 
 # a LotterySearch (not imported: search.py imports this module)
 LotterySearch = Any
-
-
-def level_rates(rates: dict[str, float], level: int) -> dict[str, float]:
-    """The single-step rate from dense to ``level`` steps of ``rates``: 1 - (1 - p)^level."""
-    return {name: 1 - (1 - rate) ** level for name, rate in rates.items()}
 
 
 def at_init_masks(search: LotterySearch, level: int, invert: bool = False) -> Masks:
@@ -45,7 +41,6 @@ def at_init_masks(search: LotterySearch, level: int, invert: bool = False) -> Ma
     init = copy.deepcopy(search.model)  # the scorers get a dense model at the init; the search's is untouched
     apply_masks(init, dense)
     load_plain_state_dict(init, search.rewind_state)
-    rates = {target.name: target.rate for target in search.targets}
     generator = torch.Generator().manual_seed(search.seed * 1000 + level)
     steps = search.total_rounds if search.one_shot else level  # one_shot: the one level is the final density
     if search.structure is not None:
@@ -53,10 +48,11 @@ def at_init_masks(search: LotterySearch, level: int, invert: bool = False) -> Ma
         # one step from dense to this level's density, on the initialization's weights
         check_init_granularity(search.prune_config.method, search.prune_config.granularity, invert)
         return search.structure.step(EffectiveWeights(init, search.names), dense,
-                                     level_rates(search.structure.rates, steps),
+                                     one_shot_rates(search.structure.rates, steps),
                                      method=search.prune_config.method, generator=generator)
     multiple = search._multiple.get("channel_multiple", 1)
-    return init_masks(init, search.names, dense, search.prune_config.method, level_rates(rates, steps),
+    rates = one_shot_rates({target.name: target.rate for target in search.targets}, steps)
+    return init_masks(init, search.names, dense, search.prune_config.method, rates,
                       {t.name: t.group for t in search.targets}, granularity=search.prune_config.granularity,
                       batches=search.score_batches, generator=generator, invert=invert, channel_multiple=multiple)
 

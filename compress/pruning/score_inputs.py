@@ -45,10 +45,9 @@ def scorer_batch(batch: Any, device: torch.device | None = None) -> Batch:
     tensors = inputs.values() if isinstance(inputs, Mapping) else [inputs]
     if not (labels is None or torch.is_tensor(labels)) or not all(torch.is_tensor(t) for t in tensors):
         raise UserError("score batches: inputs and labels must be tensors (a mapping of tensors for inputs)")
-    if device is not None and labels is not None:
-        labels = labels.to(device)
     if device is not None:
         inputs = {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, Mapping) else inputs.to(device)
+        labels = None if labels is None else labels.to(device)
     return inputs, labels
 
 
