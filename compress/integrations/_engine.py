@@ -54,13 +54,24 @@ def locate(global_step: int, iterations: int, rewind_to: int, rounds: int) -> tu
 
 
 def steps_done(search: LotterySearch) -> int:
-    """Optimizer steps the search has counted, over all its levels (the inverse of ``locate``)."""
+    """Optimizer steps the search has counted, over all its levels (the inverse of ``locate`` when every level
+    runs its full length; a level that ``lottery.early_bird`` ended early counts up to its stop step)."""
+
+    def length(level: int) -> int:
+        end = search.early_bird_steps.get(level) or search.iterations
+        return end - (0 if level == 0 else search.rewind_to)
+
     if search.done:
-        return total_steps(search.iterations, search.rewind_to, search.rounds)
-    if search.level == 0:
-        return search.step_count
-    return (search.iterations + (search.level - 1) * (search.iterations - search.rewind_to)
-            + search.step_count - search.rewind_to)
+        return sum(length(level) for level in range(search.rounds + 1))
+    return sum(length(level) for level in range(search.level)) + search.step_count - search.start_step
+
+
+def refuse_replay_with_early_bird(recipe: Recipe) -> None:
+    """``ticket.batches()`` replays levels of a length fixed in advance; an early-bird level ends when its
+    masks converge, after a trainer has already fetched the next batch."""
+    if recipe.lottery.early_bird.every:
+        raise UserError("ticket.batches() replays levels of fixed length; lottery.early_bird ends them early: "
+                        "use ticket.sampler(len(dataset), batch_size) or a DataLoader of your own")
 
 
 def make_search(model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None,

@@ -8,7 +8,9 @@ Each level trains ``iterations`` optimizer steps (level 0) or ``iterations - rew
 rewound to the weights at step ``rewind_to``). After the level's last step the callback prunes per the
 recipe, rewinds the survivors, clears the optimizer's per-parameter state and restarts its step-interval
 LR scheduler at ``rewind_to``; after the last level it stops the fit (``trainer.should_stop``). One
-optimizer, one optimizer step per batch (``accumulate_grad_batches=1``).
+optimizer, one optimizer step per batch (``accumulate_grad_batches=1``). ``lottery.retrain: lr_rewind |
+finetune`` keep the trained survivors and replay the schedule from ``rewind_to`` or hold it at its final
+rate; with ``lottery.early_bird`` a level ends at the step its masks converge (``search.early_bird_steps``).
 
 Any dataloader works. ``ticket.batches(split)`` replays the toolkit's batch order (rewound with the
 weights at every level, resumed at the right batch from a checkpoint); with it and the recipe's model,
@@ -30,7 +32,14 @@ import lightning.pytorch as pl
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.integrations._engine import checked_steps, make_search, rounds_of, steps_done, total_steps
+from compress.integrations._engine import (
+    checked_steps,
+    make_search,
+    refuse_replay_with_early_bird,
+    rounds_of,
+    steps_done,
+    total_steps,
+)
 from compress.integrations.data import ResumableSampler, TicketBatches
 
 if TYPE_CHECKING:
@@ -111,7 +120,8 @@ class LotteryTicketCallback(pl.Callback):
 
     @property
     def total_steps(self) -> int:
-        """``max_steps`` for the Trainer: every level's optimizer steps together."""
+        """``max_steps`` for the Trainer: every level's optimizer steps together (with ``lottery.early_bird``
+        the most they can be: a level may end early, and the callback stops the fit when the search is done)."""
         return total_steps(self.iterations, self.rewind_to, self.rounds)
 
     @property
@@ -126,7 +136,8 @@ class LotteryTicketCallback(pl.Callback):
 
     def batches(self, split: Any, batch_size: int | None = None, seed: int | None = None) -> TicketBatches:
         """The toolkit's batch order for the whole search (``DataLoader(..., batch_size=None)``); from a
-        checkpoint it resumes at the batch of the step the search stands at."""
+        checkpoint it resumes at the batch of the step the search stands at. Not with ``lottery.early_bird``."""
+        refuse_replay_with_early_bird(self.recipe)
         return TicketBatches(split, batch_size or self.recipe.train.batch_size,
                              self.recipe.seed if seed is None else seed, iterations=self.iterations,
                              rewind_to=self.rewind_to, rounds=self.rounds, position=lambda: self.steps_done)

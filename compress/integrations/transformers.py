@@ -13,7 +13,8 @@ Any train dataset works. ``ticket.batches(split)`` yields the toolkit's batch or
 with the weights at every level); with it, the recipe's optimizer and schedule passed as
 ``Trainer(optimizers=(build_optimizer(...), build_schedule(...)))`` and ``max_grad_norm=0`` (the toolkit
 does not clip; the Trainer clips at 1.0 by default) the masks are bit for bit those ``find_ticket.py``
-finds for the same recipe. Not covered: gradient accumulation.
+finds for the same recipe. Not covered: gradient accumulation. ``lottery.retrain`` and ``lottery.early_bird``
+work as in an own loop (see the Lightning callback).
 
 Checkpoints: at every Trainer checkpoint the callback writes the search's state (``lottery_search.pt``)
 into the checkpoint folder; ``trainer.train(resume_from_checkpoint=...)`` (a checkpoint under
@@ -40,6 +41,7 @@ from compress.errors import UserError
 from compress.integrations._engine import (
     checked_steps,
     make_search,
+    refuse_replay_with_early_bird,
     rounds_of,
     steps_done,
     total_steps,
@@ -93,13 +95,16 @@ class LotteryTicketCallback(TrainerCallback):
 
     @property
     def total_steps(self) -> int:
-        """``TrainingArguments.max_steps``: every level's optimizer steps together."""
+        """``TrainingArguments.max_steps``: every level's optimizer steps together (with ``lottery.early_bird``
+        the most they can be; the callback stops training when the search is done)."""
         return total_steps(self.iterations, self.rewind_to, self.rounds)
 
     def batches(self, split: Any, batch_size: int | None = None, seed: int | None = None,
                 x_key: str = "x") -> TicketBatches:
         """The toolkit's batch order as rows ``{x_key: image, "labels": label}``, for
-        ``per_device_train_batch_size = batch_size`` (rows re-stacked are bitwise the toolkit's batches)."""
+        ``per_device_train_batch_size = batch_size`` (rows re-stacked are bitwise the toolkit's batches).
+        Not with ``lottery.early_bird`` (its levels end early): a train dataset of your own then."""
+        refuse_replay_with_early_bird(self.recipe)
         return TicketBatches(split, batch_size or self.recipe.train.batch_size,
                              self.recipe.seed if seed is None else seed, iterations=self.iterations,
                              rewind_to=self.rewind_to, rounds=self.rounds,

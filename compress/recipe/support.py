@@ -88,11 +88,12 @@ SUPPORT: dict[str, tuple[tuple[str, str, str, str], str]] = {
     "lottery.rounds": (_ALL, ""),
     "lottery.rewind_to": (_ALL, ""),
     "lottery.strategy": (_ALL, "at_init with snip / grasp / synflow needs batches: score_at_init / score_batches="),
-    "lottery.retrain": ((H, H, R, R), "the callbacks size and rewind the trainer's schedule per level; "
-                                      "lr_rewind / finetune are not wired there"),
-    "lottery.early_bird.every": ((H, H, R, R), "a level ends early: the callbacks' max_steps would not match"),
-    "lottery.early_bird.distance": ((H, H, R, R), "see lottery.early_bird.every"),
-    "lottery.early_bird.patience": ((H, H, R, R), "see lottery.early_bird.every"),
+    "lottery.retrain": (_ALL, "lr_rewind / finetune keep the trained weights; the watched scheduler is replayed "
+                              "from rewind_to (lr_rewind) or held at its final rate (finetune)"),
+    "lottery.early_bird.every": (_ALL, "a level ends when its masks converge; the callbacks stop the fit when the "
+                                       "search is done (total_steps is then an upper bound)"),
+    "lottery.early_bird.distance": (_ALL, "see lottery.early_bird.every"),
+    "lottery.early_bird.patience": (_ALL, "see lottery.early_bird.every"),
     "lottery.controls": (_NO_CONTROLS, "own loop: search.control_models() + record(), report() shows a "
                                        "missing one as None; the callbacks refuse (no second training loop)"),
     "lottery.one_shot": (_ALL, ""),
