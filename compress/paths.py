@@ -30,3 +30,4 @@ FINAL = "final.pt"
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 EARLY_BIRD = "early_bird.pt"  # the round's converged early-bird mask draw and its step
+MASK_WARNINGS = "mask_warnings.json"  # what warned while the round's masks were computed (scorer fallbacks)

@@ -52,6 +52,24 @@ def reinit(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
     return plain_state_dict(ticket.make_model(ticket.seed)), ticket.masks
 
 
+def _channel_groups(ticket: ControlInput) -> Sequence[ChannelGroup] | None:
+    """The coupled channel groups a structured ticket's control must move whole (every member of a unit
+    together): the search's, or traced from a fresh model; None for weight granularity or an nn.Sequential,
+    whose layers' output channels are independent."""
+    if ticket.groups is not None:
+        return ticket.groups
+    if ticket.granularity != "channel":
+        return None
+    model = ticket.make_model(ticket.seed)
+    return None if isinstance(model, nn.Sequential) else find_groups(model, example_inputs_for(model))
+
+
+def _on_device(ticket: ControlInput, masks: Masks) -> Masks:
+    device = next(iter(ticket.masks.values())).device
+    # computed identically on every rank from the same seed; the broadcast makes that a checked fact
+    return distributed.broadcast_masks({k: v.to(device) for k, v in masks.items()})
+
+
 @CONTROLS.register("random_prune")
 def random_prune(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
     """The ticket's start weights under random masks of the same count per layer (of weights, or of whole
@@ -59,33 +77,34 @@ def random_prune(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
     and heads, ``compress.pruning.structured.random_group_masks``): does the mask matter?"""
     cpu_masks = {k: v.cpu() for k, v in ticket.masks.items()}
     generator = torch.Generator().manual_seed(ticket.seed)
-    model = ticket.make_model(ticket.seed) if ticket.granularity == "channel" and ticket.groups is None else None
-    if ticket.groups is not None or (model is not None and not isinstance(model, nn.Sequential)):
-        # channel groups of any graph: the same number of whole units per group (channels, heads), every
-        # coupled weight of a unit with it, so the control of a structured ticket is itself structured
-        groups = ticket.groups if ticket.groups is not None else find_groups(model, example_inputs_for(model))
+    groups = _channel_groups(ticket)
+    if groups is not None:
+        # the same number of whole units per group (channels, heads), every coupled weight of a unit with
+        # it, so the control of a structured ticket is itself structured
         masks = random_group_masks(groups, cpu_masks, generator)
     else:
         masks = random_masks_like(cpu_masks, generator, granularity=ticket.granularity)
-    device = next(iter(ticket.masks.values())).device
-    # computed identically on every rank from the same seed; the broadcast makes that a checked fact
-    return ticket.start_state, distributed.broadcast_masks({k: v.to(device) for k, v in masks.items()})
+    return ticket.start_state, _on_device(ticket, masks)
 
 
 @CONTROLS.register("shuffle")
 def shuffle(ticket: ControlInput) -> tuple[dict[str, torch.Tensor], Masks]:
     """Frankle et al. 2021: each layer's mask permuted at random (its kept count and the ticket's start
-    weights kept; under channel granularity whole output channels are permuted): do the positions matter?"""
+    weights kept; under channel granularity whole output channels are permuted, and on coupled channels
+    -- residual adds, attention heads -- one permutation of the kept units per group, applied to every
+    member, so the shuffled ticket stays structured and compactable): do the positions matter?"""
     generator = torch.Generator().manual_seed(ticket.seed + 1)  # not random_prune's draw
+    cpu_masks = {name: mask.cpu() for name, mask in ticket.masks.items()}
+    groups = _channel_groups(ticket) if ticket.granularity == "channel" else None
+    if groups is not None:
+        return ticket.start_state, _on_device(ticket, random_group_masks(groups, cpu_masks, generator))
     masks = {}
-    for name, mask in ticket.masks.items():
-        cpu = mask.cpu()
+    for name, cpu in cpu_masks.items():
         if ticket.granularity == "channel":
             masks[name] = cpu[torch.randperm(cpu.shape[0], generator=generator)]
         else:
             masks[name] = cpu.flatten()[torch.randperm(cpu.numel(), generator=generator)].view_as(cpu)
-    device = next(iter(ticket.masks.values())).device
-    return ticket.start_state, distributed.broadcast_masks({k: v.to(device) for k, v in masks.items()})
+    return ticket.start_state, _on_device(ticket, masks)
 
 
 @CONTROLS.register("invert")

@@ -9,6 +9,7 @@ recomputed from the previous round), else refused with what to delete. ``summary
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,11 +101,30 @@ class RunFiles:
             # loop takes: prune the trained weights (and rewind, which the ticket then starts from)
             self._place_search(round_index - 1, _masks_in(trained, self.search.names), self.recipe.train.iterations)
             self.search.model.load_state_dict(trained)
-            self.search.prune_and_rewind()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # every round's, not only the first of each message
+                self.search.prune_and_rewind()
+            self._keep_mask_warnings(round_index, caught)
             masks = self.search.masks
         if (mask_path.parent / paths.RESULT).exists():  # a finished round whose mask.pt was lost: restore it
             save_torch({name: mask.cpu() for name, mask in masks.items()}, mask_path)
         return masks
+
+    def _keep_mask_warnings(self, round_index: int, caught: list[warnings.WarningMessage]) -> None:
+        """Show them as ever, and keep them beside the round: a mask a scorer computed another way (GraSP's
+        finite-difference fallback) or ranked by ties (uniform scores) says so in summary.json."""
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        path = paths.round_dir(self.run_dir, round_index) / paths.MASK_WARNINGS
+        messages = list(dict.fromkeys(str(warning.message) for warning in caught))
+        if messages:
+            save_json(messages, path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def mask_warnings(self, round_index: int) -> list[str]:
+        path = paths.round_dir(self.run_dir, round_index) / paths.MASK_WARNINGS
+        return load_json(path) if path.exists() else []
 
     def _finished(self, round_index: int) -> bool:
         names = ["ticket", *(self.recipe.lottery.controls if round_index > 0 else ())]

@@ -168,6 +168,9 @@ class LotteryRun(RunFiles, SearchPlacement):
         masks = self.masks_for_round(round_index)
         ticket = self.run_ticket(round_index, masks)
         entry = {"round": round_index, **result_fields(ticket)}
+        warned = self.mask_warnings(round_index)
+        if warned:  # the masks were computed another way than the method's own (a scorer's fallback)
+            entry["mask_warnings"] = warned
         controls: dict[str, Future] = {}
         if round_index > 0:
             start = self.rewind_state()

@@ -226,6 +226,28 @@ def test_random_prune_control_reuses_the_search_groups(monkeypatch):
     assert group_widths(search.structure.groups, masks) == group_widths(search.structure.groups, search.masks)
 
 
+@pytest.mark.parametrize("control", ["shuffle", "random_prune"])
+def test_structured_controls_move_whole_coupled_units(control):
+    # Frankle et al.'s shuffle permuted each layer's output rows on their own: on a residual net the convs
+    # that add into one stream then kept different channels, and the control was no longer structured
+    from compress.pruning.groups import any_nonzero, per_position, per_unit
+
+    search = LotterySearch(_resnet20(), _recipe(), example_inputs=torch.randn(2, 3, 32, 32))
+    search.prune()
+    groups = search.structure.groups
+    _, masks = CONTROLS.get(control)(ControlInput(
+        round_index=1, masks=search.masks, start_state={}, seed=3, granularity="channel",
+        make_model=_resnet20, groups=groups))
+    assert group_widths(groups, masks) == group_widths(groups, search.masks)
+    assert any(not torch.equal(masks[name], search.masks[name]) for name in masks)
+    coupled = [group for group in groups if len(group.producers) > 1]
+    assert coupled  # the residual streams
+    for group in groups:
+        patterns = [per_unit(m, per_position(masks[m.module], m.dim, any_nonzero).double(), group.units) > 0
+                    for m in group.members if m.module in masks]
+        assert all(torch.equal(pattern, patterns[0]) for pattern in patterns), group.name
+
+
 class _NormOnly(nn.Module):
     """Every channel group crosses a LayerNorm (MambaOut's situation): nothing can be pruned exactly."""
 
