@@ -65,8 +65,9 @@ def _own_data(recipe, data, ticket):
     return DataLoader(dataset, batch_size=size, sampler=ticket.sampler(len(dataset), size))
 
 
-def _own_loop_early_bird(recipe, data, loader) -> LotterySearch:
-    """The step-driven own loop over the same global-step stream: the reference for the callback."""
+def _own_loop_early_bird(recipe, data, loader) -> tuple[LotterySearch, dict[int, dict]]:
+    """The step-driven own loop over the same global-step stream, the reference for the callback: the search
+    and the masks each level trained with."""
     net = make_net(recipe, data)
     search = LotterySearch(net, recipe)
     optimizer = build_optimizer(net.parameters(), recipe.train.optimizer)
@@ -81,8 +82,7 @@ def _own_loop_early_bird(recipe, data, loader) -> LotterySearch:
         if search.on_step().done:
             break
         levels.setdefault(search.level, {k: v.clone() for k, v in search.masks.items()})
-    search.levels_seen = levels
-    return search
+    return search, levels
 
 
 def _early_bird_fit(recipe, data, *extra, ckpt_path=None, **kwargs):
@@ -104,10 +104,10 @@ def test_early_bird_through_lightning_ends_levels_where_an_own_loop_does(data, t
     assert run.global_step == stops[0] + (stops[1] - 5) + 25 < ticket.total_steps
 
     reference_ticket = LotteryTicketCallback(recipe, module="net")  # only its sampler: position 0 throughout
-    own = _own_loop_early_bird(recipe, data, _own_data(recipe, data, reference_ticket))
+    own, levels = _own_loop_early_bird(recipe, data, _own_data(recipe, data, reference_ticket))
     assert own.early_bird_steps == stops
     for level in (1, 2):
-        assert_masks_equal(recorder.levels[level], own.levels_seen[level])
+        assert_masks_equal(recorder.levels[level], levels[level])
 
 
 def test_early_bird_through_lightning_resumes_after_an_early_end(data, tmp_path):
@@ -155,9 +155,9 @@ def test_early_bird_through_hf_ends_levels_where_an_own_loop_does(data, tmp_path
     # reshuffles each epoch): the own loop replays that epoch
     stops = search.early_bird_steps
     assert stops[0] + stops[1] - recipe.lottery.rewind_to <= len(order)
-    own = _own_loop_early_bird(recipe, data, [(batch["x"], batch["labels"]) for batch in order])
+    own, levels = _own_loop_early_bird(recipe, data, [(batch["x"], batch["labels"]) for batch in order])
     assert own.early_bird_steps == stops
-    assert_masks_equal(search.masks, own.levels_seen[2])
+    assert_masks_equal(search.masks, levels[2])
 
 
 def test_callbacks_refuse_replayed_batches_with_early_bird():
