@@ -36,6 +36,7 @@ model averages the 0/1 mask buffers too; call ``search.copy_masks_to(ema_model)`
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +136,8 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
             raise UserError(f"lottery.rewind_to = {self.rewind_to} must be < iterations per level "
                             f"({self.iterations}): the rewind point would never be reached")
         self.strategy, self.retrain = recipe.lottery.strategy, recipe.lottery.retrain
+        # find_ticket.py trains a fine-tuning level at the final rate itself (strategies.finetune_config)
+        self._hold_unwatched = recipe.lottery.retrain == "finetune" and entry_point != "find_ticket"
         # imp prunes trained weights with a registered method; at_init scores the init (strategies.py)
         self.method = PRUNING_METHODS.get(recipe.prune.method) if self.strategy == "imp" else None
         self.score_batches: list | None = None
@@ -301,6 +304,11 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
             self.hold_final_lr(self._scheduler)
         elif self._scheduler is not None:
             self.rewind_scheduler(self._scheduler)
+        elif self._hold_unwatched:
+            self._hold_unwatched = False  # once per search
+            warnings.warn("lottery.retrain 'finetune': no scheduler is watched, so the search cannot hold the "
+                          "learning rate at the schedule's final value; train levels 1.. at that rate, constant "
+                          "(or call search.watch(optimizer, scheduler) and it does)", stacklevel=3)
 
     # -- the rewind point -----------------------------------------------------------------------------
     def snapshot(self) -> None:
