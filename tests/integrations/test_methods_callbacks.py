@@ -182,3 +182,34 @@ def test_finetune_schedule_hold_is_what_the_callback_relies_on(data, tmp_path, m
     monkeypatch.setattr(LotterySearch, "hold_final_lr", lambda self, scheduler: None)
     _, recorder, _, _ = fit(recipe, data, enable_checkpointing=False)
     assert not all(torch.equal(recorder.levels[2][k], expected[2][k]) for k in expected[2])
+
+
+def test_early_bird_through_hf_resumes_after_an_early_end(data, tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from test_transformers import Classifier, arguments
+    from transformers import Trainer
+
+    from compress.integrations.transformers import LotteryTicketCallback as HFCallback
+
+    recipe = tiny(early_bird=EARLY_BIRD)
+    rows = [{"x": x, "labels": y} for x, y in zip(data.train.images, data.train.labels, strict=True)]
+
+    def train(resume=None):
+        model = Classifier(make_net(recipe, data))
+        ticket = HFCallback(recipe, model.net)
+        args = arguments(tmp_path / "hf", ticket.total_steps, recipe.train.batch_size, learning_rate=1e-3)
+        args.save_strategy, args.save_steps = "steps", 1  # arguments() fixes save_strategy="no"
+        hf = Trainer(model=model, args=args, train_dataset=rows, callbacks=[ticket])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf.train(resume_from_checkpoint=resume)
+        return ticket, hf
+
+    ticket, hf = train()
+    stops = ticket.search.early_bird_steps
+    assert stops[0] is not None
+    resumed, resumed_hf = train(str(tmp_path / "hf" / f"checkpoint-{stops[0] + 3}"))  # in level 1
+    assert resumed.search.early_bird_steps == stops
+    assert resumed_hf.state.global_step == hf.state.global_step
+    assert_masks_equal(resumed.search.masks, ticket.search.masks)
