@@ -211,11 +211,9 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
         if self.level == 0 and step == self.rewind_to and self.rewind_state is None:
             self.snapshot()
             taken = True
-        if self.early_bird is not None and self.level < self.rounds and self.early_bird.due(step):
-            if self.early_bird.check(step, self.next_masks()):  # converged: the level ends here
-                self.early_bird_steps[self.level] = step
-                self._advance()
-                return StepEvent(step, taken, True, False, self.level)
+        if self._early_bird_converged(step):  # the level ends here
+            self._advance()
+            return StepEvent(step, taken, True, False, self.level)
         if step < self.iterations:
             self.step_count = step
             return StepEvent(step, taken, False, False, self.level)
@@ -237,11 +235,14 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
                 attributes["weight"] = weight.detach()
 
     # -- driving it, level by level -------------------------------------------------------------------
-    def step(self, iteration: int) -> None:
+    def step(self, iteration: int) -> bool:
         """Call after each optimizer step with the 1-based step count of the current level.
 
         Snapshots the rewind point at ``rewind_to`` during level 0 (a step past it without a snapshot is an
-        error at once); levels end with ``prune_and_rewind()``, not here.
+        error at once); levels end with ``prune_and_rewind()``, not here. With ``lottery.early_bird`` it draws
+        the next masks every ``every`` steps and returns True when the draws converged (the step goes to
+        ``early_bird_steps``): end the level there to save the rest of its compute; trained on, the next
+        level still starts from the converged draw (as ``find_ticket.py``'s rounds do).
         """
         if self.done:
             raise UserError("step() after the search is done")
@@ -254,6 +255,16 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
                                 "step with i = 1, 2, ...")
         self.step_count = iteration
         self._detach_weights()
+        return self._early_bird_converged(iteration)
+
+    def _early_bird_converged(self, step: int) -> bool:
+        """Draw the next masks when due; True (and the step recorded) when the draws converged."""
+        if self.early_bird is None or self.level >= self.rounds or not self.early_bird.due(step):
+            return False
+        if not self.early_bird.check(step, self.next_masks()):
+            return False
+        self.early_bird_steps[self.level] = step
+        return True
 
     def levels(self) -> Iterator[int]:
         """Yields the current level (0 dense, then 1 .. rounds) until ``done``; train, then ``prune_and_rewind``."""

@@ -156,6 +156,36 @@ def test_early_bird_ends_a_level_when_draws_converge_and_records_the_step():
     assert state["early_bird_steps"] == search.early_bird_steps
 
 
+@pytest.mark.parametrize("end_early", [True, False])
+def test_early_bird_in_a_level_driven_loop(end_early):
+    # step(i) draws and reports convergence (it had ignored lottery.early_bird): ending the level there is
+    # the step-driven loop's run; training on, the next level still starts from the converged draw
+    early_bird = {"every": 2, "distance": 0.5, "patience": 2}
+    reference_model = _net()
+    reference = LotterySearch(reference_model, _recipe(early_bird=early_bird))
+    _drive(reference, reference_model, lr=0.01)
+    model = _net()
+    search = LotterySearch(model, _recipe(early_bird=early_bird))
+    x, y = _data()
+    draws = {}
+    for level in search.levels():
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)  # no state: a fresh one per level is the same
+        for i in range(search.start_step + 1, 31):
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if search.step(i):
+                draws[level] = search.early_bird.masks
+                if end_early:
+                    break
+        search.prune_and_rewind()
+        if level in draws:
+            assert all(torch.equal(search.masks[name], draws[level][name]) for name in draws[level])
+    assert search.early_bird_steps == reference.early_bird_steps and set(draws) == {0, 1}
+    if end_early:
+        assert all(torch.equal(search.masks[name], reference.masks[name]) for name in reference.masks)
+
+
 def test_early_bird_distance_and_patience():
     bird = EarlyBird(EarlyBirdConfig(every=1, distance=0.3, patience=2))
     a = {"w": torch.tensor([1.0, 1.0, 0.0, 0.0])}
