@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.io import MappedFile, file_backed
+from compress.io import MappedFile
 from compress.lottery.control_runs import ControlsMixin
 from compress.lottery.events import StepEvent, search_settings
 from compress.lottery.planning import (
@@ -54,6 +54,7 @@ from compress.lottery.planning import (
     planned_rounds,
     structured_plan,
 )
+from compress.lottery.rewind_point import OFFLOAD_MARGIN, RewindPointMixin, gradient_bytes, memory_need
 from compress.lottery.search_state import StateMixin, WatchMixin
 from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches, remember_for_invert
 from compress.models.unwrap import unwrap_model
@@ -65,15 +66,11 @@ from compress.pruning import (
     check_shrinks,
     folded_state_dict,
     get_masks,
-    is_pruned,
-    load_plain_state_dict,
     ones_masks,
     plain_state_bytes,
-    plain_state_dict,
     refresh_weights,
     sparsity_report,
 )
-from compress.pruning.apply import PARAM
 from compress.pruning.masks import PRUNING_METHODS
 from compress.pruning.plan import plan_layers
 from compress.pruning.structured import plan_targets
@@ -84,25 +81,7 @@ if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
 
 
-OFFLOAD_MARGIN = 1.25  # the rewind point goes to a file when 1.25 x the search's need does not fit
-
-
-def gradient_bytes(model: nn.Module) -> int:
-    """Bytes of the gradients a training step will allocate: one per trainable parameter without one."""
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and p.grad is None)
-
-
-def memory_need(model: nn.Module, names: list[str]) -> int:
-    """Bytes a search on ``model`` will allocate at least, beyond the model: per pruned weight not yet masked a
-    mask and the masked ``weight`` torch prune computes, a gradient per trainable parameter without one, and
-    the rewind point (a copy of the state). Activations and the optimizer's state come on top."""
-    modules = dict(model.named_modules())
-    fresh = [getattr(modules[name], PARAM) for name in names if not is_pruned(modules[name])]
-    masked = 2 * sum(weight.numel() * weight.element_size() for weight in fresh)
-    return masked + gradient_bytes(model) + plain_state_bytes(model)
-
-
-class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
+class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
     """Masks installed with torch.nn.utils.prune, a rewind snapshot, and the IMP schedule of levels."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None, *,
@@ -320,28 +299,6 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin):
             warnings.warn("lottery.retrain 'finetune': no scheduler is watched, so the search cannot hold the "
                           "learning rate at the schedule's final value; train levels 1.. at that rate, constant "
                           "(or call search.watch(optimizer, scheduler) and it does)", stacklevel=3)
-
-    # -- the rewind point -----------------------------------------------------------------------------
-    def snapshot(self) -> None:
-        """Record the current weights, biases and buffers (BatchNorm statistics) as the rewind point."""
-        self.keep_rewind_state(plain_state_dict(self.model, clone=False))
-
-    def keep_rewind_state(self, state: dict[str, torch.Tensor] | None) -> None:
-        """Make ``state`` the rewind point: a copy in memory, or in a file (``offload_rewind``)."""
-        self.rewind_state, self._rewind_file = None, None  # the old point is dropped before the new one is made
-        if state is not None and self.offload_rewind:
-            self.rewind_state, self._rewind_file = file_backed(state)
-        elif state is not None:
-            self.rewind_state = {key: value.clone() for key, value in state.items()}
-
-    def rewind(self) -> None:
-        """Survivors go back to the snapshot bit for bit; masks stay."""
-        if self.rewind_state is None:
-            raise UserError(f"no rewind snapshot: call step(i) during level 0 (rewind_to={self.rewind_to})")
-        load_plain_state_dict(self.model, self.rewind_state)
-        if self._rewind_file is not None:  # the pages just read would stay resident while mapped
-            self.rewind_state = None
-            self.rewind_state = self._rewind_file.load()
 
     # -- pruning --------------------------------------------------------------------------------------
     @property
