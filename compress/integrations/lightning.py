@@ -172,9 +172,9 @@ class LotteryTicketCallback(pl.Callback):
             raise UserError("LotteryTicketCallback drives one optimizer; configure_optimizers returned "
                             f"{len(trainer.optimizers)}")
         configs = trainer.lr_scheduler_configs
-        if len(configs) > 1 or any(config.interval != "step" for config in configs):
+        if len(configs) > 1 or any(config.interval != "step" or config.frequency != 1 for config in configs):
             raise UserError("LotteryTicketCallback rewinds one LR scheduler stepped every optimizer step: return "
-                            "{'scheduler': ..., 'interval': 'step'} from configure_optimizers")
+                            "{'scheduler': ..., 'interval': 'step', 'frequency': 1} from configure_optimizers")
         self.search.watch(trainer.optimizers[0] if trainer.optimizers else None,
                           configs[0].scheduler if configs else None)
 

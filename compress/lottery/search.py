@@ -164,6 +164,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
         self._final_schedule: dict | None = None  # finetune: where the scheduler is held (hold_final_lr)
         # (optimizer, scheduler) watched when a loaded state was saved, until watch() sees them again
         self._rewatch: tuple[bool, bool] | None = None
+        self._cadence_origin: tuple[int, int] | None = None  # (step, scheduler.last_epoch) first seen at level 0
         if self.rewind_to == 0:
             self.snapshot()
 
@@ -183,6 +184,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
         if self.done:
             raise UserError(f"on_step() after the search is done (level {self.rounds} was the last)")
         step = self.step_count + 1
+        self._check_schedule_cadence(step)
         self._detach_weights()
         if self.level > 0 and self.retrain == "finetune" and self._scheduler is not None:
             self.hold_final_lr(self._scheduler)  # undo the step your loop's scheduler.step() just took
@@ -225,6 +227,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
         """
         if self.done:
             raise UserError("step() after the search is done")
+        self._check_schedule_cadence(iteration)
         if self.level == 0 and self.rewind_state is None:
             if iteration == self.rewind_to:
                 self.snapshot()

@@ -32,6 +32,10 @@ class WatchMixin:
         ``state_dict`` saves; later (a resumed run) the start comes from ``load_state_dict``.
         """
         if scheduler is not None:
+            if self._replays_schedule and isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                raise UserError(f"watch(scheduler): ReduceLROnPlateau follows a metric, which the search cannot "
+                                f"replay to {self._replay_target}; watch(optimizer) alone and rebuild the "
+                                "scheduler each level, or use lottery.rewind_to: 0 with retrain: rewind")
             if self.level == 0 and self.step_count == 0:
                 self._schedule_start = _schedule_state(scheduler)
             elif self._schedule_start is None:
@@ -41,6 +45,36 @@ class WatchMixin:
         self._optimizer = optimizer
         self._scheduler = scheduler
         self._rewatch = None
+        self._cadence_origin = None
+
+    @property
+    def _replays_schedule(self) -> bool:
+        """Whether a rewind steps the watched scheduler (to rewind_to, or to the final rate), rather than only
+        restoring its start -- then the scheduler must step once per optimizer step, as the search counts."""
+        return self.rewind_to > 0 or self.retrain == "finetune"
+
+    @property
+    def _replay_target(self) -> str:
+        return "its final rate (retrain: finetune)" if self.retrain == "finetune" else f"step {self.rewind_to}"
+
+    def _check_schedule_cadence(self, step: int) -> None:
+        """Level 0: refuse a watched scheduler that does not step once per optimizer step (stepped per epoch,
+        Lightning's ``frequency``), when a rewind would replay it step by step -- silently wrong otherwise.
+        Relative to the first step this process saw, so a resumed run's count does not matter."""
+        if self._scheduler is None or self.level != 0 or not self._replays_schedule:
+            return
+        epoch = getattr(self._scheduler, "last_epoch", None)
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            return  # not a torch LR scheduler: nothing to count
+        if self._cadence_origin is None:
+            self._cadence_origin = (step, epoch)
+            return
+        first_step, first_epoch = self._cadence_origin
+        if epoch - first_epoch != step - first_step:
+            raise UserError(f"the watched LR scheduler stepped {epoch - first_epoch} times in {step - first_step} "
+                            f"optimizer steps: a rewind replays it once per optimizer step to {self._replay_target}; "
+                            "call scheduler.step() after every optimizer.step(), or watch(optimizer) alone and "
+                            "rebuild your schedule each level")
 
     def rewind_scheduler(self, scheduler: Any) -> None:
         """Restart a torch LR scheduler at ``start_step``: restore the start ``watch`` recorded (with the

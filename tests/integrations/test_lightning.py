@@ -157,3 +157,17 @@ def test_any_dataloader_and_too_few_steps_warns(data):
     for level in (1, 2):
         assert_planned_fractions(recorder.levels[level], level)
     assert_pruned_zero(module.net, ticket.search.masks)
+
+
+class EveryOtherStep(LitNet):
+    def configure_optimizers(self):
+        config = super().configure_optimizers()
+        config["lr_scheduler"]["frequency"] = 2  # stepped every second optimizer step: a rewind cannot replay it
+        return config
+
+
+def test_a_scheduler_not_stepped_every_optimizer_step_is_refused(recipe, data):
+    ticket = LotteryTicketCallback(recipe, module="net")
+    with pytest.raises(UserError, match="'frequency': 1"):
+        trainer(ticket, max_steps=ticket.total_steps).fit(EveryOtherStep(make_net(recipe, data), recipe),
+                                                          DataLoader(ticket.batches(data.train), batch_size=None))
