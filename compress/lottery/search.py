@@ -165,6 +165,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
         # (optimizer, scheduler) watched when a loaded state was saved, until watch() sees them again
         self._rewatch: tuple[bool, bool] | None = None
         self._cadence_origin: tuple[int, int] | None = None  # (step, scheduler.last_epoch) first seen at level 0
+        self._warned_restart = False  # step(i) at a rewound level with i <= start_step
         if self.rewind_to == 0:
             self.snapshot()
 
@@ -235,6 +236,12 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
                 raise UserError(f"missed the rewind snapshot at step {self.rewind_to}: step({iteration}) came "
                                 "first; is your step counter 0-based? call search.step(i) after every optimizer "
                                 "step with i = 1, 2, ...")
+        elif self.level > 0 and iteration <= self.start_step and not self._warned_restart:
+            self._warned_restart = True  # a loop's own length is its call: warned once, not refused
+            warnings.warn(f"step({iteration}) at level {self.level}: this level was rewound to step "
+                          f"{self.start_step} and resumes at {self.start_step + 1} (search.start_step); a counter "
+                          f"restarted at 1 trains {self.start_step} steps more than find_ticket.py's level",
+                          stacklevel=2)
         self.step_count = iteration
         self._detach_weights()
         return self._early_bird_converged(iteration)

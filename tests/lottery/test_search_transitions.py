@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -161,3 +162,19 @@ def test_a_finished_level_drops_its_gradients(make_recipe):
     assert all(p.grad is None for p in search.model.parameters())
     _train_step(search.model, optimizer, 9)  # the next level trains as before
     assert all(p.grad is not None for p in search.model.parameters())
+
+
+def test_a_level_driven_counter_restarted_at_a_rewound_level_is_warned_once(make_recipe):
+    search = _search(make_recipe, rewind_to=2)
+    for i in range(1, 6):
+        search.step(i)
+    search.prune_and_rewind()
+    with pytest.warns(UserWarning, match=r"step\(1\) at level 1: this level was rewound to step 2 and resumes at 3"):
+        search.step(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i in range(2, 6):  # once per search
+            search.step(i)
+        search.prune_and_rewind()
+        for i in range(3, 6):  # a counter from start_step + 1: nothing to say
+            search.step(i)
