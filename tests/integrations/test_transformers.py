@@ -105,6 +105,20 @@ def test_max_steps_too_small_is_refused(recipe, data, tmp_path):
         trainer.train()
 
 
+def test_a_reduce_on_plateau_schedule_is_refused_where_a_rewind_replays_it(data, tmp_path):
+    """The Trainer steps ReduceLROnPlateau on an evaluation metric: a rewind to step 3 cannot replay it."""
+    recipe = tiny(rounds=1, rewind_to=3)
+    model = Classifier(make_net(recipe, data))
+    ticket = LotteryTicketCallback(recipe, model.net, iterations=10)
+    rows = [{"x": x, "labels": y} for x, y in zip(data.train.images[:64], data.train.labels[:64], strict=True)]
+    args = arguments(tmp_path / "hf", ticket.total_steps, 16, lr_scheduler_type="reduce_lr_on_plateau",
+                     eval_strategy="steps", eval_steps=5)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows, callbacks=[ticket])
+    with pytest.raises(UserError, match="ReduceLROnPlateau follows a metric"):
+        trainer.train()
+    assert ticket.search.level == 0 and ticket.search.step_count == 0  # refused before the first step
+
+
 def _bert():
     import torch
     from transformers import BertConfig, BertForSequenceClassification
