@@ -63,7 +63,10 @@ class WatchMixin:
         Relative to the first step this process saw, so a resumed run's count does not matter."""
         if self._scheduler is None or self.level != 0 or not self._replays_schedule:
             return
-        epoch = getattr(self._scheduler, "last_epoch", None)
+        counted = self._scheduler
+        if not hasattr(counted, "last_epoch") and getattr(counted, "_schedulers", None):
+            counted = counted._schedulers[0]  # ChainedScheduler counts nothing itself; it steps all of them
+        epoch = getattr(counted, "last_epoch", None)
         if isinstance(epoch, bool) or not isinstance(epoch, int):
             return  # not a torch LR scheduler: nothing to count
         if self._cadence_origin is None:

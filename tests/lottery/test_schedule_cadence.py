@@ -46,13 +46,25 @@ def _train(search, model, optimizer, scheduler, epoch_length: int | None, driver
     return rates
 
 
+def _step_lr(optimizer):
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+
+def _chained(optimizer):
+    return torch.optim.lr_scheduler.ChainedScheduler([torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.9),
+                                                      _step_lr(optimizer)])
+
+
 @pytest.mark.parametrize("driver", ["on_step", "step"])
-@pytest.mark.parametrize("lottery", [{"rewind_to": 3}, {"rewind_to": 0, "retrain": "finetune"}])
-def test_a_scheduler_stepped_per_epoch_is_refused_where_a_rewind_replays_it(make_recipe, driver, lottery):
+@pytest.mark.parametrize("lottery,make_scheduler", [({"rewind_to": 3}, _step_lr),
+                                                    ({"rewind_to": 0, "retrain": "finetune"}, _step_lr),
+                                                    ({"rewind_to": 3}, _chained)])
+def test_a_scheduler_stepped_per_epoch_is_refused_where_a_rewind_replays_it(make_recipe, driver, lottery,
+                                                                            make_scheduler):
     model = _net()
     search = _search(make_recipe, model, **lottery)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    scheduler = make_scheduler(optimizer)
     search.watch(optimizer, scheduler)
     with pytest.raises(UserError, match=r"stepped 0 times in 1 optimizer steps") as caught:
         _train(search, model, optimizer, scheduler, epoch_length=4, driver=driver)
