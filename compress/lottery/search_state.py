@@ -58,32 +58,32 @@ class WatchMixin:
         return "its final rate (retrain: finetune)" if self.retrain == "finetune" else f"step {self.rewind_to}"
 
     def _check_schedule_cadence(self, step: int) -> None:
-        """Level 0: refuse a watched scheduler that does not step once per optimizer step (stepped per epoch,
-        Lightning's ``frequency``), when a rewind would replay it step by step -- silently wrong otherwise.
-        Relative to the first step this process saw, so a resumed run's count does not matter."""
+        """Level 0: refuse a watched scheduler that steps, but not once per optimizer step (per epoch,
+        Lightning's ``frequency``), where a rewind replays it step by step -- silently wrong otherwise. Counted
+        from the first step this process saw (a resumed run's count does not matter). One that never steps
+        is no error: the rewind then restores its start (``_replay_steps``)."""
         if self._scheduler is None or self.level != 0 or not self._replays_schedule:
             return
-        counted = self._scheduler
-        if not hasattr(counted, "last_epoch") and getattr(counted, "_schedulers", None):
-            counted = counted._schedulers[0]  # ChainedScheduler counts nothing itself; it steps all of them
-        epoch = getattr(counted, "last_epoch", None)
-        if isinstance(epoch, bool) or not isinstance(epoch, int):
+        count = _step_count(self._scheduler)
+        if count is None:
             return  # not a torch LR scheduler: nothing to count
         if self._cadence_origin is None:
-            self._cadence_origin = (step, epoch)
+            self._cadence_origin = (step, count)
             return
-        first_step, first_epoch = self._cadence_origin
-        if epoch - first_epoch != step - first_step:
-            raise UserError(f"the watched LR scheduler stepped {epoch - first_epoch} times in {step - first_step} "
-                            f"optimizer steps: a rewind replays it once per optimizer step to {self._replay_target}; "
-                            "call scheduler.step() after every optimizer.step(), or watch(optimizer) alone and "
-                            "rebuild your schedule each level")
+        first_step, first_count = self._cadence_origin
+        stepped = count - first_count
+        if stepped and stepped != step - first_step:
+            raise UserError(f"the watched LR scheduler stepped {stepped} times in {step - first_step} optimizer "
+                            f"steps: a rewind replays it once per optimizer step to {self._replay_target}; call "
+                            "scheduler.step() after every optimizer.step(), or watch(optimizer) alone and rebuild "
+                            "your schedule each level")
 
     def rewind_scheduler(self, scheduler: Any) -> None:
         """Restart a torch LR scheduler at ``start_step``: restore the start ``watch`` recorded (with the
         optimizer's lr), then ``scheduler.step()`` ``start_step`` times -- the same arithmetic as the first
         run, so the rewound level's learning rates equal the dense level's from ``rewind_to`` on, bit for
-        bit. For schedulers stepped once per optimizer step, without arguments."""
+        bit. For schedulers stepped once per optimizer step, without arguments (one stepped otherwise is
+        refused at level 0; one never stepped is only restored to its start)."""
         self._schedule_at(scheduler, self.start_step)
 
     def hold_final_lr(self, scheduler: Any) -> None:
@@ -102,6 +102,9 @@ class WatchMixin:
         if self._schedule_start is None:
             raise UserError("rewind_scheduler: call search.watch(optimizer, scheduler) right after building "
                             "the scheduler, so the search knows where the schedule starts")
+        start_count, count = self._schedule_start.get("count"), _step_count(scheduler)
+        if start_count is not None and count == start_count:
+            steps = 0  # never stepped since the start: the dense level trained at the start's rates throughout
         _load_schedule_state(scheduler, self._schedule_start)
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
             warnings.simplefilter("ignore")
@@ -110,10 +113,19 @@ class WatchMixin:
 
 
 def _schedule_state(scheduler: Any) -> dict:
-    """A scheduler's state and its optimizer's hyperparameters (lr, momentum, ...), as ``watch`` records them."""
+    """A scheduler's state, its optimizer's hyperparameters (lr, momentum, ...) and its step count, as
+    ``watch`` records them."""
     groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
               for group in scheduler.optimizer.param_groups]
-    return {"state": copy.deepcopy(scheduler.state_dict()), "groups": groups}
+    return {"state": copy.deepcopy(scheduler.state_dict()), "groups": groups, "count": _step_count(scheduler)}
+
+
+def _step_count(scheduler: Any) -> int | None:
+    """How many times a torch LR scheduler has stepped (``last_epoch``); None for other objects."""
+    if not hasattr(scheduler, "last_epoch") and getattr(scheduler, "_schedulers", None):
+        scheduler = scheduler._schedulers[0]  # ChainedScheduler counts nothing itself; it steps all of them
+    count = getattr(scheduler, "last_epoch", None)
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def _load_schedule_state(scheduler: Any, saved: dict) -> None:

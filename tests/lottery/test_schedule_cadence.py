@@ -1,6 +1,7 @@
 """A watched LR scheduler is replayed one step per optimizer step at a rewind: one stepped per epoch (or a
 metric-driven one) would be replayed wrongly and silently, so the search refuses it where a replay happens,
-and keeps accepting it where a rewind only restores the schedule's start."""
+and keeps accepting it where a rewind only restores the schedule's start; one watched but never stepped is
+restored to its start (the rates the dense level trained at), not replayed."""
 
 from __future__ import annotations
 
@@ -66,10 +67,10 @@ def test_a_scheduler_stepped_per_epoch_is_refused_where_a_rewind_replays_it(make
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = make_scheduler(optimizer)
     search.watch(optimizer, scheduler)
-    with pytest.raises(UserError, match=r"stepped 0 times in 1 optimizer steps") as caught:
+    with pytest.raises(UserError, match=r"stepped 1 times in 3 optimizer steps") as caught:
         _train(search, model, optimizer, scheduler, epoch_length=4, driver=driver)
     assert "\n" not in str(caught.value)
-    assert search.level == 0 and search.step_count <= 2  # refused at the second step, not at the level's end
+    assert search.level == 0 and search.step_count <= 4  # refused at the first epoch's end, not at the level's
 
 
 @pytest.mark.parametrize("driver", ["on_step", "step"])
@@ -103,3 +104,21 @@ def test_reduce_on_plateau_is_refused_where_a_rewind_replays_it(make_recipe):
     model = _net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     _search(make_recipe, model, rewind_to=0).watch(optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer))
+
+
+@pytest.mark.parametrize("lottery", [{"rewind_to": 3}, {"rewind_to": 3, "retrain": "lr_rewind"},
+                                     {"retrain": "finetune"}])
+def test_a_watched_scheduler_never_stepped_keeps_the_dense_levels_rate(make_recipe, lottery):
+    model = _net()
+    search = _search(make_recipe, model, **lottery)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    search.watch(optimizer, _step_lr(optimizer))  # watched for the optimizer reset; the loop never steps it
+    gen = torch.Generator().manual_seed(1)
+    rates = []
+    while not search.done:
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.zero_grad()
+        F.cross_entropy(model(torch.randn(4, 12, generator=gen)), torch.randint(0, 3, (4,), generator=gen)).backward()
+        optimizer.step()
+        search.on_step()
+    assert len(rates) > 12 and set(rates) == {0.1}  # a replay would have decayed it 3 or 11 times
