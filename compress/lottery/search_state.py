@@ -61,7 +61,7 @@ class WatchMixin:
         """Level 0: refuse a watched scheduler that steps, but not once per optimizer step (per epoch,
         Lightning's ``frequency``), where a rewind replays it step by step -- silently wrong otherwise. Counted
         from the first step this process saw (a resumed run's count does not matter). One that never steps
-        is no error: the rewind then restores its start (``_replay_steps``)."""
+        is no error: the rewind then restores its start (``_schedule_at``)."""
         if self._scheduler is None or self.level != 0 or not self._replays_schedule:
             return
         count = _step_count(self._scheduler)
