@@ -55,6 +55,7 @@ from compress.lottery.planning import (
     structured_plan,
 )
 from compress.lottery.rewind_point import OFFLOAD_MARGIN, RewindPointMixin, gradient_bytes, memory_need
+from compress.lottery.search_compute import ComputeMixin
 from compress.lottery.search_state import StateMixin, WatchMixin
 from compress.lottery.strategies import EarlyBird, at_init_masks, device_batches, remember_for_invert
 from compress.models.unwrap import unwrap_model
@@ -81,7 +82,7 @@ if TYPE_CHECKING:
     from compress.recipe.schema import Recipe
 
 
-class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
+class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin, ComputeMixin):
     """Masks installed with torch.nn.utils.prune, a rewind snapshot, and the IMP schedule of levels."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, where: Callable[[str], str] | None = None, *,
@@ -166,6 +167,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
         self._rewatch: tuple[bool, bool] | None = None
         self._cadence_origin: tuple[int, int] | None = None  # (step, scheduler.last_epoch) first seen at level 0
         self._warned_restart = False  # step(i) at a rewound level with i <= start_step
+        self._init_compute()
         if self.rewind_to == 0:
             self.snapshot()
 
@@ -186,6 +188,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
             raise UserError(f"on_step() after the search is done (level {self.rounds} was the last)")
         step = self.step_count + 1
         self._check_schedule_cadence(step)
+        self.level_steps += 1
         self._detach_weights()
         if self.level > 0 and self.retrain == "finetune" and self._scheduler is not None:
             self.hold_final_lr(self._scheduler)  # undo the step your loop's scheduler.step() just took
@@ -194,15 +197,16 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
             self.snapshot()
             taken = True
         if self._early_bird_converged(step):  # the level ends here
-            self._advance()
+            self._advance(step)
             return StepEvent(step, taken, True, False, self.level)
         if step < self.iterations:
             self.step_count = step
             return StepEvent(step, taken, False, False, self.level)
         if self.level >= self.rounds:
+            self._close_level(step)
             self.step_count, self.done = step, True
             return StepEvent(step, taken, True, True, self.level)
-        self._advance()  # sets step_count to the new level's start; on failure nothing moved
+        self._advance(step)  # sets step_count to the new level's start; on failure nothing moved
         return StepEvent(step, taken, True, False, self.level)
 
     def _detach_weights(self) -> None:
@@ -243,6 +247,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
                           f"restarted at 1 trains {self.start_step} steps more than find_ticket.py's level",
                           stacklevel=2)
         self.step_count = iteration
+        self.level_steps += 1
         self._detach_weights()
         return self._early_bird_converged(iteration)
 
@@ -269,13 +274,15 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
         if self.done:
             raise UserError(f"prune_and_rewind() after the search is done (level {self.rounds} was the last)")
         if self.level >= self.rounds:
+            self._close_level(self.step_count)
             self.done = True
             return False
-        self._advance()
+        self._advance(self.step_count)
         return True
 
-    def _advance(self) -> None:
-        """Prune + rewind into the next level; every check runs before anything changes."""
+    def _advance(self, final_step: int) -> None:
+        """Prune + rewind into the next level (the finished one ended at ``final_step``); every check runs
+        before anything changes."""
         if self.rewind_state is None:
             raise UserError(f"missed the rewind snapshot at step {self.rewind_to}: call search.step(i) (1-based) "
                             "or search.on_step() after every optimizer step of level 0")
@@ -290,6 +297,7 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
             parameter.grad = None
         remember_for_invert(self)
         masks = self.early_bird.masks if self.early_bird is not None and self.early_bird.masks else self.next_masks()
+        self._close_level(final_step)  # under the masks it trained with, before the new ones go in
         apply_masks(self.model, masks)
         if self.retrain == "rewind":
             self.rewind()  # lr_rewind / finetune keep the trained survivors (Renda et al. 2020)
@@ -375,8 +383,11 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin):
         of its weights left after each level 0..rounds, and why it is not pruned (kept, output, rate 0)."""
         return plan_rows(self.model, plan_layers(self.model, self.prune_config), self.rates(), self.rounds)
 
-    def report(self) -> dict:
-        """Sparsity per layer and in total, and ``levels``: per level the ``record``-ed results of the
-        ticket and of each control (None where the recipe asks for a control nobody recorded)."""
+    def report(self, example_batch: torch.Tensor | None = None) -> dict:
+        """Sparsity per layer and in total; ``levels``: per level the ``record``-ed results of the ticket and
+        of each control (None where the recipe asks for a control nobody recorded) and ``compute``, what the
+        level's training cost (``level_compute``; FLOPs with ``example_batch``, one training batch's inputs)."""
         refresh_weights(self.model)
-        return {**sparsity_report(self.model, self.names), "levels": self.level_rows()}
+        compute = {row["level"]: row for row in self.level_compute(example_batch)}
+        rows = [{**row, "compute": compute.get(row["level"])} for row in self.level_rows()]
+        return {**sparsity_report(self.model, self.names), "levels": rows}

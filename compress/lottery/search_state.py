@@ -138,8 +138,8 @@ class StateMixin:
     """Checkpoint and resume of a search."""
 
     def state_dict(self) -> dict:
-        """Level, step count, done, rewind snapshot, masks, the watched schedule's start and the settings;
-        loads with ``torch.load(weights_only=True)``."""
+        """Level, step count, done, rewind snapshot, masks, the watched schedule's start, the settings and
+        the steps counted per level; loads with ``torch.load(weights_only=True)``."""
         rewind = None if self.rewind_state is None else {k: v.clone() for k, v in self.rewind_state.items()}
         return {"format": STATE_FORMAT, "settings": copy.deepcopy(self.settings), "level": self.level,
                 "step_count": self.step_count, "done": self.done, "rewind": rewind,
@@ -149,6 +149,7 @@ class StateMixin:
                 "results": copy.deepcopy(self.__dict__.get("_results", {})),
                 "early_bird": None if self.early_bird is None else self.early_bird.state_dict(),
                 "early_bird_steps": dict(self.early_bird_steps),
+                "compute": self._compute_state(),
                 "masks": {name: module.weight_mask.detach().clone()
                           for name, module in zip(self.names, self._modules, strict=True)}}
 
@@ -182,3 +183,4 @@ class StateMixin:
         if self.early_bird is not None and state.get("early_bird") is not None:
             self.early_bird.load_state_dict(state["early_bird"], model_device(self.model))
         self.early_bird_steps = dict(state.get("early_bird_steps") or {})
+        self._load_compute_state(state.get("compute"))

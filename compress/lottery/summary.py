@@ -78,14 +78,16 @@ def add_compute_to_ticket(recipe, rounds: list[dict]) -> None:
     """``compute_to_ticket``: what producing each round's ticket cost, cumulative over the trainings it
     needed (imp: the earlier rounds of the chain, up to their early-bird step, plus its own; at_init: its
     own training only, the scoring's few passes left out). Iterations, dense-equivalent and sparse FLOPs."""
-    if not all("train_flops" in entry for entry in rounds):
+    if not all("iterations_trained" in entry for entry in rounds):
         return  # a run dir from before compute accounting
+    flops = all("train_flops" in entry for entry in rounds)  # an own loop's report() without a batch: steps only
     chain = [0.0, 0.0, 0.0]
     for entry in sorted(rounds, key=lambda e: e["round"]):
-        own = (entry["iterations_trained"], entry["train_flops"], entry["train_flops_sparse"])
+        own = (entry["iterations_trained"], entry.get("train_flops", 0), entry.get("train_flops_sparse", 0))
         total = own if recipe.lottery.strategy == "at_init" else [c + o for c, o in zip(chain, own, strict=True)]
-        entry["compute_to_ticket"] = {"iterations": int(total[0]), "flops": float(total[1]),
-                                      "flops_sparse": float(total[2])}
+        entry["compute_to_ticket"] = {"iterations": int(total[0])}
+        if flops:
+            entry["compute_to_ticket"].update(flops=float(total[1]), flops_sparse=float(total[2]))
         chain = [c + s for c, s in zip(chain, chain_share(entry), strict=True)]
 
 

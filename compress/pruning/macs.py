@@ -37,25 +37,33 @@ def count_macs(model: nn.Module, example_input: torch.Tensor, nonzero: bool = Fa
     return sparse if nonzero else dense
 
 
-@torch.no_grad()
 def mac_counts(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     """(dense, nonzero) MACs per example from one forward pass; see ``count_macs``."""
+    per_layer = layer_macs(model, example_input).values()
+    return sum(dense for dense, _ in per_layer), sum(nonzero for _, nonzero in per_layer)
+
+
+@torch.no_grad()
+def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Per Conv2d / Linear module name, (dense, nonzero) MACs per example from one forward pass in eval
+    mode (modes restored); a module called twice counts twice."""
     if example_input.dim() < 2:
         raise UserError(f"count_macs needs a batched input (N x ...), got shape {tuple(example_input.shape)}")
     x = example_input[:1]
-    totals = [0, 0]
+    totals: dict[str, tuple[int, int]] = {}
 
-    def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+    def hook(name: str, module: nn.Module, output: torch.Tensor) -> None:
         weight = module.weight
         if isinstance(module, nn.Conv2d):
             positions = output[0, 0].numel()
         else:
             positions = output[0].numel() // module.out_features  # leading dims beyond the batch (e.g. tokens)
-        totals[0] += positions * weight.numel()
-        totals[1] += positions * int(torch.count_nonzero(weight))
+        dense, nonzero = totals.get(name, (0, 0))
+        totals[name] = (dense + positions * weight.numel(), nonzero + positions * int(torch.count_nonzero(weight)))
 
     modes = {module: module.training for module in model.modules()}
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [module.register_forward_hook(lambda m, _inputs, output, name=name: hook(name, m, output))
+               for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
     try:
         model.eval()
         device = next((p.device for p in model.parameters()), x.device)
@@ -65,4 +73,4 @@ def mac_counts(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]
             handle.remove()
         for module, mode in modes.items():
             module.training = mode
-    return totals[0], totals[1]
+    return totals
