@@ -50,7 +50,7 @@ class ComputeMixin:
         batch: its length is the batch size) also ``train_flops`` / ``train_flops_sparse`` and FLOPs in
         ``compute_to_ticket``. Controls are not counted (they do not produce the ticket)."""
         entries = {level: dict(closed) for level, closed in self._closed.items()}
-        if self.level not in entries and (self.level_steps or not entries):
+        if self.level not in entries:  # the level training now (0 steps right after a rewind)
             entries[self.level] = {"iterations_trained": self.level_steps, "final_iteration": self.step_count,
                                    "kept": self._kept()}
         macs = None if example_batch is None else self._layer_macs(example_batch)
