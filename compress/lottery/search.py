@@ -385,9 +385,8 @@ class LotterySearch(ControlsMixin, WatchMixin, StateMixin, RewindPointMixin, Com
 
     def report(self, example_batch: torch.Tensor | None = None) -> dict:
         """Sparsity per layer and in total; ``levels``: per level the ``record``-ed results of the ticket and
-        of each control (None where the recipe asks for a control nobody recorded) and ``compute``, what the
-        level's training cost (``level_compute``; FLOPs with ``example_batch``, one training batch's inputs)."""
+        of each control (None where the recipe asks for a control nobody recorded); ``compute``: per level
+        what its training cost (``level_compute``; FLOPs with ``example_batch``, one training batch's inputs)."""
         refresh_weights(self.model)
-        compute = {row["level"]: row for row in self.level_compute(example_batch)}
-        rows = [{**row, "compute": compute.get(row["level"])} for row in self.level_rows()]
-        return {**sparsity_report(self.model, self.names), "levels": rows}
+        return {**sparsity_report(self.model, self.names), "levels": self.level_rows(),
+                "compute": self.level_compute(example_batch)}

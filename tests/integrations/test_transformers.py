@@ -77,7 +77,7 @@ def test_runs_to_done_and_finds_find_tickets_masks(recipe, data, tmp_path):
         assert_masks_equal(recorder.levels[level], expected[level])  # bit for bit, every level
     assert_pruned_zero(model.net, search.masks)
     assert 0.6 < search.report()["weights_remaining"] < 0.7
-    compute = [row["compute"] for row in search.report()["levels"]]  # the trainer's steps, counted per level
+    compute = search.report()["compute"]  # the trainer's steps, counted per level
     assert [(c["iterations_trained"], c["compute_to_ticket"]["iterations"]) for c in compute] == [(30, 30), (25, 55),
                                                                                                   (25, 80)]
 

@@ -51,19 +51,19 @@ def test_own_loop_compute_equals_find_ticket_summary(tmp_path, make_recipe, lott
     rounds = load_json(tmp_path / "cli" / paths.SUMMARY)["rounds"]
 
     search, inputs = _own_search(recipe, restart_at=1)
-    rows = search.report(example_batch=inputs)["levels"]
+    rows = search.report(example_batch=inputs)["compute"]
     assert [row["level"] for row in rows] == [entry["round"] for entry in rounds] == [0, 1, 2]
     for row, entry in zip(rows, rounds, strict=True):
-        assert {key: row["compute"][key] for key in FIELDS} == {key: entry[key] for key in FIELDS}, row["level"]
+        assert {key: row[key] for key in FIELDS} == {key: entry[key] for key in FIELDS}, row["level"]
     # imp: cumulative over the chain; a level after a rewind to 5 trains 55 steps
     expected = [60, 60, 60] if lottery.get("strategy") == "at_init" else [60, 55, 55]
-    assert [row["compute"]["iterations_trained"] for row in rows] == expected
+    assert [row["iterations_trained"] for row in rows] == expected
 
 
 def test_without_a_batch_report_counts_steps_and_their_sum(make_recipe):
     recipe = make_recipe(lottery={"rounds": 2, "controls": [], "rewind_to": 5})
     search, _ = _own_search(recipe)
-    compute = [row["compute"] for row in search.report()["levels"]]
+    compute = search.report()["compute"]
     assert [c["iterations_trained"] for c in compute] == [60, 55, 55]
     assert [c["compute_to_ticket"] for c in compute] == [{"iterations": 60}, {"iterations": 115},
                                                          {"iterations": 170}]
@@ -76,7 +76,7 @@ def test_a_level_in_progress_reports_its_steps_so_far(make_recipe):
     search = compress.LotterySearch(model, recipe)
     for _ in range(60 + 7):  # level 0, then 7 steps of level 1
         search.on_step()
-    compute = [row["compute"] for row in search.report(example_batch=torch.randn(4, 1, 28, 28))["levels"]]
+    compute = search.report(example_batch=torch.randn(4, 1, 28, 28))["compute"]
     assert [c["iterations_trained"] for c in compute] == [60, 7]
     assert compute[1]["train_flops_sparse"] < compute[1]["train_flops"] == compute[0]["train_flops"] * 7 / 60
 
@@ -88,7 +88,7 @@ def test_early_bird_level_counts_the_steps_to_its_stop(make_recipe):
     search = compress.LotterySearch(model, recipe)
     while not search.done:
         search.on_step()
-    compute = [row["compute"] for row in search.report()["levels"]]
+    compute = search.report()["compute"]
     stop = search.early_bird_steps[0]
     assert stop is not None and compute[0]["iterations_trained"] == compute[0]["early_bird_step"] == stop < 60
     assert compute[1]["compute_to_ticket"]["iterations"] == stop + compute[1]["iterations_trained"]
