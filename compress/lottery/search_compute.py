@@ -54,13 +54,13 @@ class ComputeMixin:
             entries[self.level] = {"iterations_trained": self.level_steps, "final_iteration": self.step_count,
                                    "kept": self._kept()}
         macs = None if example_batch is None else self._layer_macs(example_batch)
+        dense = None if macs is None else sum(d for d, _ in macs.values())
         rows = []
         for level in sorted(entries):
             entry = entries[level]
             kept = entry.pop("kept")
             row = {"round": level, **entry, "early_bird_step": self.early_bird_steps.get(level)}
             if macs is not None:
-                dense = sum(d for d, _ in macs.values())
                 # a pruned layer multiplies each kept weight at every output position: its dense MACs x kept share
                 nonzero = sum(macs[name][0] * kept[name] / self._numel(name) if name in kept else macs[name][1]
                               for name in macs)

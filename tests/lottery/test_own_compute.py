@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from tiny import train_step
 
 import compress
 from compress import paths
@@ -27,17 +27,12 @@ def _own_search(recipe, *, restart_at: int | None = None):
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.train.optimizer.lr, fused=True)
         batches = data.train.batches(recipe.train.batch_size, recipe.seed)
         for step in range(search.start_step + 1, recipe.train.iterations + 1):
-            x, y = next(batches)
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, batches)
             search.step(step)
             if level == restart_at and step == recipe.train.iterations // 2:
                 state = search.state_dict()
                 search = compress.LotterySearch(model, recipe)
                 search.load_state_dict(state)
-                model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
         search.prune_and_rewind()
     return search, next(data.train.batches(recipe.train.batch_size, recipe.seed))[0]
 

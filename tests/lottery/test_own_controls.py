@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from tiny import train_step
 
 import compress
 from compress import paths
@@ -20,11 +20,7 @@ def _train(model, data, recipe, start: int) -> None:
     for _ in range(start):  # the data order resumes at the rewind point, as the toolkit's loop does
         next(batches)
     for _step in range(start + 1, recipe.train.iterations + 1):
-        x, y = next(batches)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, batches)
 
 
 def test_own_loop_controls_are_find_tickets_bit_for_bit(tmp_path, make_recipe):

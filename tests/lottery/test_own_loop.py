@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from tiny import train_step
 
 import compress
 from compress import paths
@@ -23,11 +23,7 @@ def test_hand_written_loop_matches_find_ticket(tmp_path, make_recipe):
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.train.optimizer.lr, fused=True)
         batches = data.train.batches(recipe.train.batch_size, recipe.seed)
         for step in range(1, recipe.train.iterations + 1):
-            x, y = next(batches)
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, batches)
             search.step(step)
         search.prune_and_rewind()
 
